@@ -1,0 +1,127 @@
+// Portable 8-lane float SIMD built on GCC/Clang vector extensions.
+//
+// This header is included only by the `*_simd.cc` translation units, which
+// the build compiles once per instruction-set variant (baseline
+// x86-64-v2+AVX, and x86-64-v3 with AVX2+FMA) into different namespaces and
+// picks between at run time (see cc/common/cpu_isa.h).
+//
+// Everything here has internal linkage (`static inline`, anonymous
+// namespace): if these were ordinary inline functions, the linker would keep
+// one COMDAT copy for the whole library and could run AVX2 code on the
+// baseline path. Do not include TensorFlow or Eigen headers from here.
+#ifndef KERAS_BIGMODELS_CC_COMMON_SIMD_H_
+#define KERAS_BIGMODELS_CC_COMMON_SIMD_H_
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+namespace tensorflow {
+namespace kbm {
+namespace {  // NOLINT(build/namespaces): internal linkage on purpose.
+
+typedef float VecF __attribute__((vector_size(32)));
+typedef int32_t VecI __attribute__((vector_size(32)));
+typedef float VecFUnaligned
+    __attribute__((vector_size(32), aligned(4), may_alias));
+
+constexpr int64_t kLanes = 8;
+
+static inline VecF Splat(float a) { return VecF{} + a; }
+static inline VecF Load(const float* p) {
+  return *reinterpret_cast<const VecFUnaligned*>(p);
+}
+static inline void Store(float* p, VecF v) {
+  *reinterpret_cast<VecFUnaligned*>(p) = v;
+}
+// Loads n < kLanes floats, padding the rest of the lanes with `pad`.
+static inline VecF LoadPartial(const float* p, int64_t n, float pad = 0.f) {
+  float buf[kLanes];
+  for (int64_t i = 0; i < kLanes; ++i) buf[i] = i < n ? p[i] : pad;
+  VecF v;
+  std::memcpy(&v, buf, sizeof(v));
+  return v;
+}
+static inline void StorePartial(float* p, VecF v, int64_t n) {
+  float buf[kLanes];
+  std::memcpy(buf, &v, sizeof(v));
+  for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
+}
+static inline float HorizontalSum(VecF v) {
+  float buf[kLanes];
+  std::memcpy(buf, &v, sizeof(v));
+  // Pairwise, so the rounding does not depend on lane order.
+  return ((buf[0] + buf[4]) + (buf[2] + buf[6])) +
+         ((buf[1] + buf[5]) + (buf[3] + buf[7]));
+}
+// Streaming (non-temporal) store for outputs too large to stay in cache: it
+// skips the read-for-ownership a normal store costs. `p` must be 32-byte
+// aligned (see CanStream); the kernel fences once its shard is done.
+static inline bool CanStream(const float* p) {
+#if defined(__AVX__)
+  return (reinterpret_cast<uintptr_t>(p) & 31) == 0;
+#else
+  return false;
+#endif
+}
+static inline void StoreStream(float* p, VecF v) {
+#if defined(__AVX__)
+  _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+#else
+  Store(p, v);
+#endif
+}
+// Store or streaming store, decided per row.
+static inline void StoreOut(float* p, VecF v, bool stream) {
+  if (stream) {
+    StoreStream(p, v);
+  } else {
+    Store(p, v);
+  }
+}
+
+// Lane-wise min/max. If `a` is NaN the result is `b`: callers clamp only
+// values whose NaN-ness is carried by another factor of the result.
+static inline VecF Min(VecF a, VecF b) { return a < b ? a : b; }
+static inline VecF Max(VecF a, VecF b) { return a > b ? a : b; }
+static inline VecF Abs(VecF a) {
+  return reinterpret_cast<VecF>(reinterpret_cast<VecI>(a) &
+                                (VecI{} + 0x7fffffff));
+}
+// Copies the sign bit of `s` onto the magnitude of `a` (|a| expected).
+static inline VecF CopySign(VecF a, VecF s) {
+  return reinterpret_cast<VecF>(reinterpret_cast<VecI>(a) |
+                                (reinterpret_cast<VecI>(s) &
+                                 (VecI{} + static_cast<int32_t>(0x80000000u))));
+}
+
+// exp(x) for float lanes, relative error below 2e-7 on [-87, 88]. Arguments
+// are clamped to that range (exp(-inf) gives ~1e-38, not 0; exp(+inf) gives
+// ~2e38, not inf). Range reduction x = n*ln2 + r with |r| <= ln2/2, then a
+// degree-7 Taylor polynomial for exp(r) and an exponent-field 2^n.
+static inline VecF Exp(VecF x) {
+  x = Min(Max(x, Splat(-87.0f)), Splat(88.0f));
+  const VecF shifter = Splat(12582912.0f);  // 1.5 * 2^23: round to nearest.
+  const VecF n = (x * Splat(1.44269504088896341f) + shifter) - shifter;
+  VecF r = x - n * Splat(0.693145751953125f);   // ln2, high bits (exact n*hi).
+  r = r - n * Splat(1.428606765330187e-06f);    // ln2, low bits.
+  VecF p = Splat(1.0f / 5040.0f);
+  p = p * r + Splat(1.0f / 720.0f);
+  p = p * r + Splat(1.0f / 120.0f);
+  p = p * r + Splat(1.0f / 24.0f);
+  p = p * r + Splat(1.0f / 6.0f);
+  p = p * r + Splat(0.5f);
+  p = p * r + Splat(1.0f);
+  p = p * r + Splat(1.0f);
+  const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
+  return p * reinterpret_cast<VecF>(bits);
+}
+
+}  // namespace
+}  // namespace kbm
+}  // namespace tensorflow
+
+#endif  // KERAS_BIGMODELS_CC_COMMON_SIMD_H_

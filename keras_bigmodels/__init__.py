@@ -1,0 +1,11 @@
+"""keras_bigmodels: fused TensorFlow kernels and drop-in Keras layers.
+
+import keras_bigmodels as kbm
+model = keras.Sequential([..., kbm.layers.FusedDense(512, "gelu"), ...])
+"""
+
+from keras_bigmodels import backend, config, export, layers, ops
+
+__version__ = "0.1.0"
+
+__all__ = ["backend", "config", "export", "layers", "ops", "__version__"]

@@ -1,0 +1,63 @@
+"""The one place that decides which Keras line keras_bigmodels runs on.
+
+Keras 3 (with its TensorFlow backend) is the default. When the environment
+variable `TF_USE_LEGACY_KERAS` is set the way TensorFlow itself reads it
+("1", "true" or "True"), tf-keras 2 is used instead, so `tf.keras` and
+keras_bigmodels agree. Every other module imports Keras from here:
+
+    from keras_bigmodels.backend import keras
+"""
+
+import os
+
+import tensorflow as tf  # noqa: F401  (TensorFlow must load before Keras)
+
+# Read exactly as tensorflow/python/util/lazy_loader.py does.
+IS_LEGACY_KERAS = os.environ.get("TF_USE_LEGACY_KERAS", None) in (
+    "true",
+    "True",
+    "1",
+)
+
+if IS_LEGACY_KERAS:
+    import tf_keras as keras
+else:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ImportError(
+            "keras_bigmodels runs its kernels through TensorFlow and needs "
+            "Keras's TensorFlow backend. Set KERAS_BACKEND=tensorflow. "
+            f"Received: keras.backend.backend()={keras.backend.backend()!r}"
+        )
+
+KERAS_LINE = "tf-keras" if IS_LEGACY_KERAS else "keras3"
+KERAS_VERSION = keras.__version__
+
+
+def register_serializable(cls):
+    """Registers `cls` with Keras under the package name `keras_bigmodels`."""
+    return keras.saving.register_keras_serializable(package="keras_bigmodels")(
+        cls
+    )
+
+
+def add_weight(layer, name, shape, initializer, **kwargs):
+    """`layer.add_weight` that keeps the variable's dtype (no autocast).
+
+    Keras 3 takes `autocast=False`; tf-keras has no such argument (its
+    AutoCastVariable is cast on read, which the fused ops undo).
+    """
+    if not IS_LEGACY_KERAS:
+        kwargs["autocast"] = False
+    return layer.add_weight(
+        name=name, shape=shape, initializer=initializer, **kwargs
+    )
+
+
+def output_dtype(layer, inputs):
+    """The dtype a normalisation layer returns on this Keras line.
+
+    Keras 3 layers return their compute dtype; tf-keras ones the input's.
+    """
+    return inputs.dtype if IS_LEGACY_KERAS else layer.compute_dtype

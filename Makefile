@@ -1,0 +1,62 @@
+# keras_bigmodels. On a fresh machine:
+#   make demo   - create .venv, install, build the op library, run the demo
+#   make test   - the same set-up, then the test suite on Keras 3 and tf-keras
+# Other targets: build (incremental C++ build), bench (regenerate
+# BENCHMARKS.md), lint, clean.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.kbm-deps-installed
+PYTEST_ARGS ?= -q
+
+.PHONY: setup build test test-keras3 test-tf-keras demo bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime and test dependencies come from pyproject.toml. TensorFlow must be
+# installed before the editable install: the op library is compiled against
+# it (--no-build-isolation).
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; \
+	  p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	  print(' '.join(p['dependencies'] + \
+	    p['optional-dependencies']['test'] + \
+	    p['optional-dependencies']['demo']))")
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,demo]"
+	touch $@
+
+setup: $(DEPS_STAMP)
+
+# Recompiles only what changed (objects in build/kbm-objs).
+build: $(DEPS_STAMP)
+	$(PY) setup.py --quiet build_ext --inplace
+
+test: build
+	@status=0; \
+	echo "== tests, Keras 3 =="; \
+	$(PY) -m pytest tests $(PYTEST_ARGS) || status=1; \
+	echo "== tests, tf-keras (TF_USE_LEGACY_KERAS=1) =="; \
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests $(PYTEST_ARGS) || status=1; \
+	exit $$status
+
+test-keras3: build
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-tf-keras: build
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: build
+	$(PY) examples/train_digits.py
+
+bench: build
+	$(PY) benchmarks/run_all.py
+
+lint: $(DEPS_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json

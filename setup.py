@@ -117,6 +117,38 @@ def _compile(job):
     return obj, True, time.perf_counter() - t0
 
 
+# Weak (vague-linkage) symbols a SIMD object may define: the linker keeps one
+# copy of each for the whole library, so any other would let code compiled
+# for one instruction set run on the other's path.
+ALLOWED_WEAK = {"DW.ref.__gxx_personality_v0"}
+
+
+def _check_no_weak_symbols(obj):
+    """Fails if a non-baseline SIMD object defines shareable weak symbols."""
+    result = subprocess.run(
+        ["nm", "--defined-only", "-P", str(obj)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    weak = []
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] in ("W", "V", "u"):
+            if parts[0] not in ALLOWED_WEAK:
+                weak.append(parts[0])
+    if weak:
+        demangled = subprocess.run(
+            ["c++filt"], input="\n".join(weak), capture_output=True, text=True
+        ).stdout
+        raise RuntimeError(
+            f"{obj.name} defines weak symbols that the linker could share "
+            "with the baseline build of the same code (use internal-linkage "
+            "helpers instead of standard-library templates in *_simd.cc "
+            f"code):\n{demangled}"
+        )
+
+
 def build_library(out_path):
     """Compiles cc/ incrementally and links `out_path`. Returns build info."""
     tf, cflags, lflags = _tf_flags()
@@ -142,16 +174,14 @@ def build_library(out_path):
     for src in plain:
         rel = src.relative_to(ROOT).with_suffix("")
         jobs.append((src, OBJ_DIR / f"{rel}.o", common + base_isa))
+    checked = []  # Non-baseline SIMD objects: no shareable weak symbols.
     for name, flags in variants.items():
         for src in simd:
             rel = src.relative_to(ROOT).with_suffix("")
-            jobs.append(
-                (
-                    src,
-                    OBJ_DIR / f"{rel}.{name}.o",
-                    common + flags + [f"-DKBM_ISA={name}"],
-                )
-            )
+            obj = OBJ_DIR / f"{rel}.{name}.o"
+            jobs.append((src, obj, common + flags + [f"-DKBM_ISA={name}"]))
+            if flags is not base_isa:
+                checked.append(obj)
     n_jobs = max(1, int(os.environ.get("KBM_BUILD_JOBS", "2")))
     objs = []
     with concurrent.futures.ThreadPoolExecutor(n_jobs) as pool:
@@ -162,6 +192,8 @@ def build_library(out_path):
                     f"[kbm build] {obj.relative_to(OBJ_DIR)} ({secs:.1f} s)",
                     flush=True,
                 )
+    for obj in checked:
+        _check_no_weak_symbols(obj)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     link = [

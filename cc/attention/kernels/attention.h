@@ -1,0 +1,117 @@
+// Flash attention: shapes, the SIMD table, and the float64 entry points.
+//
+// Layouts: q [B, Tq, Hq, D], k [B, Tk, Hkv, D], v [B, Tk, Hkv, Dv],
+// o [B, Tq, Hq, Dv], lse [B, Hq, Tq], key_mask [B, Tk] (optional). Query
+// head h reads key/value head h / (Hq / Hkv). Causal masking: query i sees
+// keys j <= i + causal_offset.
+//
+// The tiled algorithm itself is in attention_tiles.h; this header must stay
+// free of TensorFlow headers (attention_simd.cc includes it).
+#ifndef KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_H_
+#define KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_H_
+
+#include <cstdint>
+
+namespace tensorflow {
+namespace kbm {
+
+struct AttentionShape {
+  int64_t batch = 0;
+  int64_t q_len = 0;
+  int64_t kv_len = 0;
+  int64_t q_heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t value_dim = 0;
+  float scale = 1.f;
+  bool causal = false;
+  // With causal: query i sees keys j <= i + causal_offset (Tk - Tq when
+  // bottom-right aligned, 0 when top-left aligned).
+  int64_t causal_offset = 0;
+  // Number of key-tile chunks the backward pass is split into (>= 1).
+  int64_t kv_chunks = 1;
+};
+
+// Tile sizes: queries per tile and keys per tile.
+constexpr int64_t kAttnQueryTile = 64;
+constexpr int64_t kAttnKeyTile = 64;
+
+namespace {  // NOLINT(build/namespaces): no weak symbols (cpu_isa.h).
+inline int64_t AttnNumQueryTiles(const AttentionShape& s) {
+  return (s.q_len + kAttnQueryTile - 1) / kAttnQueryTile;
+}
+inline int64_t AttnNumKeyTiles(const AttentionShape& s) {
+  return (s.kv_len + kAttnKeyTile - 1) / kAttnKeyTile;
+}
+}  // namespace
+
+// Inputs and outputs of one op call, as element pointers of type F.
+template <typename F>
+struct AttentionForwardIO {
+  const F* q;
+  const F* k;
+  const F* v;
+  const bool* key_mask;  // nullptr: no mask.
+  F* o;
+  F* lse;  // [B, Hq, Tq]; +inf for a query that sees no key.
+};
+
+template <typename F>
+struct AttentionBackwardIO {
+  const F* q;
+  const F* k;
+  const F* v;
+  const bool* key_mask;
+  const F* d_o;    // [B, Tq, Hq, Dv]
+  const F* lse;    // [B, Hq, Tq]
+  const F* delta;  // [B, Hq, Tq]: rowsum(dO * O), see AttentionDelta.
+  F* dq_partial;   // [kv_chunks, B, Hq, Tq, D], zeroed by the caller.
+  F* dk;           // [B, Tk, Hkv, D]
+  F* dv;           // [B, Tk, Hkv, Dv]
+};
+
+// Per-call packed keys/values, tile by tile. Tile t of (b, g) starts at
+// ((b * kv_heads + g) * n_kt + t) times the tile size. Keys beyond kv_len are
+// zero, with key_bias -inf.
+template <typename F>
+struct PackedKV {
+  F* kt = nullptr;        // [D x kKT] per tile (K transposed).
+  F* k = nullptr;         // [kKT x Dp] per tile (backward).
+  F* v = nullptr;         // [kKT x Dvp] per tile (forward).
+  F* vt = nullptr;        // [Dv x kKT] per tile (backward).
+  F* key_bias = nullptr;  // [B, n_kt, kKT]: 0 (attend) or -inf.
+  uint8_t* has_masked_key = nullptr;  // [B, n_kt]
+};
+
+// Per-call packed queries and output gradients (backward), tile by tile.
+template <typename F>
+struct PackedQ {
+  F* qs = nullptr;    // [kQT x Dp] per tile, times scale.
+  F* qst = nullptr;   // [D x kQT] per tile (qs transposed).
+  F* d_o = nullptr;   // [kQT x Dvp] per tile.
+  F* d_ot = nullptr;  // [Dv x kQT] per tile.
+};
+
+// Float32 functions of one SIMD variant, run after the packing passes. A
+// forward unit is one (batch, query head, query tile); a backward unit is one
+// (batch, kv head, chunk of key tiles), which owns its rows of dk/dv and adds
+// into its own dq_partial.
+struct AttentionKernels {
+  void (*forward_unit)(const AttentionShape& s, const PackedKV<float>& kv,
+                       const AttentionForwardIO<float>& io, int64_t unit);
+  void (*backward_unit)(const AttentionShape& s, const PackedKV<float>& kv,
+                        const PackedQ<float>& pq,
+                        const AttentionBackwardIO<float>& io, int64_t unit);
+};
+
+namespace avx {
+extern const AttentionKernels kAttentionKernels;
+}  // namespace avx
+namespace avx2 {
+extern const AttentionKernels kAttentionKernels;
+}  // namespace avx2
+
+}  // namespace kbm
+}  // namespace tensorflow
+
+#endif  // KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_H_

@@ -1,0 +1,455 @@
+// CPU kernels of Kbm>FlashAttention and Kbm>FlashAttentionGrad.
+//
+// float32 runs the SIMD tiles of the active variant (attention_simd.cc);
+// half and bfloat16 are widened to float32 buffers first and narrowed at the
+// end; float64 runs the same tiled algorithm with scalar math. Forward units
+// (batch, query head, query tile) and backward units (batch, kv head, chunk
+// of key tiles) are spread over the intra-op thread pool.
+#define EIGEN_USE_THREADS
+
+#include <cmath>
+#include <type_traits>
+
+#include "absl/strings/str_cat.h"
+#include "cc/attention/kernels/attention.h"
+#include "cc/attention/kernels/attention_tiles.h"
+#include "cc/common/cpu_isa.h"
+#include "cc/common/kernel_utils.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tensorflow {
+namespace kbm {
+namespace {
+
+const AttentionKernels& SimdKernels() {
+#ifdef KBM_HAVE_AVX2_VARIANT
+  return SelectIsa(avx::kAttentionKernels, avx2::kAttentionKernels);
+#else
+  return avx::kAttentionKernels;
+#endif
+}
+
+// Validates q, k, v and key_mask; fills the shape.
+absl::Status ReadShape(const Tensor& q, const Tensor& k, const Tensor& v,
+                       const Tensor& key_mask, float scale, bool causal,
+                       bool top_left, AttentionShape* s) {
+  for (const auto& [name, t] :
+       {std::pair<const char*, const Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
+    if (t->dims() != 4) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " must have rank 4 ([batch, length, heads, head_dim]), got "
+                "shape ",
+          ShapeString(*t)));
+    }
+  }
+  s->batch = q.dim_size(0);
+  s->q_len = q.dim_size(1);
+  s->q_heads = q.dim_size(2);
+  s->head_dim = q.dim_size(3);
+  s->kv_len = k.dim_size(1);
+  s->kv_heads = k.dim_size(2);
+  s->value_dim = v.dim_size(3);
+  s->scale = scale;
+  s->causal = causal;
+  s->causal_offset = top_left ? 0 : s->kv_len - s->q_len;
+  if (k.dim_size(0) != s->batch || v.dim_size(0) != s->batch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "q, k and v must have the same batch size, got q ", ShapeString(q),
+        ", k ", ShapeString(k), ", v ", ShapeString(v)));
+  }
+  if (k.dim_size(3) != s->head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "k must have the head_dim of q (", s->head_dim, "), got k ",
+        ShapeString(k), " and q ", ShapeString(q)));
+  }
+  if (v.dim_size(1) != s->kv_len || v.dim_size(2) != s->kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "v must have the length and heads of k, got v ", ShapeString(v),
+        " and k ", ShapeString(k)));
+  }
+  if (s->kv_heads == 0 || s->q_heads % s->kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the number of query heads (", s->q_heads,
+        ") must be a multiple of the number of key/value heads (",
+        s->kv_heads, ")"));
+  }
+  if (key_mask.NumElements() != 0 &&
+      (key_mask.dims() != 2 || key_mask.dim_size(0) != s->batch ||
+       key_mask.dim_size(1) != s->kv_len)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key_mask must have shape [", s->batch, ",", s->kv_len,
+        "] ([batch, key length]) or be empty, got ", ShapeString(key_mask)));
+  }
+  if (!std::isfinite(scale)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scale must be finite, got ", scale));
+  }
+  return absl::OkStatus();
+}
+
+// The element type the tiles compute in.
+template <typename T>
+using ComputeT = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// A float view of a T tensor: the tensor itself for float/double, else a
+// widened copy.
+template <typename T>
+class Widened {
+ public:
+  using F = ComputeT<T>;
+  absl::Status Init(OpKernelContext* ctx, const Tensor& t) {
+    if constexpr (std::is_same_v<T, F>) {
+      data_ = t.flat<F>().data();
+      return absl::OkStatus();
+    } else {
+      TF_RETURN_IF_ERROR(
+          ctx->allocate_temp(DataTypeToEnum<F>::value, t.shape(), &copy_));
+      copy_.flat<F>() = t.flat<T>().template cast<F>();
+      data_ = copy_.flat<F>().data();
+      return absl::OkStatus();
+    }
+  }
+  const F* data() const { return data_; }
+
+ private:
+  Tensor copy_;
+  const F* data_ = nullptr;
+};
+
+// An output of type T written through an F buffer (itself when T == F).
+template <typename T>
+class Narrowed {
+ public:
+  using F = ComputeT<T>;
+  absl::Status Init(OpKernelContext* ctx, Tensor* out) {
+    out_ = out;
+    if constexpr (std::is_same_v<T, F>) {
+      data_ = out->flat<F>().data();
+      return absl::OkStatus();
+    } else {
+      TF_RETURN_IF_ERROR(
+          ctx->allocate_temp(DataTypeToEnum<F>::value, out->shape(), &buf_));
+      data_ = buf_.flat<F>().data();
+      return absl::OkStatus();
+    }
+  }
+  F* data() { return data_; }
+  void Commit() {
+    if constexpr (!std::is_same_v<T, F>) {
+      out_->flat<T>() = buf_.flat<F>().template cast<T>();
+    }
+  }
+
+ private:
+  Tensor* out_ = nullptr;
+  Tensor buf_;
+  F* data_ = nullptr;
+};
+
+// A temp buffer of n elements of F.
+template <typename F>
+absl::Status TempBuffer(OpKernelContext* ctx, int64_t n, Tensor* t, F** p) {
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_temp(DataTypeToEnum<F>::value, TensorShape({n}), t));
+  *p = t->flat<F>().data();
+  return absl::OkStatus();
+}
+
+// Packs the key/value tiles (in parallel). `kt`, `k`, `v`, `vt` say which
+// layouts to build.
+template <typename F>
+struct KVPacker {
+  Tensor kt_t, k_t, v_t, vt_t, bias_t, flags_t;
+  PackedKV<F> kv;
+
+  absl::Status Run(OpKernelContext* ctx, const AttentionShape& s,
+                   const F* kin, const F* vin, const bool* key_mask,
+                   bool want_kt, bool want_k, bool want_v, bool want_vt) {
+    const AttnDims d(s);
+    const int64_t tiles = s.batch * s.kv_heads * d.n_kt;
+    if (want_kt) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.KtSize(), &kt_t, &kv.kt));
+    if (want_k) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.KSize(), &k_t, &kv.k));
+    if (want_v) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.VSize(), &v_t, &kv.v));
+    if (want_vt) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.VtSize(), &vt_t, &kv.vt));
+    TF_RETURN_IF_ERROR(
+        TempBuffer(ctx, s.batch * d.n_kt * kKT, &bias_t, &kv.key_bias));
+    TF_RETURN_IF_ERROR(TempBuffer(ctx, std::max<int64_t>(1, s.batch * d.n_kt),
+                                  &flags_t, &kv.has_masked_key));
+    ParallelFor(ctx, tiles, kKT * (d.D + d.Dv) * 4,
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t u = begin; u < end; ++u) {
+                    PackKeyTile<F>(s, kin, vin, key_mask, kv, u);
+                  }
+                });
+    return absl::OkStatus();
+  }
+};
+
+// Approximate cycles of one unit, for the thread pool.
+int64_t UnitCost(const AttentionShape& s, int64_t rows, int64_t keys) {
+  return std::max<int64_t>(1, rows * keys * (s.head_dim + s.value_dim) / 4);
+}
+
+template <typename T, typename U>
+class FlashAttentionOp : public OpKernel {
+ public:
+  using F = ComputeT<T>;
+  static_assert(std::is_same_v<U, F>, "lse has the compute type");
+
+  explicit FlashAttentionOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &scale_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("causal", &causal_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("causal_top_left", &top_left_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& q = ctx->input(0);
+    const Tensor& k = ctx->input(1);
+    const Tensor& v = ctx->input(2);
+    const Tensor& key_mask = ctx->input(3);
+    AttentionShape s;
+    OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
+    Tensor* o = nullptr;
+    Tensor* lse = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({s.batch, s.q_len, s.q_heads,
+                                            s.value_dim}),
+                            &o));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            1, TensorShape({s.batch, s.q_heads, s.q_len}),
+                            &lse));
+    if (o->NumElements() == 0 && lse->NumElements() == 0) return;
+    Widened<T> wq, wk, wv;
+    OP_REQUIRES_OK(ctx, wq.Init(ctx, q));
+    OP_REQUIRES_OK(ctx, wk.Init(ctx, k));
+    OP_REQUIRES_OK(ctx, wv.Init(ctx, v));
+    Narrowed<T> out;
+    OP_REQUIRES_OK(ctx, out.Init(ctx, o));
+    const bool* mask =
+        key_mask.NumElements() ? key_mask.flat<bool>().data() : nullptr;
+    KVPacker<F> packer;
+    OP_REQUIRES_OK(ctx, packer.Run(ctx, s, wk.data(), wv.data(), mask, true,
+                                   false, true, false));
+    AttentionForwardIO<F> io{wq.data(),          wk.data(), wv.data(), mask,
+                             out.data(),         lse->flat<F>().data()};
+    const int64_t units = s.batch * s.q_heads * AttnNumQueryTiles(s);
+    ParallelFor(ctx, units, UnitCost(s, kAttnQueryTile, s.kv_len),
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t u = begin; u < end; ++u) {
+                    if constexpr (std::is_same_v<F, double>) {
+                      AttentionForwardUnit<double, ScalarAttentionMath<double>>(
+                          s, packer.kv, io, u);
+                    } else {
+                      SimdKernels().forward_unit(s, packer.kv, io, u);
+                    }
+                  }
+                });
+    out.Commit();
+  }
+
+ private:
+  float scale_;
+  bool causal_;
+  bool top_left_;
+};
+
+template <typename T, typename U>
+class FlashAttentionGradOp : public OpKernel {
+ public:
+  using F = ComputeT<T>;
+  static_assert(std::is_same_v<U, F>, "lse has the compute type");
+
+  explicit FlashAttentionGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &scale_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("causal", &causal_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("causal_top_left", &top_left_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& d_o = ctx->input(0);
+    const Tensor& q = ctx->input(1);
+    const Tensor& k = ctx->input(2);
+    const Tensor& v = ctx->input(3);
+    const Tensor& key_mask = ctx->input(4);
+    const Tensor& o = ctx->input(5);
+    const Tensor& lse = ctx->input(6);
+    AttentionShape s;
+    OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
+    const TensorShape o_shape({s.batch, s.q_len, s.q_heads, s.value_dim});
+    const TensorShape lse_shape({s.batch, s.q_heads, s.q_len});
+    for (const auto& [name, t, want] :
+         {std::tuple<const char*, const Tensor*, const TensorShape*>{
+              "d_o", &d_o, &o_shape},
+          {"o", &o, &o_shape},
+          {"lse", &lse, &lse_shape}}) {
+      OP_REQUIRES(ctx, t->shape() == *want,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      name, " must have shape ", want->DebugString(),
+                      ", got ", ShapeString(*t))));
+    }
+    Tensor* dq = nullptr;
+    Tensor* dk = nullptr;
+    Tensor* dv = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, q.shape(), &dq));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, k.shape(), &dk));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, v.shape(), &dv));
+    if (dq->NumElements() == 0 && dk->NumElements() == 0 &&
+        dv->NumElements() == 0) {
+      return;
+    }
+    Widened<T> wq, wk, wv, wdo, wo;
+    OP_REQUIRES_OK(ctx, wq.Init(ctx, q));
+    OP_REQUIRES_OK(ctx, wk.Init(ctx, k));
+    OP_REQUIRES_OK(ctx, wv.Init(ctx, v));
+    OP_REQUIRES_OK(ctx, wdo.Init(ctx, d_o));
+    OP_REQUIRES_OK(ctx, wo.Init(ctx, o));
+    Narrowed<T> out_dk, out_dv;
+    OP_REQUIRES_OK(ctx, out_dk.Init(ctx, dk));
+    OP_REQUIRES_OK(ctx, out_dv.Init(ctx, dv));
+    // Keys with no query (Tq == 0) get zero gradients from the units below,
+    // which still run over every key tile.
+
+    // delta = rowsum(dO * O), [B, Hq, Tq].
+    Tensor delta;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DataTypeToEnum<F>::value,
+                                           lse_shape, &delta));
+    F* pdelta = delta.flat<F>().data();
+    const F* pdo = wdo.data();
+    const F* po = wo.data();
+    const int64_t rows = s.batch * s.q_len * s.q_heads;
+    ParallelFor(ctx, rows, s.value_dim * 2, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t h = r % s.q_heads;
+        const int64_t i = (r / s.q_heads) % s.q_len;
+        const int64_t b = r / s.q_heads / s.q_len;
+        F sum = 0;
+        for (int64_t e = 0; e < s.value_dim; ++e) {
+          sum += pdo[r * s.value_dim + e] * po[r * s.value_dim + e];
+        }
+        pdelta[(b * s.q_heads + h) * s.q_len + i] = sum;
+      }
+    });
+
+    // Split the key tiles into chunks so that there are a few units per
+    // thread even for one batch element and one kv head.
+    const int64_t n_kt = AttnNumKeyTiles(s);
+    const int64_t base_units = s.batch * s.kv_heads;
+    const int64_t want = 2 * NumThreads(ctx);
+    s.kv_chunks = std::max<int64_t>(
+        1, std::min<int64_t>(n_kt, (want + base_units - 1) / base_units));
+    const int64_t dp = AttnRoundUp(s.head_dim, kAttnCols);
+    Tensor dq_partial;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
+                            DataTypeToEnum<F>::value,
+                            TensorShape({s.kv_chunks, s.batch, s.q_heads,
+                                         s.q_len, dp}),
+                            &dq_partial));
+    dq_partial.flat<F>().setZero();
+    F* pdq_part = dq_partial.flat<F>().data();
+    const bool* mask =
+        key_mask.NumElements() ? key_mask.flat<bool>().data() : nullptr;
+    KVPacker<F> packer;
+    OP_REQUIRES_OK(ctx, packer.Run(ctx, s, wk.data(), wv.data(), mask, true,
+                                   true, false, true));
+    const AttnDims d(s);
+    const int64_t q_tiles = s.batch * s.q_heads * d.n_qt;
+    Tensor qs_t, qst_t, do_t, dot_t;
+    PackedQ<F> pq;
+    OP_REQUIRES_OK(ctx, TempBuffer(ctx, q_tiles * d.QsSize(), &qs_t, &pq.qs));
+    OP_REQUIRES_OK(ctx,
+                   TempBuffer(ctx, q_tiles * d.QstSize(), &qst_t, &pq.qst));
+    OP_REQUIRES_OK(ctx, TempBuffer(ctx, q_tiles * d.DoSize(), &do_t, &pq.d_o));
+    OP_REQUIRES_OK(ctx,
+                   TempBuffer(ctx, q_tiles * d.DotSize(), &dot_t, &pq.d_ot));
+    ParallelFor(ctx, q_tiles, kQT * (d.D + d.Dv) * 4,
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t u = begin; u < end; ++u) {
+                    PackQueryTile<F>(s, wq.data(), pdo, pq, u);
+                  }
+                });
+    AttentionBackwardIO<F> io{wq.data(),
+                              wk.data(),
+                              wv.data(),
+                              mask,
+                              pdo,
+                              lse.flat<F>().data(),
+                              pdelta,
+                              pdq_part,
+                              out_dk.data(),
+                              out_dv.data()};
+    const int64_t units = base_units * s.kv_chunks;
+    const int64_t unit_keys =
+        (n_kt + s.kv_chunks - 1) / s.kv_chunks * kAttnKeyTile;
+    ParallelFor(
+        ctx, units,
+        3 * UnitCost(s, s.q_len * (s.q_heads / s.kv_heads), unit_keys),
+        [&](int64_t begin, int64_t end) {
+          for (int64_t u = begin; u < end; ++u) {
+            if constexpr (std::is_same_v<F, double>) {
+              AttentionBackwardUnit<double, ScalarAttentionMath<double>>(
+                  s, packer.kv, pq, io, u);
+            } else {
+              SimdKernels().backward_unit(s, packer.kv, pq, io, u);
+            }
+          }
+        });
+    out_dk.Commit();
+    out_dv.Commit();
+
+    // dq = scale * sum over chunks, back to [B, Tq, Hq, D].
+    Narrowed<T> out_dq;
+    OP_REQUIRES_OK(ctx, out_dq.Init(ctx, dq));
+    F* pdq = out_dq.data();
+    const int64_t chunk_stride = s.batch * s.q_heads * s.q_len * dp;
+    const F scale = s.scale;
+    ParallelFor(ctx, rows, s.head_dim * s.kv_chunks,
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t r = begin; r < end; ++r) {
+                    const int64_t h = r % s.q_heads;
+                    const int64_t i = (r / s.q_heads) % s.q_len;
+                    const int64_t b = r / s.q_heads / s.q_len;
+                    const F* src =
+                        pdq_part + ((b * s.q_heads + h) * s.q_len + i) * dp;
+                    F* dst = pdq + r * s.head_dim;
+                    for (int64_t d = 0; d < s.head_dim; ++d) {
+                      F sum = 0;
+                      for (int64_t c = 0; c < s.kv_chunks; ++c) {
+                        sum += src[c * chunk_stride + d];
+                      }
+                      dst[d] = scale * sum;
+                    }
+                  }
+                });
+    out_dq.Commit();
+  }
+
+ private:
+  float scale_;
+  bool causal_;
+  bool top_left_;
+};
+
+#define KBM_REGISTER_ATTENTION(T, U)                        \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttention")        \
+                              .Device(DEVICE_CPU)           \
+                              .TypeConstraint<T>("T")       \
+                              .TypeConstraint<U>("U"),      \
+                          FlashAttentionOp<T, U>);          \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttentionGrad")    \
+                              .Device(DEVICE_CPU)           \
+                              .TypeConstraint<T>("T")       \
+                              .TypeConstraint<U>("U"),      \
+                          FlashAttentionGradOp<T, U>);
+
+KBM_REGISTER_ATTENTION(Eigen::half, float)
+KBM_REGISTER_ATTENTION(Eigen::bfloat16, float)
+KBM_REGISTER_ATTENTION(float, float)
+KBM_REGISTER_ATTENTION(double, double)
+
+#undef KBM_REGISTER_ATTENTION
+
+}  // namespace
+}  // namespace kbm
+}  // namespace tensorflow

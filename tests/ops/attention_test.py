@@ -1,0 +1,323 @@
+"""Flash attention: golden values, kernel vs reference, gradients, errors."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bigmodels as kbm
+from keras_bigmodels.ops import _loader
+from keras_bigmodels.ops.attention import TOLERANCES
+from keras_bigmodels.testing import (
+    assert_close,
+    kernel_vs_reference,
+    random_tensor,
+    run_python,
+)
+
+
+def numpy_attention(
+    q, k, v, causal=False, key_mask=None, scale=None, alignment="bottom_right"
+):
+    """Softmax attention in float64 NumPy, one (batch, head) at a time."""
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    b, tq, hq, d = q.shape
+    tk, hkv = k.shape[1], k.shape[2]
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    out = np.zeros((b, tq, hq, v.shape[-1]))
+    for bi in range(b):
+        for h in range(hq):
+            g = h // (hq // hkv)
+            s = q[bi, :, h] @ k[bi, :, g].T * scale
+            allowed = np.ones((tq, tk), bool)
+            if key_mask is not None:
+                allowed &= np.asarray(key_mask)[bi][None, :]
+            if causal:
+                off = tk - tq if alignment == "bottom_right" else 0
+                allowed &= (
+                    np.arange(tk)[None, :] <= np.arange(tq)[:, None] + off
+                )
+            s = np.where(allowed, s, -np.inf)
+            m = s.max(-1, keepdims=True)
+            p = np.where(allowed, np.exp(s - np.where(np.isinf(m), 0, m)), 0)
+            denom = p.sum(-1, keepdims=True)
+            p = np.divide(p, denom, out=np.zeros_like(p), where=denom > 0)
+            out[bi, :, h] = p @ v[bi, :, g]
+    return out
+
+
+def qkv(b, tq, tk, hq, hkv, d, dv, dtype=tf.float32, seed=0):
+    return (
+        random_tensor((b, tq, hq, d), dtype, seed),
+        random_tensor((b, tk, hkv, d), dtype, seed + 1),
+        random_tensor((b, tk, hkv, dv), dtype, seed + 2),
+    )
+
+
+def test_reference_hand_computed():
+    # One query, two keys with scores 0 and ln(3) after scaling: weights
+    # 1/4 and 3/4.
+    q = tf.constant([[[[1.0]]]], tf.float64)
+    k = tf.constant([[[[0.0]], [[math.log(3.0)]]]], tf.float64)
+    v = tf.constant([[[[10.0]], [[20.0]]]], tf.float64)
+    for fused in (False, True):
+        y = kbm.ops.flash_attention(q, k, v, scale=1.0, use_fused_kernel=fused)
+        np.testing.assert_allclose(y.numpy(), [[[[17.5]]]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(b=2, tq=9, tk=9, hq=4, hkv=4, d=16, dv=16),
+        dict(b=1, tq=70, tk=130, hq=6, hkv=2, d=32, dv=24, causal=True),
+        dict(
+            b=2, tq=130, tk=70, hq=3, hkv=1, d=8, dv=8, causal=True, mask=True
+        ),
+        dict(
+            b=2,
+            tq=33,
+            tk=65,
+            hq=2,
+            hkv=2,
+            d=16,
+            dv=16,
+            causal=True,
+            alignment="top_left",
+            mask=True,
+        ),
+    ],
+)
+def test_matches_numpy(fused, case):
+    case = dict(case)
+    causal = case.pop("causal", False)
+    alignment = case.pop("alignment", "bottom_right")
+    mask = case.pop("mask", False)
+    q, k, v = qkv(**case, dtype=tf.float64)
+    key_mask = None
+    if mask:
+        key_mask = (
+            np.random.default_rng(1).random((case["b"], case["tk"])) > 0.4
+        )
+        key_mask[0, :] = False  # A batch element with no key at all.
+    y = kbm.ops.flash_attention(
+        q,
+        k,
+        v,
+        causal=causal,
+        key_mask=key_mask,
+        causal_alignment=alignment,
+        use_fused_kernel=fused,
+    )
+    expected = numpy_attention(q, k, v, causal, key_mask, alignment=alignment)
+    # The scale is used at float32 precision (a 3e-8 relative shift).
+    assert_close(y, expected, 1e-7, 1e-7)
+
+
+SHAPES = [
+    (t, d, heads)
+    for t in (1, 7, 63, 64, 65, 257)
+    for d, heads in ((16, (12, 12)), (64, (12, 4)), (80, (8, 1)), (128, (4, 4)))
+]
+
+
+@pytest.mark.parametrize("t,d,heads", SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernel_vs_reference_float32(t, d, heads, causal):
+    q, k, v = qkv(1, t, t, heads[0], heads[1], d, d, seed=t + d)
+    kernel_vs_reference(
+        kbm.ops.flash_attention, [q, k, v], TOLERANCES, causal=causal
+    )
+
+
+@pytest.mark.parametrize(
+    "dtype", [tf.float16, tf.bfloat16, tf.float64], ids=lambda d: d.name
+)
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernel_vs_reference_dtypes(dtype, causal):
+    q, k, v = qkv(2, 65, 65, 4, 2, 32, 32, dtype=dtype)
+    kernel_vs_reference(
+        kbm.ops.flash_attention, [q, k, v], TOLERANCES, causal=causal
+    )
+
+
+@pytest.mark.parametrize("tq,tk", [(1, 129), (65, 200), (200, 65)])
+@pytest.mark.parametrize("alignment", ["bottom_right", "top_left"])
+def test_kernel_vs_reference_masks_and_lengths(tq, tk, alignment):
+    q, k, v = qkv(3, tq, tk, 4, 2, 64, 48, seed=5)
+    lengths = tf.constant([tk, tk // 2, 0])  # The last sees no key.
+    kernel_vs_reference(
+        kbm.ops.flash_attention,
+        [q, k, v],
+        TOLERANCES,
+        causal=True,
+        key_mask=lengths,
+        causal_alignment=alignment,
+    )
+    mask = np.random.default_rng(2).random((3, tk)) > 0.5
+    kernel_vs_reference(
+        kbm.ops.flash_attention, [q, k, v], TOLERANCES, key_mask=mask
+    )
+
+
+def test_fully_masked_rows_are_zero_with_finite_gradients():
+    q, k, v = qkv(2, 5, 6, 2, 2, 8, 8)
+    mask = tf.constant([[False] * 6, [True] * 6])
+    for fused in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            y = kbm.ops.flash_attention(
+                q, k, v, key_mask=mask, use_fused_kernel=fused
+            )
+        grads = tape.gradient(y, [q, k, v])
+        np.testing.assert_array_equal(y.numpy()[0], 0.0)
+        for g in grads:
+            assert np.isfinite(g.numpy()).all()
+        np.testing.assert_array_equal(grads[0].numpy()[0], 0.0)
+
+
+def test_compute_gradient_float64():
+    q, k, v = qkv(1, 5, 7, 2, 1, 4, 3, dtype=tf.float64)
+    mask = tf.constant([[True, True, False, True, True, True, False]])
+
+    def f(q, k, v):
+        return kbm.ops.flash_attention(
+            q, k, v, causal=True, key_mask=mask, use_fused_kernel=True
+        )
+
+    theoretical, numerical = tf.test.compute_gradient(f, [q, k, v])
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=1e-6, atol=1e-6)
+
+
+def test_second_order_gradient_matches_reference():
+    q, k, v = qkv(1, 6, 6, 2, 2, 4, 4, dtype=tf.float64)
+
+    def penalty_grad(fused):
+        with tf.GradientTape() as outer:
+            outer.watch([q, k, v])
+            with tf.GradientTape() as inner:
+                inner.watch([q, k, v])
+                y = kbm.ops.flash_attention(
+                    q, k, v, causal=True, use_fused_kernel=fused
+                )
+                loss = tf.reduce_sum(y**2)
+            grads = inner.gradient(loss, [q, k, v])
+            penalty = sum(tf.reduce_sum(g**2) for g in grads)
+        return outer.gradient(penalty, [q, k, v])
+
+    for a, b in zip(penalty_grad(True), penalty_grad(False)):
+        assert_close(a, b, 1e-9, 1e-9, what="second-order gradient")
+
+
+def test_unknown_shapes_in_tf_function():
+    spec = tf.TensorSpec([None, None, 4, 16], tf.float32)
+
+    @tf.function(input_signature=[spec, spec, spec])
+    def f(q, k, v):
+        return kbm.ops.flash_attention(
+            q, k, v, causal=True, use_fused_kernel=True
+        )
+
+    q, k, v = qkv(2, 9, 9, 4, 4, 16, 16)
+    assert_close(f(q, k, v), numpy_attention(q, k, v, True), 1e-5, 1e-5)
+
+
+def test_attention_bias_falls_back_to_the_reference(monkeypatch):
+    monkeypatch.setattr(_loader, "_warned", set())
+    q, k, v = qkv(1, 4, 4, 2, 2, 8, 8)
+    bias = tf.zeros((1, 2, 4, 4))
+    with pytest.warns(
+        kbm.config.FusedKernelFallbackWarning, match="attention_bias"
+    ):
+        y = kbm.ops.flash_attention(q, k, v, attention_bias=bias)
+    assert_close(y, numpy_attention(q, k, v), 1e-5, 1e-5)
+    with pytest.raises(ValueError, match="use_fused_kernel=True.*bias"):
+        kbm.ops.flash_attention(
+            q, k, v, attention_bias=bias, use_fused_kernel=True
+        )
+
+
+def test_avx_baseline_variant_matches_reference():
+    out = run_python(
+        """
+        import tensorflow as tf
+        import keras_bigmodels as kbm
+        from keras_bigmodels.ops.attention import TOLERANCES
+        from keras_bigmodels.testing import kernel_vs_reference, random_tensor
+        assert "active_isa=avx;" in kbm.ops.kernels_available().info
+        q = random_tensor((2, 70, 4, 48), tf.float32, 0)
+        k = random_tensor((2, 70, 2, 48), tf.float32, 1)
+        v = random_tensor((2, 70, 2, 48), tf.float32, 2)
+        for causal in (False, True):
+            kernel_vs_reference(kbm.ops.flash_attention, [q, k, v],
+                                TOLERANCES, causal=causal)
+        print("ok")
+        """,
+        env={"KERAS_BIGMODELS_ISA": "avx"},
+    )
+    assert out.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bad_inputs_raise_clear_errors(fused):
+    kw = {"use_fused_kernel": fused}
+    q, k, v = qkv(2, 5, 5, 4, 2, 8, 8)
+    with pytest.raises(ValueError, match=r"q must have rank 4.*\(5, 4, 8\)"):
+        kbm.ops.flash_attention(q[0], k, v, **kw)
+    with pytest.raises(ValueError, match="same head_dim"):
+        kbm.ops.flash_attention(q, k[..., :4], v, **kw)
+    with pytest.raises(
+        ValueError,
+        match=r"query heads \(4\) must be a "
+        r"multiple of the number of key/value heads \(3\)",
+    ):
+        kbm.ops.flash_attention(
+            q,
+            tf.concat([k, k[:, :, :1]], 2),
+            tf.concat([v, v[:, :, :1]], 2),
+            **kw,
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"key_mask must have shape "
+        r"\[batch, key_length\] = \(2, 5\).*\(2, 4\)",
+    ):
+        kbm.ops.flash_attention(
+            q, k, v, key_mask=tf.ones((2, 4), tf.bool), **kw
+        )
+    with pytest.raises(ValueError, match="same length"):
+        kbm.ops.flash_attention(q, k, v[:, :3], **kw)
+    with pytest.raises(TypeError, match="same dtype"):
+        kbm.ops.flash_attention(q, k, tf.cast(v, tf.float64), **kw)
+    with pytest.raises(ValueError, match="causal_alignment"):
+        kbm.ops.flash_attention(
+            q, k, v, causal=True, causal_alignment="left", **kw
+        )
+
+
+def test_kernel_checks_its_inputs_directly():
+    lib = _loader.library()
+    q, k, v = qkv(2, 5, 5, 4, 2, 8, 8)
+    none = tf.zeros([0], tf.bool)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"multiple of the number of key/value heads",
+    ):
+        lib.kbm_flash_attention(
+            q,
+            tf.concat([k, k[:, :, :1]], 2),
+            tf.concat([v, v[:, :, :1]], 2),
+            none,
+            scale=1.0,
+        )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"key_mask must have shape \[2,5\]",
+    ):
+        lib.kbm_flash_attention(q, k, v, tf.ones((2, 3), tf.bool), scale=1.0)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"k must have the head_dim of q"
+    ):
+        lib.kbm_flash_attention(q, k[..., :4], v, none, scale=1.0)

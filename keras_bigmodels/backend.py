@@ -61,3 +61,29 @@ def output_dtype(layer, inputs):
     Keras 3 layers return their compute dtype; tf-keras ones the input's.
     """
     return inputs.dtype if IS_LEGACY_KERAS else layer.compute_dtype
+
+
+def get_keras_mask(x):
+    """The Keras mask attached to tensor `x`, or None."""
+    if IS_LEGACY_KERAS:
+        return getattr(x, "_keras_mask", None)
+    from keras.src.backend.common.masking import (
+        get_keras_mask as _get,
+    )
+
+    return _get(x)
+
+
+def set_keras_mask(x, mask):
+    """Attaches `mask` to `x` (None clears it), as Keras layers do."""
+    if IS_LEGACY_KERAS:
+        try:
+            x._keras_mask = mask
+        except AttributeError:
+            pass
+        return
+    from keras.src.backend.common.masking import (
+        set_keras_mask as _set,
+    )
+
+    _set(x, mask)

@@ -144,18 +144,16 @@ def check_layer_contract(
 ):
     """The layer contract: eager, tf.function, fit, save and load elsewhere.
 
-    Builds `Input(input_shape) -> make_layer() -> Dense(1)`, then checks
-    that eager and `tf.function` calls agree, that one `model.fit` epoch runs
-    and changes the layer's weights, and that the `.keras` file loads in a
-    fresh process with `KERAS_BIGMODELS_DISABLE_FUSED=1` (no kernels) and
-    gives the same predictions.
+    Builds `Input(input_shape) -> make_layer() -> Dense(1)` and runs
+    `check_model_contract` on it; also checks that one fit epoch changes the
+    layer's weights.
 
     Args:
         make_layer: A callable returning a new layer.
         input_shape: The per-example input shape.
         tmp_dir: A directory for the saved model.
     """
-    from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+    from keras_bigmodels.backend import keras
 
     layer = make_layer()
     inputs = keras.Input(input_shape)
@@ -163,24 +161,42 @@ def check_layer_contract(
     model = keras.Model(inputs, outputs)
     x = random_tensor((32, *input_shape), tf.float32, seed=1).numpy()
     y = random_tensor((32, *input_shape[:-1], 1), tf.float32, seed=2).numpy()
-    eager = model(x)
-    graph = tf.function(model)(x)
-    assert_close(graph, eager, rtol, atol, what="tf.function vs eager")
     before = [w.numpy().copy() for w in layer.weights]
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
-    loss = history.history["loss"][-1]
-    if not np.isfinite(loss):
-        raise AssertionError(f"fit gave a non-finite loss {loss}")
+    check_model_contract(model, x, y, tmp_dir, rtol, atol)
     changed = [
         not np.allclose(b, w.numpy()) for b, w in zip(before, layer.weights)
     ]
     if before and not any(changed):
         raise AssertionError("fit did not change the layer's weights")
+
+
+def check_model_contract(model, x, y, tmp_dir, rtol=1e-5, atol=1e-5):
+    """Eager == tf.function, one fit epoch, and a `.keras` round trip.
+
+    The saved model is loaded in a fresh process with
+    `KERAS_BIGMODELS_DISABLE_FUSED=1` (no kernels) and must give the same
+    predictions.
+
+    Args:
+        model: A Keras model (not compiled).
+        x, y: NumPy inputs and targets (one input, one output).
+        tmp_dir: A directory for the saved model.
+    """
+    from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+
+    eager = model(x)
+    graph = tf.function(model)(x)
+    assert_close(graph, eager, rtol, atol, what="tf.function vs eager")
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    loss = history.history["loss"][-1]
+    if not np.isfinite(loss):
+        raise AssertionError(f"fit gave a non-finite loss {loss}")
     expected = model.predict(x, verbose=0)
     path = os.path.join(str(tmp_dir), "contract.keras")
+    x_path = os.path.join(str(tmp_dir), "x.npy")
     model.save(path)
-    np.save(os.path.join(str(tmp_dir), "x.npy"), x)
+    np.save(x_path, x)
     out = run_python(
         f"""
         import json
@@ -189,8 +205,7 @@ def check_layer_contract(
         from keras_bigmodels.backend import keras
         status = kbm.ops.kernels_available()
         model = keras.models.load_model({path!r})
-        y = model.predict(np.load({os.path.join(str(tmp_dir), "x.npy")!r}),
-                          verbose=0)
+        y = model.predict(np.load({x_path!r}), verbose=0)
         print(json.dumps({{"available": status.available,
                           "reason": status.reason, "y": y.tolist()}}))
         """,

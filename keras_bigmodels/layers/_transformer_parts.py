@@ -1,0 +1,198 @@
+"""Pieces shared by TransformerEncoder and TransformerDecoder."""
+
+import tensorflow as tf
+
+from keras_bigmodels.backend import IS_LEGACY_KERAS, get_keras_mask, keras
+from keras_bigmodels.layers.fused_dense import FusedDense
+from keras_bigmodels.layers.grouped_query_attention import (
+    GroupedQueryAttention,
+)
+from keras_bigmodels.layers.layer_normalization import LayerNormalization
+from keras_bigmodels.layers.multi_head_attention import MultiHeadAttention
+from keras_bigmodels.layers.rms_normalization import RMSNormalization
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+NORMS = ("layer", "rms")
+
+
+def check_block_args(
+    intermediate_dim,
+    num_heads,
+    num_key_value_heads,
+    dropout,
+    activation,
+    norm,
+    layer_norm_epsilon,
+):
+    for name, value in (
+        ("intermediate_dim", intermediate_dim),
+        ("num_heads", num_heads),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"{name} must be a positive integer. Received: {name}={value!r}"
+            )
+    if num_key_value_heads is not None and (
+        not isinstance(num_key_value_heads, int)
+        or num_key_value_heads <= 0
+        or num_heads % num_key_value_heads
+    ):
+        raise ValueError(
+            "num_key_value_heads must be None or a positive divisor of "
+            f"num_heads ({num_heads}). Received: "
+            f"num_key_value_heads={num_key_value_heads!r}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(
+            f"dropout must be in [0, 1). Received: dropout={dropout}"
+        )
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {ACTIVATIONS}. "
+            f"Received: activation={activation!r}"
+        )
+    if norm not in NORMS:
+        raise ValueError(
+            f"norm must be one of {NORMS}. Received: norm={norm!r}"
+        )
+    if not layer_norm_epsilon > 0:
+        raise ValueError(
+            "layer_norm_epsilon must be > 0. "
+            f"Received: layer_norm_epsilon={layer_norm_epsilon}"
+        )
+
+
+def make_norm(norm, epsilon, name, dtype):
+    cls = LayerNormalization if norm == "layer" else RMSNormalization
+    return cls(epsilon=epsilon, name=name, dtype=dtype)
+
+
+def make_attention(
+    hidden_dim,
+    num_heads,
+    num_key_value_heads,
+    dropout,
+    common,
+    name,
+    dtype,
+    rope_max_wavelength,
+    flash_attention,
+):
+    """Self- or cross-attention: MultiHeadAttention, or GroupedQueryAttention
+    when there are fewer key/value heads. `common()` gives initializers."""
+    if hidden_dim % num_heads:
+        raise ValueError(
+            f"The hidden size ({hidden_dim}) must be a multiple of num_heads "
+            f"({num_heads})."
+        )
+    head_dim = hidden_dim // num_heads
+    kwargs = dict(
+        dropout=dropout,
+        name=name,
+        dtype=dtype,
+        flash_attention=flash_attention,
+        rope_max_wavelength=rope_max_wavelength,
+        **common(),
+    )
+    if num_key_value_heads in (None, num_heads):
+        return MultiHeadAttention(
+            num_heads=num_heads, key_dim=head_dim, **kwargs
+        )
+    return GroupedQueryAttention(
+        head_dim=head_dim,
+        num_query_heads=num_heads,
+        num_key_value_heads=num_key_value_heads,
+        **kwargs,
+    )
+
+
+class FeedForward:
+    """The position-wise feed-forward network of a block (not a layer: its
+    Dense sublayers are attributes of the block, so weights keep the block's
+    names)."""
+
+    def __init__(
+        self, block, hidden_dim, intermediate_dim, activation, common, dtype
+    ):
+        self.activation = activation
+        if activation == "swiglu":
+            # One projection to 2 * intermediate_dim: silu(a) * b.
+            block._ffn_intermediate = FusedDense(
+                2 * intermediate_dim,
+                name="feedforward_intermediate_dense",
+                dtype=dtype,
+                **common(),
+            )
+        else:
+            block._ffn_intermediate = FusedDense(
+                intermediate_dim,
+                activation=activation,
+                name="feedforward_intermediate_dense",
+                dtype=dtype,
+                **common(),
+            )
+        block._ffn_output = FusedDense(
+            hidden_dim,
+            name="feedforward_output_dense",
+            dtype=dtype,
+            **common(),
+        )
+        self.block = block
+
+    def build(self, input_shape, intermediate_dim):
+        self.block._ffn_intermediate.build(input_shape)
+        self.block._ffn_output.build(
+            tuple(input_shape[:-1]) + (intermediate_dim,)
+        )
+
+    def __call__(self, x):
+        h = self.block._ffn_intermediate(x)
+        if self.activation == "swiglu":
+            a, b = tf.split(h, 2, axis=-1)
+            h = tf.nn.silu(a) * b
+        return self.block._ffn_output(h)
+
+
+def padding_to_attention_mask(inputs, padding_mask):
+    """[B, 1, S] key mask from `padding_mask` and/or the Keras mask."""
+    masks = [m for m in (padding_mask, get_keras_mask(inputs)) if m is not None]
+    if not masks:
+        return None
+    mask = tf.cast(masks[0], tf.bool)
+    for m in masks[1:]:
+        mask = tf.logical_and(mask, tf.cast(m, tf.bool))
+    return mask[:, None, :]
+
+
+def initializer_factory(kernel_initializer, bias_initializer):
+    """A function returning fresh copies of the initializers per sublayer."""
+    kernel = keras.initializers.get(kernel_initializer)
+    bias = keras.initializers.get(bias_initializer)
+
+    def clone(initializer):
+        return initializer.__class__.from_config(initializer.get_config())
+
+    return lambda: dict(
+        kernel_initializer=clone(kernel), bias_initializer=clone(bias)
+    )
+
+
+def residual_block(norm_first, x, sublayer, norm, dropout, training):
+    """`norm(x + sublayer(x))` (post-LN) or `x + sublayer(norm(x))`."""
+    residual = x
+    if norm_first:
+        x = norm(x)
+    x = residual + dropout(sublayer(x), training=training)
+    if not norm_first:
+        x = norm(x)
+    return x
+
+
+def build_attention(layer, query_shape, value_shape):
+    """Builds an attention sublayer's weights now (Keras 3 needs a parent's
+    build() to create all child state, for loading)."""
+    if IS_LEGACY_KERAS and isinstance(layer, keras.layers.MultiHeadAttention):
+        layer._build_from_signature(query=query_shape, value=value_shape)
+        layer.built = True
+    else:
+        layer.build(query_shape, value_shape)

@@ -383,9 +383,10 @@ def copy_bandwidth(mbytes=COPY_MB, runs=7):
 class Column:
     """How report.py renders one key of a table's rows.
 
-    `fmt` is one of "text", "ms", "gbps", "pct", "ratio", "gflops". A
-    `group` column is left blank where it (and every group column before
-    it) repeats the previous row, so row groups stand out.
+    `fmt` is one of "text", "ms", "gbps", "pct", "ratio", "gflops", "gb"
+    (a size in GB, 1e9 bytes). A `group` column is left blank where it (and
+    every group column before it) repeats the previous row, so row groups
+    stand out.
     """
 
     key: str
@@ -525,8 +526,23 @@ def results_path(family, quick):
     return directory / f"{family}.{allocator_setting()}.json"
 
 
-def parse_args(doc, argv=None):
-    """The command line every family script takes."""
+def parse_args(
+    doc,
+    argv=None,
+    add_arguments=None,
+    quick_rounds=QUICK_ROUNDS,
+    quick_warmup=QUICK_WARMUP,
+):
+    """The command line every family script takes.
+
+    Args:
+        doc: The script's docstring (its first paragraph is the help text).
+        argv: The arguments, or None for `sys.argv[1:]`.
+        add_arguments: Optional callable taking the `argparse` parser, to
+            add a family's own options. Defaults to `None`.
+        quick_rounds, quick_warmup: The --quick protocol's defaults for
+            --rounds and --warmup. Default to 3 and 1.
+    """
     parser = argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -549,11 +565,13 @@ def parse_args(doc, argv=None):
     )
     parser.add_argument("--rounds", type=int, help=f"default {ROUNDS}")
     parser.add_argument("--warmup", type=int, help=f"default {WARMUP}")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     if args.rounds is None:
-        args.rounds = QUICK_ROUNDS if args.quick else ROUNDS
+        args.rounds = quick_rounds if args.quick else ROUNDS
     if args.warmup is None:
-        args.warmup = QUICK_WARMUP if args.quick else WARMUP
+        args.warmup = quick_warmup if args.quick else WARMUP
     if args.rounds < 1 or args.warmup < 1:
         parser.error("--rounds and --warmup must be >= 1")
     return args

@@ -23,7 +23,7 @@ RESULTS_DIR = BENCH_DIR / "results"
 OUTPUT = BENCH_DIR.parent / "BENCHMARKS.md"
 
 # Families listed first, in this order; any other family follows by name.
-FAMILY_ORDER = ["normalization", "bias_activation"]
+FAMILY_ORDER = ["normalization", "bias_activation", "attention"]
 ALLOCATOR_ORDER = ["default", "bfc"]
 ALLOCATOR_LABEL = {
     "default": "default allocator (`TF_CPU_ALLOCATOR_USE_BFC` unset)",
@@ -66,6 +66,10 @@ def fmt_value(value, fmt):
         return f"{value:.1f}"
     if fmt == "gflops":
         return f"{value:.0f}"
+    if fmt == "gb":
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
     if fmt == "pct":
         return f"{value:.1f} %" if abs(value) < 10 else f"{value:.0f} %"
     if fmt == "ratio":
@@ -186,7 +190,8 @@ def render_header(runs):
         "after its rounds, and the share of CPU ticks spent in niced "
         "processes and in steal while it ran. The benchmark itself keeps "
         "both cores busy, so a load of about 2 means the machine was ours.",
-        "- **Allocator:** each family runs twice, in separate processes: "
+        "- **Allocator:** each family runs twice, in separate processes "
+        "(unless its section says it runs under one setting only): "
         "with TensorFlow's default CPU allocator (malloc; large buffers "
         "are returned to the OS and page-faulted in again on every call) "
         "and with `TF_CPU_ALLOCATOR_USE_BFC=true` (TensorFlow's pooling "

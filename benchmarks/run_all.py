@@ -7,6 +7,10 @@ TensorFlow CPU allocator setting:
 * default: `TF_CPU_ALLOCATOR_USE_BFC` unset (TensorFlow's malloc allocator);
 * bfc: `TF_CPU_ALLOCATOR_USE_BFC=true` (TensorFlow's pooling allocator).
 
+A family script can restrict this with a module-level tuple, e.g.
+`ALLOCATORS = ("default",)` (read from its source with `ast`, without
+importing it): it then runs only under those settings.
+
 The runs are strictly sequential (never two at once: each already keeps all
 cores busy). Each writes `benchmarks/results/<family>.<allocator>.json`;
 then `report.py` renders BENCHMARKS.md at the repository root from all the
@@ -24,6 +28,7 @@ Usage:
 """
 
 import argparse
+import ast
 import os
 import subprocess
 import sys
@@ -48,6 +53,32 @@ def discover_families():
     ]
     preferred = [f for f in report.FAMILY_ORDER if f in names]
     return preferred + sorted(set(names) - set(preferred))
+
+
+def family_allocators(family):
+    """The allocator settings a family runs under, in ALLOCATORS' order.
+
+    A family script may declare a module-level `ALLOCATORS = (...)`, a
+    literal tuple or list of names from ALLOCATORS; without one it runs
+    under all of them.
+    """
+    path = BENCH_DIR / f"{family}.py"
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if not isinstance(node, ast.Assign):
+            continue
+        if not any(
+            isinstance(t, ast.Name) and t.id == "ALLOCATORS"
+            for t in node.targets
+        ):
+            continue
+        declared = ast.literal_eval(node.value)
+        if isinstance(declared, str) or not set(declared) <= set(ALLOCATORS):
+            raise SystemExit(
+                f"{path.name}: ALLOCATORS must be a tuple of names from "
+                f"{list(ALLOCATORS)}. Received: {declared!r}"
+            )
+        return [a for a in ALLOCATORS if a in declared]
+    return list(ALLOCATORS)
 
 
 def run_family(family, allocator, results_dir, quick):
@@ -78,7 +109,15 @@ def run(families, allocators, results_dir, quick):
     results_dir.mkdir(parents=True, exist_ok=True)
     total = 0.0
     for family in families:
+        declared = family_allocators(family)
         for allocator in allocators:
+            if allocator not in declared:
+                print(
+                    f"== {family}, {allocator} allocator: skipped (the "
+                    f"family declares ALLOCATORS = {tuple(declared)})",
+                    flush=True,
+                )
+                continue
             total += run_family(family, allocator, results_dir, quick)
     print(f"== all runs: {total:.0f} s", flush=True)
 
@@ -101,7 +140,10 @@ def main(argv=None):
         nargs="+",
         choices=list(ALLOCATORS),
         default=list(ALLOCATORS),
-        help="run only under these allocator settings (default: both)",
+        help=(
+            "run only under these allocator settings (default: both, or "
+            "those a family declares in its ALLOCATORS)"
+        ),
     )
     parser.add_argument(
         "--quick",

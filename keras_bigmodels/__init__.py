@@ -4,8 +4,16 @@ import keras_bigmodels as kbm
 model = keras.Sequential([..., kbm.layers.FusedDense(512, "gelu"), ...])
 """
 
-from keras_bigmodels import backend, config, export, layers, ops
+from keras_bigmodels import backend, config, export, layers, ops, optimizers
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "config", "export", "layers", "ops", "__version__"]
+__all__ = [
+    "backend",
+    "config",
+    "export",
+    "layers",
+    "ops",
+    "optimizers",
+    "__version__",
+]

@@ -83,6 +83,18 @@ static inline void StoreOut(float* p, VecF v, bool stream) {
   }
 }
 
+static inline VecF Sqrt(VecF a) {
+#if defined(__AVX__)
+  return reinterpret_cast<VecF>(_mm256_sqrt_ps(reinterpret_cast<__m256>(a)));
+#else
+  float buf[kLanes];
+  std::memcpy(buf, &a, sizeof(a));
+  for (int64_t i = 0; i < kLanes; ++i) buf[i] = __builtin_sqrtf(buf[i]);
+  std::memcpy(&a, buf, sizeof(a));
+  return a;
+#endif
+}
+
 // Lane-wise min/max. If `a` is NaN the result is `b`: callers clamp only
 // values whose NaN-ness is carried by another factor of the result.
 static inline VecF Min(VecF a, VecF b) { return a < b ? a : b; }

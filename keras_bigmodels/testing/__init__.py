@@ -224,3 +224,53 @@ def check_model_contract(model, x, y, tmp_dir, rtol=1e-5, atol=1e-5):
         atol,
         what="predictions after loading without kernels",
     )
+
+
+def optimizer_trajectory(
+    optimizer, shapes, steps, seed=0, dtype=tf.float32, sparse_rows=None
+):
+    """Runs `steps` updates of `optimizer` on fresh variables.
+
+    Gradients are deterministic random tensors (one list per step). With
+    `sparse_rows`, the first variable's gradient is a `tf.IndexedSlices`
+    over those rows.
+
+    Returns:
+        `(variables, optimizer)`: the final variable values as NumPy arrays,
+        and the optimizer (for its slots).
+    """
+    from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+
+    rng = np.random.default_rng(seed)
+    if IS_LEGACY_KERAS:
+        variables = [
+            tf.Variable(
+                rng.standard_normal(s).astype(dtype.as_numpy_dtype),
+                name=f"w{i}",
+            )
+            for i, s in enumerate(shapes)
+        ]
+    else:
+        variables = [
+            keras.Variable(
+                rng.standard_normal(s).astype(dtype.as_numpy_dtype),
+                name=f"w{i}",
+            )
+            for i, s in enumerate(shapes)
+        ]
+    grads = [
+        [tf.constant(rng.standard_normal(s), dtype) for s in shapes]
+        for _ in range(steps)
+    ]
+    for step_grads in grads:
+        if sparse_rows is not None:
+            g0 = step_grads[0]
+            rows = tf.constant(sparse_rows, tf.int32)
+            step_grads = [
+                tf.IndexedSlices(
+                    tf.gather(g0, rows), rows, tf.shape(g0, out_type=tf.int32)
+                ),
+                *step_grads[1:],
+            ]
+        optimizer.apply_gradients(zip(step_grads, variables))
+    return [np.asarray(v.numpy()) for v in variables], optimizer

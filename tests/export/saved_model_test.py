@@ -149,3 +149,34 @@ def test_kernels_are_back_on_after_export(model_and_data, tmp_path):
     kbm.export.export_saved_model(model, tmp_path / "sm")
     assert kbm.config.fused_kernels_enabled()
     assert kbm.ops.kernels_available()
+
+
+def test_encoder_model_exports_with_stock_ops(tmp_path):
+    tokens = np.array([[5, 6, 7, 0, 0, 0], [1, 2, 3, 4, 5, 6]], "int32")
+    inputs = keras.Input((6,), dtype="int32", name="token_ids")
+    h = kbm.layers.TokenAndPositionEmbedding(10, 6, 16, mask_zero=True)(inputs)
+    h = kbm.layers.TransformerEncoder(32, 4)(h)
+    h = kbm.layers.TransformerEncoder(
+        32, 4, num_key_value_heads=2, norm="rms", norm_first=True
+    )(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    expected = model.predict(tokens, verbose=0)
+    path = kbm.export.export_saved_model(model, tmp_path / "encoder")
+    assert kbm.export.find_fused_ops(path) == {}
+    np.save(tmp_path / "tokens.npy", tokens)
+    out = run_python(
+        f"""
+        import json, sys
+        import numpy as np
+        import tensorflow as tf
+        fn = tf.saved_model.load({path!r}).signatures["serving_default"]
+        tokens = np.load({str(tmp_path / "tokens.npy")!r})
+        y = list(fn(token_ids=tf.constant(tokens)).values())[0].numpy()
+        print(json.dumps({{"y": y.tolist(), "kbm": [
+            m for m in sys.modules if m.startswith("keras_bigmodels")]}}))
+        """
+    )
+    result = last_json_line(out)
+    assert result["kbm"] == []
+    assert_close(np.array(result["y"]), expected, 1e-5, 1e-5)

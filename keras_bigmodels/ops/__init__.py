@@ -3,6 +3,7 @@
 from keras_bigmodels.ops._loader import KernelStatus, kernels_available
 from keras_bigmodels.ops.attention import flash_attention
 from keras_bigmodels.ops.bias_activation import bias_gelu
+from keras_bigmodels.ops.distillation import softmax_kl_divergence
 from keras_bigmodels.ops.normalization import layer_norm, rms_norm
 
 __all__ = [
@@ -12,4 +13,5 @@ __all__ = [
     "kernels_available",
     "layer_norm",
     "rms_norm",
+    "softmax_kl_divergence",
 ]

@@ -4,13 +4,22 @@ import keras_bigmodels as kbm
 model = keras.Sequential([..., kbm.layers.FusedDense(512, "gelu"), ...])
 """
 
-from keras_bigmodels import backend, config, export, layers, ops, optimizers
+from keras_bigmodels import (
+    backend,
+    config,
+    distillation,
+    export,
+    layers,
+    ops,
+    optimizers,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backend",
     "config",
+    "distillation",
     "export",
     "layers",
     "ops",

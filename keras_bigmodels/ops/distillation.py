@@ -119,8 +119,12 @@ def _softmax_kl_reference(teacher, student, temperature):
     log_p = tf.nn.log_softmax(t, axis=-1)
     log_q = tf.nn.log_softmax(s, axis=-1)
     p = tf.exp(log_p)
-    terms = tf.where(p > 0, p * (log_p - log_q), tf.zeros_like(p))
-    return tf.reduce_sum(terms, axis=-1)
+    # Masked classes (p = 0) contribute 0; their -inf logs are replaced
+    # before the product so the gradient is not 0 * inf = NaN.
+    kept = p > 0
+    log_p = tf.where(kept, log_p, tf.zeros_like(log_p))
+    log_q = tf.where(kept, log_q, tf.zeros_like(log_q))
+    return tf.reduce_sum(p * (log_p - log_q), axis=-1)
 
 
 @tf.RegisterGradient("Kbm>SoftmaxKLDivergence")

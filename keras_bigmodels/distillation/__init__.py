@@ -1,0 +1,15 @@
+"""Knowledge distillation (`kbm.distillation`)."""
+
+from keras_bigmodels.distillation import losses
+from keras_bigmodels.distillation.cache import (
+    cache_teacher_outputs,
+    with_example_index,
+)
+from keras_bigmodels.distillation.distiller import Distiller
+
+__all__ = [
+    "Distiller",
+    "cache_teacher_outputs",
+    "losses",
+    "with_example_index",
+]

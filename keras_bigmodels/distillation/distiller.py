@@ -1,0 +1,456 @@
+"""`kbm.distillation.Distiller`: knowledge distillation as a Keras model."""
+
+import tensorflow as tf
+
+from keras_bigmodels.backend import (
+    IS_LEGACY_KERAS,
+    keras,
+    register_serializable,
+)
+from keras_bigmodels.distillation import cache as cache_lib
+from keras_bigmodels.distillation.losses import (
+    OUTPUT,
+    DistillationLoss,
+    LogitsDistillation,
+)
+from keras_bigmodels.export import export_saved_model
+
+MULTI_TEACHER_MODES = ("average", "per_teacher")
+
+
+class _Untracked:
+    """Holds objects Keras must not track (shared sub-models, tensors)."""
+
+
+def _feature_model(model, keys, role):
+    """A model returning [features for each key] (None = the output)."""
+    if keys == [OUTPUT]:
+        return model
+    if not hasattr(model, "inputs") or model.inputs is None:
+        raise ValueError(
+            f"Distilling intermediate layers needs a functional or Sequential "
+            f"{role} model; {model.name!r} has no symbolic inputs."
+        )
+    outputs = []
+    for key in keys:
+        if key is OUTPUT:
+            outputs.append(model.outputs[0])
+            continue
+        try:
+            outputs.append(model.get_layer(key).output)
+        except ValueError:
+            names = [layer.name for layer in model.layers]
+            raise ValueError(
+                f"The {role} model {model.name!r} has no layer named {key!r} "
+                f"(its layers: {names})"
+            ) from None
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+def _output_shape(model, key):
+    if key is OUTPUT:
+        return tuple(model.outputs[0].shape)
+    return tuple(model.get_layer(key).output.shape)
+
+
+@register_serializable
+class Distiller(keras.Model):
+    """Trains a student model to match a frozen teacher (and the labels).
+
+    A `keras.Model` whose `call()` returns the student's output and whose
+    `compute_loss` is `student_loss_weight * student_loss + (1 -
+    student_loss_weight) * sum(w_i * distillation_loss_i)`, with the student
+    loss from `compile(loss=...)`. `fit`, `evaluate` and `predict` behave as
+    the student's; `student_loss`, `distillation_loss` and `total_loss` are
+    tracked as metrics. The argument names follow `keras.distillation`.
+    Works under Keras 3 and tf-keras.
+
+    Beyond `keras.distillation.Distiller`:
+
+    - the KL loss runs the fused softmax-KL kernel;
+    - `FeatureDistillation` projects mismatched widths (FitNets), and
+      `HiddenStateDistillation` maps student blocks to teacher blocks;
+    - several teachers: a list, weighted by `teacher_weights`, averaged in
+      probability space (`multi_teacher="average"`) or as one loss per
+      teacher (`"per_teacher"`); feature losses use the first teacher;
+    - `teacher_cache="memory"` or `"disk:<dir>"` runs the teacher once per
+      example (inputs must carry an example index, see
+      `kbm.distillation.with_example_index`), and inputs prepared by
+      `kbm.distillation.cache_teacher_outputs` skip the teacher entirely;
+    - `export_student(path)` writes a student-only artifact.
+
+    Args:
+        teacher: A Keras model, or a list of them. It is frozen.
+        student: The Keras model to train.
+        distillation_losses: A `kbm.distillation.losses` loss or a list of
+            them. Defaults to `LogitsDistillation()` (KL at temperature 3).
+        distillation_loss_weights: One weight per distillation loss.
+            Defaults to `1.0` each.
+        student_loss_weight: Weight of the supervised loss, in [0, 1].
+            Defaults to `0.5`.
+        teacher_cache: `None`, `"memory"` or `"disk:<dir>"`. Defaults to
+            `None`.
+        teacher_weights: Weights of several teachers. Defaults to equal.
+        multi_teacher: `"average"` or `"per_teacher"`. Defaults to
+            `"average"`.
+        **kwargs: Base model arguments (`name`, ...).
+
+    Example:
+
+    ```python
+    distiller = kbm.distillation.Distiller(
+        teacher=teacher, student=student,
+        distillation_losses=kbm.distillation.losses.LogitsDistillation(4.0),
+        student_loss_weight=0.3)
+    distiller.compile(optimizer="adam",
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True), metrics=["accuracy"])
+    distiller.fit(x, y, epochs=10)
+    distiller.export_student("student.keras")
+    ```
+
+    Reference:
+    - [Hinton et al., 2015](https://arxiv.org/abs/1503.02531)
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_losses=None,
+        distillation_loss_weights=None,
+        student_loss_weight=0.5,
+        teacher_cache=None,
+        teacher_weights=None,
+        multi_teacher="average",
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        teachers = (
+            list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        )
+        for i, t in enumerate(teachers):
+            if not isinstance(t, keras.Model):
+                raise ValueError(
+                    f"teacher must be a Keras model or a list of them. "
+                    f"Received: teacher[{i}] of type {type(t).__name__}"
+                )
+        if not isinstance(student, keras.Model):
+            raise ValueError(
+                "student must be a Keras model. "
+                f"Received: {type(student).__name__}"
+            )
+        if (
+            isinstance(student_loss_weight, bool)
+            or not isinstance(student_loss_weight, (int, float))
+            or not 0.0 <= student_loss_weight <= 1.0
+        ):
+            raise ValueError(
+                "student_loss_weight must be a number in [0, 1]. "
+                f"Received: student_loss_weight={student_loss_weight!r}"
+            )
+        if multi_teacher not in MULTI_TEACHER_MODES:
+            raise ValueError(
+                f"multi_teacher must be one of {MULTI_TEACHER_MODES}. "
+                f"Received: multi_teacher={multi_teacher!r}"
+            )
+        if teacher_weights is None:
+            teacher_weights = [1.0 / len(teachers)] * len(teachers)
+        teacher_weights = [float(w) for w in teacher_weights]
+        if len(teacher_weights) != len(teachers) or min(teacher_weights) < 0:
+            raise ValueError(
+                "teacher_weights needs one non-negative weight per teacher. "
+                f"Received: teacher_weights={teacher_weights} for "
+                f"{len(teachers)} teacher(s)"
+            )
+        if distillation_losses is None:
+            distillation_losses = [LogitsDistillation()]
+        if not isinstance(distillation_losses, (list, tuple)):
+            distillation_losses = [distillation_losses]
+        for loss in distillation_losses:
+            if not isinstance(loss, DistillationLoss):
+                raise ValueError(
+                    "distillation_losses must be kbm.distillation.losses "
+                    f"objects. Received: {loss!r}"
+                )
+        if distillation_loss_weights is None:
+            distillation_loss_weights = [1.0] * len(distillation_losses)
+        if len(distillation_loss_weights) != len(distillation_losses):
+            raise ValueError(
+                f"Number of distillation_loss_weights "
+                f"({len(distillation_loss_weights)}) must match the number "
+                f"of distillation_losses ({len(distillation_losses)})"
+            )
+        if teacher_cache is not None and not (
+            teacher_cache == "memory"
+            or (
+                isinstance(teacher_cache, str)
+                and teacher_cache.startswith("disk:")
+                and len(teacher_cache) > 5
+            )
+        ):
+            raise ValueError(
+                "teacher_cache must be None, 'memory' or 'disk:<directory>'. "
+                f"Received: teacher_cache={teacher_cache!r}"
+            )
+
+        self.teachers = teachers
+        self.student = student
+        for t in teachers:
+            t.trainable = False
+        self.distillation_losses = list(distillation_losses)
+        self.distillation_loss_weights = [
+            float(w) for w in distillation_loss_weights
+        ]
+        self.student_loss_weight = float(student_loss_weight)
+        self.teacher_cache = teacher_cache
+        self.teacher_weights = teacher_weights
+        self.multi_teacher = multi_teacher
+
+        # Which features each side needs; the output always comes first.
+        t_keys, s_keys = [OUTPUT], [OUTPUT]
+        for loss in self.distillation_losses:
+            t_keys += [k for k in loss.teacher_features if k not in t_keys]
+            s_keys += [k for k in loss.student_features if k not in s_keys]
+        hidden = _Untracked()
+        hidden.teacher_keys, hidden.student_keys = t_keys, s_keys
+        hidden.teacher_models = [
+            _feature_model(t, t_keys if i == 0 else [OUTPUT], "teacher")
+            for i, t in enumerate(teachers)
+        ]
+        hidden.student_model = _feature_model(student, s_keys, "student")
+        hidden.stash = None
+        t_shapes = {k: _output_shape(teachers[0], k) for k in t_keys}
+        s_shapes = {k: _output_shape(student, k) for k in s_keys}
+        for loss in self.distillation_losses:
+            loss.build(self, t_shapes, s_shapes)
+        self._hidden = hidden
+        self._projections = [
+            layer
+            for loss in self.distillation_losses
+            for layer in loss.trainable_layers()
+        ]
+        hidden.cache = None
+        if teacher_cache is not None:
+            specs = []
+            for i, t in enumerate(teachers):
+                keys = t_keys if i == 0 else [OUTPUT]
+                specs += [
+                    (
+                        _output_shape(t, k)[1:],
+                        t.outputs[0].dtype
+                        if k is OUTPUT
+                        else t.get_layer(k).output.dtype,
+                    )
+                    for k in keys
+                ]
+            path = teacher_cache[5:] if teacher_cache != "memory" else None
+            hidden.cache = cache_lib.TeacherCache(specs, path)
+
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(
+            name="distillation_loss"
+        )
+        self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        self.supports_jit = False
+
+    @property
+    def teacher(self):
+        """The (first) teacher model."""
+        return self.teachers[0]
+
+    # ---------------------------------------------------------------- data
+
+    @staticmethod
+    def _unpack(x):
+        """(model inputs, example index or None, cached outputs or None)."""
+        if isinstance(x, dict) and cache_lib.INPUTS in x:
+            return (
+                x[cache_lib.INPUTS],
+                x.get(cache_lib.INDEX),
+                x.get(cache_lib.TEACHER_OUTPUTS),
+            )
+        return x, None, None
+
+    def call(self, inputs, training=None):
+        inputs, _, _ = self._unpack(inputs)
+        hidden = self._hidden
+        if training and hidden.student_model is not self.student:
+            outputs = hidden.student_model(inputs, training=training)
+            hidden.stash = dict(zip(hidden.student_keys, outputs))
+            return outputs[0]
+        return self.student(inputs, training=training)
+
+    # --------------------------------------------------------------- losses
+
+    def _teacher_forward(self, inputs):
+        """Flat list of teacher features (first teacher's keys, then the
+        other teachers' outputs)."""
+        flat = []
+        for model in self._hidden.teacher_models:
+            out = model(inputs, training=False)
+            out = out if isinstance(out, (list, tuple)) else [out]
+            flat += [tf.stop_gradient(o) for o in out]
+        return flat
+
+    def _teacher_features(self, inputs, index, cached):
+        if cached is not None:
+            flat = list(tf.nest.flatten(cached))
+        elif self._hidden.cache is not None and index is not None:
+            flat = self._hidden.cache.lookup_or_compute(
+                index, inputs, lambda: self._teacher_forward(inputs)
+            )
+        else:
+            flat = self._teacher_forward(inputs)
+        keys = self._hidden.teacher_keys
+        first = dict(zip(keys, flat[: len(keys)]))
+        others = flat[len(keys) :]
+        if cached is not None and len(flat) < len(keys) + len(others):
+            raise ValueError(
+                "The cached teacher outputs do not match the "
+                "features this Distiller needs."
+            )
+        return first, [first[OUTPUT], *others]
+
+    def _distillation_loss(self, inputs, index, cached, y_pred):
+        first, outputs = self._teacher_features(inputs, index, cached)
+        hidden = self._hidden
+        if hidden.student_model is self.student:
+            student = {OUTPUT: y_pred}
+        else:
+            student = hidden.stash
+            if student is None:
+                outs = hidden.student_model(inputs, training=False)
+                student = dict(zip(hidden.student_keys, outs))
+            hidden.stash = None
+        total = 0.0
+        for loss, weight in zip(
+            self.distillation_losses, self.distillation_loss_weights
+        ):
+            total += weight * self._one_loss(loss, first, outputs, student)
+        return total
+
+    def _one_loss(self, loss, first, outputs, student):
+        if len(outputs) == 1 or not isinstance(loss, LogitsDistillation):
+            return loss.compute_loss(first, student)
+        if self.multi_teacher == "per_teacher":
+            return tf.add_n(
+                [
+                    w * loss.compute_loss({OUTPUT: o}, student)
+                    for w, o in zip(self.teacher_weights, outputs)
+                ]
+            )
+        # Average the teachers in probability space at the loss's
+        # temperature T, as logits: T * log(sum_i w_i softmax(t_i / T)).
+        temp = loss.temperature
+        total_w = sum(self.teacher_weights)
+        log_probs = tf.stack(
+            [
+                tf.nn.log_softmax(tf.cast(o, tf.float32) / temp, axis=-1)
+                + tf.math.log(w / total_w)
+                for w, o in zip(self.teacher_weights, outputs)
+                if w > 0
+            ]
+        )
+        averaged = temp * tf.reduce_logsumexp(log_probs, axis=0)
+        return loss.compute_loss({OUTPUT: averaged}, student)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        inputs, index, cached = self._unpack(x)
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        kwargs = {} if IS_LEGACY_KERAS else {"training": training}
+        student_loss = 0.0
+        if y is not None and self.student_loss_weight > 0:
+            student_loss = super().compute_loss(
+                x=inputs,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                **kwargs,
+            )
+        distillation_loss = 0.0
+        if self.student_loss_weight < 1.0:
+            distillation_loss = self._distillation_loss(
+                inputs, index, cached, y_pred
+            )
+        student_loss = tf.cast(student_loss, tf.float32)
+        distillation_loss = tf.cast(distillation_loss, tf.float32)
+        total = (
+            self.student_loss_weight * student_loss
+            + (1.0 - self.student_loss_weight) * distillation_loss
+        )
+        self.student_loss_tracker.update_state(student_loss)
+        self.distillation_loss_tracker.update_state(distillation_loss)
+        self.total_loss_tracker.update_state(total)
+        return total
+
+    # ------------------------------------------------------------ training
+
+    def fit(self, *args, **kwargs):
+        history = super().fit(*args, **kwargs)
+        if self._hidden.cache is not None:
+            self._hidden.cache.save()
+        return history
+
+    def cache_teacher_outputs(self, dataset, cache="memory", batch_size=256):
+        """Runs this Distiller's teachers once over `dataset` (all features
+        its losses need) and returns the dataset with their outputs; see
+        `kbm.distillation.cache_teacher_outputs`."""
+        return cache_lib.cache_teacher_outputs(
+            self._teacher_forward, dataset, cache=cache, batch_size=batch_size
+        )
+
+    def teacher_cache_size(self):
+        """How many examples the teacher cache holds."""
+        cache = self._hidden.cache
+        return 0 if cache is None else cache.size()
+
+    # ----------------------------------------------------------- artifacts
+
+    def export_student(self, path):
+        """Writes the student alone: `.keras` file, or a stock-ops
+        SavedModel directory (`kbm.export.export_saved_model`) otherwise.
+        Teachers and distillation projections are not included."""
+        path = str(path)
+        if path.endswith(".keras"):
+            self.student.save(path)
+            return path
+        return export_saved_model(self.student, path)
+
+    def get_config(self):
+        ser = keras.saving.serialize_keras_object
+        teachers = [ser(t) for t in self.teachers]
+        return {
+            "name": self.name,
+            "teacher": teachers if len(teachers) > 1 else teachers[0],
+            "student": ser(self.student),
+            "distillation_losses": [ser(x) for x in self.distillation_losses],
+            "distillation_loss_weights": self.distillation_loss_weights,
+            "student_loss_weight": self.student_loss_weight,
+            "teacher_cache": self.teacher_cache,
+            "teacher_weights": self.teacher_weights,
+            "multi_teacher": self.multi_teacher,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        de = keras.saving.deserialize_keras_object
+        teacher = config.pop("teacher")
+        teacher = (
+            [de(t) for t in teacher]
+            if isinstance(teacher, list)
+            else de(teacher)
+        )
+        student = de(config.pop("student"))
+        losses = [de(x) for x in config.pop("distillation_losses")]
+        return cls(
+            teacher=teacher,
+            student=student,
+            distillation_losses=losses,
+            **config,
+        )

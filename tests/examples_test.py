@@ -1,0 +1,58 @@
+"""The examples run end to end (test-sized)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_bigmodels.backend import IS_LEGACY_KERAS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_example(args, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if IS_LEGACY_KERAS:
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_distill_digits_quick(tmp_path):
+    out = tmp_path / "results.md"
+    run_example(
+        [
+            os.path.join(ROOT, "examples", "distill_digits.py"),
+            "--quick",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
+    text = out.read_text()
+    assert "| digits | 1437 / 360 |" in text
+    assert "student distilled" in text
+
+
+@pytest.mark.parametrize("epochs", ["12"])
+def test_train_digits(tmp_path, epochs):
+    out = run_example(
+        [
+            os.path.join(ROOT, "examples", "train_digits.py"),
+            "--epochs",
+            epochs,
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        tmp_path,
+    )
+    assert "fused ops none" in out

@@ -6,8 +6,10 @@ model = keras.Sequential([..., kbm.layers.FusedDense(512, "gelu"), ...])
 
 from keras_bigmodels import (
     backend,
+    callbacks,
     config,
     distillation,
+    explain,
     export,
     layers,
     ops,
@@ -18,8 +20,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "backend",
+    "callbacks",
     "config",
     "distillation",
+    "explain",
     "export",
     "layers",
     "ops",

@@ -31,7 +31,13 @@ class TransformerDecoder(keras.layers.Layer):
         num_heads: Number of attention (query) heads.
         num_key_value_heads: Key/value heads (grouped-query attention);
             `None` means `num_heads`. Defaults to `None`.
-        dropout: Dropout rate. Defaults to `0.0`.
+        dropout: Dropout after attention and feed-forward, and on the
+            attention probabilities. Defaults to `0.0`.
+        attention_dropout: Dropout on the attention probabilities when
+            it should differ from `dropout` (None: `dropout`). The fused
+            attention kernel has no dropout: a rate > 0 runs the unfused
+            attention while training, so `attention_dropout=0.0` keeps
+            training on the kernel. Defaults to `None`.
         activation: `"gelu"`, `"gelu_tanh"`, `"relu"` or `"swiglu"`.
             Defaults to `"gelu"`.
         norm: `"layer"` or `"rms"`. Defaults to `"layer"`.
@@ -72,6 +78,7 @@ class TransformerDecoder(keras.layers.Layer):
         num_heads,
         num_key_value_heads=None,
         dropout=0.0,
+        attention_dropout=None,
         activation="gelu",
         norm="layer",
         norm_first=False,
@@ -96,6 +103,14 @@ class TransformerDecoder(keras.layers.Layer):
         self.num_heads = num_heads
         self.num_key_value_heads = num_key_value_heads
         self.dropout = dropout
+        if attention_dropout is not None and not (
+            0.0 <= attention_dropout < 1.0
+        ):
+            raise ValueError(
+                "attention_dropout must be in [0, 1) or None. "
+                f"Received: attention_dropout={attention_dropout}"
+            )
+        self.attention_dropout = attention_dropout
         self.activation = activation
         self.norm = norm
         self.norm_first = norm_first
@@ -121,7 +136,7 @@ class TransformerDecoder(keras.layers.Layer):
             hidden,
             self.num_heads,
             self.num_key_value_heads,
-            self.dropout,
+            self._attention_rate(),
             self._common(),
             "self_attention",
             dtype,
@@ -161,7 +176,7 @@ class TransformerDecoder(keras.layers.Layer):
             self._hidden,
             self.num_heads,
             self.num_key_value_heads,
-            self.dropout,
+            self._attention_rate(),
             self._common(),
             "cross_attention",
             dtype,
@@ -233,6 +248,11 @@ class TransformerDecoder(keras.layers.Layer):
             training,
         )
 
+    def _attention_rate(self):
+        if self.attention_dropout is None:
+            return self.dropout
+        return self.attention_dropout
+
     def compute_output_shape(
         self, decoder_sequence_shape, encoder_sequence_shape=None
     ):
@@ -245,6 +265,7 @@ class TransformerDecoder(keras.layers.Layer):
             "num_heads": self.num_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
             "activation": self.activation,
             "norm": self.norm,
             "norm_first": self.norm_first,

@@ -39,6 +39,11 @@ class TransformerEncoder(keras.layers.Layer):
             `None` means `num_heads`. Defaults to `None`.
         dropout: Dropout after attention and feed-forward, and on the
             attention probabilities. Defaults to `0.0`.
+        attention_dropout: Dropout on the attention probabilities when
+            it should differ from `dropout` (None: `dropout`). The fused
+            attention kernel has no dropout: a rate > 0 runs the unfused
+            attention while training, so `attention_dropout=0.0` keeps
+            training on the kernel. Defaults to `None`.
         activation: `"gelu"`, `"gelu_tanh"`, `"relu"` or `"swiglu"`.
             Defaults to `"gelu"`.
         norm: `"layer"` or `"rms"`. Defaults to `"layer"`.
@@ -82,6 +87,7 @@ class TransformerEncoder(keras.layers.Layer):
         num_heads,
         num_key_value_heads=None,
         dropout=0.0,
+        attention_dropout=None,
         activation="gelu",
         norm="layer",
         norm_first=False,
@@ -106,6 +112,14 @@ class TransformerEncoder(keras.layers.Layer):
         self.num_heads = num_heads
         self.num_key_value_heads = num_key_value_heads
         self.dropout = dropout
+        if attention_dropout is not None and not (
+            0.0 <= attention_dropout < 1.0
+        ):
+            raise ValueError(
+                "attention_dropout must be in [0, 1) or None. "
+                f"Received: attention_dropout={attention_dropout}"
+            )
+        self.attention_dropout = attention_dropout
         self.activation = activation
         self.norm = norm
         self.norm_first = norm_first
@@ -128,7 +142,7 @@ class TransformerEncoder(keras.layers.Layer):
             hidden,
             self.num_heads,
             self.num_key_value_heads,
-            self.dropout,
+            self._attention_rate(),
             common,
             "self_attention",
             dtype,
@@ -184,6 +198,11 @@ class TransformerEncoder(keras.layers.Layer):
             training,
         )
 
+    def _attention_rate(self):
+        if self.attention_dropout is None:
+            return self.dropout
+        return self.attention_dropout
+
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
 
@@ -194,6 +213,7 @@ class TransformerEncoder(keras.layers.Layer):
             "num_heads": self.num_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
             "activation": self.activation,
             "norm": self.norm,
             "norm_first": self.norm_first,

@@ -179,3 +179,27 @@ def test_contract(keras, tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(1)(h))
     x = random_tensor((16, 7, 16), tf.float32, 5).numpy()
     check_model_contract(model, x, x[..., :1], tmp_path)
+
+
+def test_attention_dropout_zero_keeps_training_on_the_kernel(keras):
+    import warnings
+
+    block = kbm.layers.TransformerEncoder(
+        32, num_heads=2, dropout=0.1, attention_dropout=0.0
+    )
+    x = tf.random.normal([2, 8, 16])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kbm.config.FusedKernelFallbackWarning)
+        block(x, training=True)
+    config = block.get_config()
+    assert config["attention_dropout"] == 0.0
+    clone = kbm.layers.TransformerEncoder.from_config(config)
+    assert clone.attention_dropout == 0.0 and clone.dropout == 0.1
+    with pytest.raises(ValueError, match="attention_dropout must be in"):
+        kbm.layers.TransformerEncoder(32, num_heads=2, attention_dropout=1.5)
+    decoder = kbm.layers.TransformerDecoder(
+        32, num_heads=2, dropout=0.1, attention_dropout=0.0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kbm.config.FusedKernelFallbackWarning)
+        decoder(x, x, training=True)

@@ -147,7 +147,7 @@ class FaithfulnessMonitor(keras.callbacks.Callback):
             def probabilities(x):
                 return tf.nn.softmax(tf.cast(base._call(x), tf.float32))
 
-            self._probabilities = Attribution(probabilities, batch_size=1024)
+            self._probabilities = Attribution(probabilities, batch_size="auto")
         return self._probabilities
 
     def on_epoch_end(self, epoch, logs=None):

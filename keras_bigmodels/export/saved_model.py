@@ -6,9 +6,12 @@ from pathlib import Path
 import tensorflow as tf
 
 from keras_bigmodels import config
-from keras_bigmodels.backend import IS_LEGACY_KERAS
+from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+from keras_bigmodels.export.explain_signature import ExplainSignature
+from keras_bigmodels.export.signatures import ModelInterface, check_signatures
 
 KBM_OP_PREFIX = "Kbm>"
+SIGNATURE_TYPES = (ExplainSignature,)
 
 logger = logging.getLogger("keras_bigmodels")
 
@@ -43,11 +46,19 @@ def find_fused_ops(path):
     return {op: sorted(where) for op, where in sorted(found.items())}
 
 
-def export_saved_model(model, path, stock_ops=True):
+def export_saved_model(model, path, stock_ops=True, signatures=None):
     """Exports a Keras model as a SavedModel for TF Serving.
 
-    With `stock_ops=True` (the default) the model is traced with the fused
-    kernels switched off, so every kbm layer runs its pure-TensorFlow
+    The SavedModel's `serving_default` signature takes one tensor per model
+    input, keyed by the input's name (the keys of a dict-input model, else
+    each `keras.Input` layer's name, e.g. `token_ids` and `padding_mask`),
+    and returns a dict keyed by output name (the keys of a dict-output
+    model, else the name of the layer producing each output, e.g. `logits`
+    for `Dense(3, name="logits")`). `signatures` adds named signatures
+    computed in the graph, e.g. attributions (`kbm.export.ExplainSignature`).
+
+    With `stock_ops=True` (the default) every function is traced with the
+    fused kernels switched off, so each kbm layer runs its pure-TensorFlow
     reference and the SavedModel holds only stock TensorFlow ops: an
     unmodified TF Serving (or any TensorFlow without keras_bigmodels) loads
     it. The written graph, functions included, is then checked for `Kbm>`
@@ -55,23 +66,34 @@ def export_saved_model(model, path, stock_ops=True):
 
     With `stock_ops=False` the fused ops are kept. Such a SavedModel loads
     only in a process that has loaded the op library (`import
-    keras_bigmodels` and run any op, or `tf.load_op_library`), and serving
-    it needs a model server built with the library.
+    keras_bigmodels` and run any op, or the `keras-bigmodels-saved-model-cli`
+    wrapper), and serving it needs a model server built with the library
+    (docs/serving.md).
 
-    Keras 3 models are written with `model.export(path)` (endpoint `serve`
-    and signature `serving_default`); tf-keras models with
-    `tf.saved_model.save`.
+    Keras 3 models are written with `keras.export.ExportArchive` (also
+    keeping the `serve` endpoint that `model.export` writes, taking the
+    model's own input structure); tf-keras models with
+    `tf.saved_model.save`. A model without symbolic inputs (subclassed) is
+    written as before this API had signatures: `model.export` or
+    `tf.saved_model.save(model)`, with their default signature.
 
     Args:
         model: A built Keras model.
         path: The output directory.
         stock_ops: Trace without fused kernels and verify the result.
             Defaults to `True`.
+        signatures: Extra signatures, `{name: kbm.export.ExplainSignature}`.
+            Names must be identifiers and not one of "serving_default",
+            "serve", "variables", "trainable_variables",
+            "non_trainable_variables". Defaults to `None`.
 
     Returns:
         The path written, as a string.
 
     Raises:
+        ValueError: A bad `signatures` argument (not a dict, a reserved or
+            invalid name, a value of an unknown type) or a signature the
+            model cannot have (see `ExplainSignature`).
         RuntimeError: `stock_ops=True` and the written graph still holds
             `Kbm>` ops (for example a tf.function traced earlier with kernels
             was reused); the message lists them.
@@ -79,15 +101,54 @@ def export_saved_model(model, path, stock_ops=True):
     Example:
 
     ```python
-    kbm.export.export_saved_model(model, "serving/1")
+    kbm.export.export_saved_model(model, "serving/1", signatures={
+        "explain": kbm.export.ExplainSignature(
+            kbm.explain.IntegratedGradients, n_steps=32)})
     ```
     """
     path = str(path)
+    extra = check_signatures(signatures, SIGNATURE_TYPES)
+    interface = ModelInterface.of(model)
+    if interface is None and extra:
+        ModelInterface(model)  # Raises, saying why.
     with config.fused_kernels(not stock_ops and config.fused_kernels_enabled()):
-        if IS_LEGACY_KERAS:
-            tf.saved_model.save(model, path)
+        if interface is None:
+            _write_default(model, path)
         else:
-            model.export(path, format="tf_saved_model", verbose=False)
+            endpoints = {"serving_default": interface.serving_function()}
+            if not IS_LEGACY_KERAS:
+                endpoints["serve"] = interface.keras_call_function()
+            for name, signature in extra.items():
+                endpoints[name] = signature.build(interface)
+            _write(model, path, endpoints)
+    _check_ops(path, stock_ops)
+    return path
+
+
+def _write_default(model, path):
+    if IS_LEGACY_KERAS:
+        tf.saved_model.save(model, path)
+    else:
+        model.export(path, format="tf_saved_model", verbose=False)
+
+
+def _write(model, path, endpoints):
+    """Writes `model` with `{name: Endpoint}` as its signatures."""
+    if IS_LEGACY_KERAS:
+        functions = {
+            name: tf.function(fn, input_signature=sig, autograph=False)
+            for name, (fn, sig) in endpoints.items()
+        }
+        tf.saved_model.save(model, path, signatures=functions)
+        return
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, sig) in endpoints.items():
+        archive.add_endpoint(name, fn, input_signature=sig)
+    archive.write_out(path, verbose=False)
+
+
+def _check_ops(path, stock_ops):
     fused = find_fused_ops(path)
     if stock_ops and fused:
         listing = "; ".join(
@@ -108,4 +169,3 @@ def export_saved_model(model, path, stock_ops=True):
             path,
             ", ".join(fused),
         )
-    return path

@@ -130,18 +130,24 @@ class PositionEmbedding(keras.layers.Layer):
         else:
             seq = inputs.shape[-2]
             self._check_length(seq, start_index)
+            checks = []
             if seq is None or not isinstance(start_index, int):
-                # Dynamic length or start: check at run time.
-                tf.debugging.assert_less_equal(
-                    tf.cast(start_index, tf.int32) + shape[-2],
-                    self.sequence_length,
-                    message=(
-                        f"PositionEmbedding '{self.name}': start_index + "
-                        "sequence length exceeds sequence_length="
-                        f"{self.sequence_length}"
-                    ),
+                # Dynamic length or start: check at run time, before the
+                # slice (in a graph, an independent check may run after
+                # the slice has already failed with a vaguer message).
+                checks.append(
+                    tf.debugging.assert_less_equal(
+                        tf.cast(start_index, tf.int32) + shape[-2],
+                        self.sequence_length,
+                        message=(
+                            f"PositionEmbedding '{self.name}': start_index"
+                            " + sequence length exceeds sequence_length="
+                            f"{self.sequence_length}"
+                        ),
+                    )
                 )
-            begin = tf.stack([tf.cast(start_index, tf.int32), 0])
+            with tf.control_dependencies([c for c in checks if c is not None]):
+                begin = tf.stack([tf.cast(start_index, tf.int32), 0])
             outputs = tf.slice(embeddings, begin, [shape[-2], shape[-1]])
         outputs = tf.broadcast_to(outputs, shape)
         outputs.set_shape(inputs.shape)

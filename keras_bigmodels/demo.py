@@ -461,12 +461,13 @@ def write_report(
     plt.close(fig)
 
     attr = monitor.attributions
-    fig, axes = plt.subplots(len(pick), 1, figsize=(9, 0.75 * len(pick)))
+    fig, axes = plt.subplots(len(pick), 1, figsize=(9, 0.9 * len(pick)))
+    # Final axes sizes first: token_heatmap wraps to the axes' width.
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.01)
     for ax, ids, scores in zip(np.atleast_1d(axes), x_test[pick], attr):
         keep = ids != 0
         tokens = [tokenizer.vocabulary[i] for i in ids[keep]]
-        kbm.explain.plot.token_heatmap(tokens, scores[keep], ax=ax, width=118)
-    fig.tight_layout()
+        kbm.explain.plot.token_heatmap(tokens, scores[keep], ax=ax)
     fig.savefig(os.path.join(args.out, "attributions.png"), dpi=100)
     plt.close(fig)
 

@@ -154,46 +154,75 @@ def _check_tokens(tokens, scores):
 
 def token_heatmap(tokens, scores, ax=None, title=None, width=60):
     """Draws tokens on a background coloured by their scores (red positive,
-    blue negative), wrapped to lines of about `width` characters.
+    blue negative), wrapped to the width of the axes.
+
+    Each token is placed after the previous one's drawn extent, so tokens
+    never overlap whatever the font and the axes size. Without `ax`, a
+    figure about `width` characters wide is made, as tall as the lines
+    need.
 
     Returns:
         The matplotlib figure.
     """
     tokens, s = _check_tokens(tokens, scores)
     scale = np.abs(s).max() or 1.0
-    lines, line, used = [], [], 0
-    for t, v in zip(tokens, s):
-        if used + len(t) > width and line:
-            lines.append(line)
-            line, used = [], 0
-        line.append((t, v))
-        used += len(t) + 1
-    lines.append(line)
     plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(width * 0.076, 0.35 * len(lines) + 0.4))
+    own_figure = ax is None
+    if own_figure:
+        _, ax = plt.subplots(figsize=(width * 0.076, 0.75))
+        ax.figure.subplots_adjust(left=0.01, right=0.99, top=1, bottom=0)
     ax.set_axis_off()
-    ax.set_xlim(0, width)
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pad_pt, gap_pt = 1.5, 3.0
+    # Measured widths (pixels) of the tokens as drawn, for wrapping.
+    style = dict(fontsize=9, family="monospace", va="bottom")
+    probe = ax.text(0, 0, "", **style)
+    widths = []
+    for t in tokens:
+        probe.set_text(t)
+        widths.append(probe.get_window_extent(renderer).width)
+    probe.remove()
+    step = (2 * pad_pt + gap_pt) * fig.dpi / 72.0
+    available = ax.get_window_extent(renderer).width
+    lines, line, used = [], [], 0.0
+    for k, w in enumerate(widths):
+        if line and used + w > available:
+            lines.append(line)
+            line, used = [], 0.0
+        line.append(k)
+        used += w + step
+    lines.append(line)
+    if own_figure:
+        fig.set_size_inches(fig.get_size_inches()[0], 0.35 * len(lines) + 0.4)
+    ax.set_xlim(0, 1)
     ax.set_ylim(len(lines), 0)
     for r, line in enumerate(lines):
-        x = 0.0
-        for t, v in line:
-            ax.text(
-                x,
-                r + 0.6,
-                t,
-                fontsize=9,
-                family="monospace",
-                bbox=dict(
-                    facecolor=tuple(_diverging(v / scale)),
-                    edgecolor="none",
-                    pad=1.5,
-                ),
+        previous = None
+        for k in line:
+            box = dict(
+                facecolor=tuple(_diverging(s[k] / scale)),
+                edgecolor="none",
+                pad=pad_pt,
             )
-            x += len(t) + 1
+            if previous is None:
+                previous = ax.text(
+                    pad_pt / 72.0, r + 0.75, tokens[k], bbox=box, **style
+                )
+            else:
+                # Anchored to the previous token's extent at draw time.
+                previous = ax.annotate(
+                    tokens[k],
+                    xy=(1, 0),
+                    xycoords=previous,
+                    xytext=(2 * pad_pt + gap_pt, 0),
+                    textcoords="offset points",
+                    bbox=box,
+                    **style,
+                )
     if title:
         ax.set_title(title, fontsize=9)
-    return ax.figure
+    return fig
 
 
 def token_html(tokens, scores):

@@ -265,15 +265,13 @@ def main(argv=None):
         print(f"      held-out accuracy {acc:.4f}")
 
     with Stage(4, total, "Train the same architecture from scratch"):
-        config = encoder.get_config()
-        config.pop("name", None)
-        scratch_encoder = kbm.models.BertEncoder(
-            **{
-                k: v
-                for k, v in config.items()
-                if k not in ("trainable", "dtype")
-            }
-        )
+        # The teacher's architecture, without its name and layer options.
+        config = {
+            k: v
+            for k, v in encoder.get_config().items()
+            if k not in ("name", "trainable", "dtype")
+        }
+        scratch_encoder = kbm.models.BertEncoder(**config)
         scratch = classifier(
             scratch_encoder, num_classes, args.sequence_length, "scratch"
         )
@@ -286,14 +284,7 @@ def main(argv=None):
 
     with Stage(5, total, "Distil into a 2-layer student (teacher cached)"):
         student_encoder = kbm.models.BertEncoder(
-            **{
-                **{
-                    k: v
-                    for k, v in config.items()
-                    if k not in ("trainable", "dtype")
-                },
-                "num_layers": len(STUDENT_LAYERS),
-            },
+            **{**config, "num_layers": len(STUDENT_LAYERS)},
             name="student_minilm",
         )
         for part in (

@@ -65,6 +65,21 @@ def _run(lib_fn, slot_lists, grads, scalars, decays):
         )
 
 
+def _multi_apply(
+    name, kernel, slot_lists, gradients, scalars, decays, reference, fused
+):
+    """Updates the variables (`slot_lists[0]`) and their slots in place:
+    one `kernel` call per variable dtype, or `reference(*slots, g, d,
+    *scalars)` per variable when the kernels cannot run."""
+    slot_lists = [[_tf_variable(v) for v in s] for s in slot_lists]
+    lib = _select(name, slot_lists[0], fused)
+    if lib is None:
+        for *slots, g, d in zip(*slot_lists, gradients, decays):
+            reference(*slots, g, d, *scalars)
+        return
+    _run(getattr(lib, kernel), slot_lists, gradients, scalars, decays)
+
+
 def adam_update(
     variables,
     momentums,
@@ -99,9 +114,6 @@ def adam_update(
         use_fused_kernel: `"auto"`, `True` or `False`, as in
             `kbm.ops.layer_norm`. Defaults to `"auto"`.
     """
-    variables = [_tf_variable(v) for v in variables]
-    momentums = [_tf_variable(v) for v in momentums]
-    velocities = [_tf_variable(v) for v in velocities]
     scalars = [
         one_minus_beta_1,
         one_minus_beta_2,
@@ -110,19 +122,15 @@ def adam_update(
         coef_sgd,
         epsilon,
     ]
-    lib = _select("adam_update", variables, use_fused_kernel)
-    if lib is None:
-        for p, m, v, g, d in zip(
-            variables, momentums, velocities, gradients, decays
-        ):
-            _adam_reference(p, m, v, g, d, *scalars)
-        return
-    _run(
-        lib.kbm_multi_apply_adam,
+    _multi_apply(
+        "adam_update",
+        "kbm_multi_apply_adam",
         [variables, momentums, velocities],
         gradients,
         scalars,
         decays,
+        _adam_reference,
+        use_fused_kernel,
     )
 
 
@@ -177,9 +185,6 @@ def lamb_update(
         decays: One decoupled weight-decay factor per variable.
         use_fused_kernel: `"auto"`, `True` or `False`. Defaults to `"auto"`.
     """
-    variables = [_tf_variable(v) for v in variables]
-    momentums = [_tf_variable(v) for v in momentums]
-    velocities = [_tf_variable(v) for v in velocities]
     scalars = [
         learning_rate,
         one_minus_beta_1,
@@ -188,19 +193,15 @@ def lamb_update(
         bias_2,
         epsilon,
     ]
-    lib = _select("lamb_update", variables, use_fused_kernel)
-    if lib is None:
-        for p, m, v, g, d in zip(
-            variables, momentums, velocities, gradients, decays
-        ):
-            _lamb_reference(p, m, v, g, d, *scalars)
-        return
-    _run(
-        lib.kbm_multi_apply_lamb,
+    _multi_apply(
+        "lamb_update",
+        "kbm_multi_apply_lamb",
         [variables, momentums, velocities],
         gradients,
         scalars,
         decays,
+        _lamb_reference,
+        use_fused_kernel,
     )
 
 
@@ -246,20 +247,15 @@ def lion_update(
         decays: One decoupled weight-decay factor per variable.
         use_fused_kernel: `"auto"`, `True` or `False`. Defaults to `"auto"`.
     """
-    variables = [_tf_variable(v) for v in variables]
-    momentums = [_tf_variable(v) for v in momentums]
-    scalars = [learning_rate, beta_1, beta_2]
-    lib = _select("lion_update", variables, use_fused_kernel)
-    if lib is None:
-        for p, m, g, d in zip(variables, momentums, gradients, decays):
-            _lion_reference(p, m, g, d, *scalars)
-        return
-    _run(
-        lib.kbm_multi_apply_lion,
+    _multi_apply(
+        "lion_update",
+        "kbm_multi_apply_lion",
         [variables, momentums],
         gradients,
-        scalars,
+        [learning_rate, beta_1, beta_2],
         decays,
+        _lion_reference,
+        use_fused_kernel,
     )
 
 

@@ -6,27 +6,15 @@ returns a scalar. Losses are serialisable (`get_config` / `from_config`,
 registered under the package name).
 """
 
-import math
-
 import tensorflow as tf
 
 from keras_bigmodels.backend import keras, register_serializable
-from keras_bigmodels.ops.distillation import softmax_kl_divergence
+from keras_bigmodels.ops.distillation import (
+    check_temperature,
+    softmax_kl_divergence,
+)
 
 OUTPUT = None  # Feature key of a model's final output.
-
-
-def _check_temperature(temperature):
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise ValueError(
-            "temperature must be a positive number. "
-            f"Received: temperature={temperature!r}"
-        )
 
 
 class DistillationLoss:
@@ -98,7 +86,7 @@ class LogitsDistillation(DistillationLoss):
     }
 
     def __init__(self, temperature=3.0, loss="kl"):
-        _check_temperature(temperature)
+        check_temperature(temperature)
         if loss not in self._ALIASES:
             raise ValueError(
                 f"loss must be 'kl' or 'mse'. Received: loss={loss!r}"

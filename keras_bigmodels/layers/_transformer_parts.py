@@ -20,6 +20,7 @@ def check_block_args(
     num_heads,
     num_key_value_heads,
     dropout,
+    attention_dropout,
     activation,
     norm,
     layer_norm_epsilon,
@@ -45,6 +46,11 @@ def check_block_args(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(
             f"dropout must be in [0, 1). Received: dropout={dropout}"
+        )
+    if attention_dropout is not None and not 0.0 <= attention_dropout < 1.0:
+        raise ValueError(
+            "attention_dropout must be in [0, 1) or None. "
+            f"Received: attention_dropout={attention_dropout}"
         )
     if activation not in ACTIVATIONS:
         raise ValueError(

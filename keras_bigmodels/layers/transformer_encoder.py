@@ -104,6 +104,7 @@ class TransformerEncoder(keras.layers.Layer):
             num_heads,
             num_key_value_heads,
             dropout,
+            attention_dropout,
             activation,
             norm,
             layer_norm_epsilon,
@@ -112,13 +113,6 @@ class TransformerEncoder(keras.layers.Layer):
         self.num_heads = num_heads
         self.num_key_value_heads = num_key_value_heads
         self.dropout = dropout
-        if attention_dropout is not None and not (
-            0.0 <= attention_dropout < 1.0
-        ):
-            raise ValueError(
-                "attention_dropout must be in [0, 1) or None. "
-                f"Received: attention_dropout={attention_dropout}"
-            )
         self.attention_dropout = attention_dropout
         self.activation = activation
         self.norm = norm

@@ -29,6 +29,20 @@ TOLERANCES = {
 }
 
 
+def check_temperature(temperature):
+    """Raises ValueError unless `temperature` is a finite number > 0."""
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(
+            "temperature must be a positive number. "
+            f"Received: temperature={temperature!r}"
+        )
+
+
 def softmax_kl_divergence(
     teacher_logits,
     student_logits,
@@ -62,16 +76,7 @@ def softmax_kl_divergence(
     Reference:
     - [Hinton et al., 2015](https://arxiv.org/abs/1503.02531)
     """
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise ValueError(
-            "temperature must be a positive number. "
-            f"Received: temperature={temperature!r}"
-        )
+    check_temperature(temperature)
     temperature = float(np.float32(temperature))
     with tf.name_scope("softmax_kl_divergence"):
         teacher = float_tensor(teacher_logits, "teacher_logits")

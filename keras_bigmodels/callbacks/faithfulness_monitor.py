@@ -113,22 +113,18 @@ class FaithfulnessMonitor(keras.callbacks.Callback):
         curve_scorer = self._curve_scorer(method) if self.softmax else scorer
         common = dict(baselines=self.baselines, target=targets)
         out = {
-            self.prefix + "deletion_auc": metrics.deletion_curve(
+            f"{self.prefix}{name}_auc": curve(
                 curve_scorer,
                 self.samples,
                 attr,
                 steps=self.steps,
                 feature_mask=self.feature_mask,
                 **common,
-            ).auc.mean(),
-            self.prefix + "insertion_auc": metrics.insertion_curve(
-                curve_scorer,
-                self.samples,
-                attr,
-                steps=self.steps,
-                feature_mask=self.feature_mask,
-                **common,
-            ).auc.mean(),
+            ).auc.mean()
+            for name, curve in (
+                ("deletion", metrics.deletion_curve),
+                ("insertion", metrics.insertion_curve),
+            )
         }
         if isinstance(method, IntegratedGradients):
             out[self.prefix + "completeness_delta"] = np.abs(

@@ -250,19 +250,29 @@ def main(argv=None):
         x_test = encode(tokenizer, test_texts, args.sequence_length)
 
     results = {}
+
+    def train_classifier(encoder, name, peak_lr, label, log_name):
+        """Encoder + head, fitted and scored; recorded under `label`."""
+        model = classifier(encoder, num_classes, args.sequence_length, name)
+        history = fit(
+            model, x_train, y_train, args, peak_lr, os.path.join(logs, log_name)
+        )
+        acc, logits = accuracy(model, x_test, y_test)
+        results[label] = (model, acc, history)
+        print(f"      held-out accuracy {acc:.4f}")
+        return model, logits
+
     with Stage(3, total, "Fine-tune the pretrained MiniLM encoder"):
         encoder = kbm.models.BertEncoder.from_checkpoint(
             path, attention_dropout=0.0, name="minilm"
         )
-        teacher = classifier(
-            encoder, num_classes, args.sequence_length, "finetuned_minilm"
+        teacher, teacher_logits = train_classifier(
+            encoder,
+            "finetuned_minilm",
+            1e-4,
+            "fine-tuned MiniLM (teacher)",
+            "teacher",
         )
-        history = fit(
-            teacher, x_train, y_train, args, 1e-4, os.path.join(logs, "teacher")
-        )
-        acc, teacher_logits = accuracy(teacher, x_test, y_test)
-        results["fine-tuned MiniLM (teacher)"] = (teacher, acc, history)
-        print(f"      held-out accuracy {acc:.4f}")
 
     with Stage(4, total, "Train the same architecture from scratch"):
         # The teacher's architecture, without its name and layer options.
@@ -271,16 +281,13 @@ def main(argv=None):
             for k, v in encoder.get_config().items()
             if k not in ("name", "trainable", "dtype")
         }
-        scratch_encoder = kbm.models.BertEncoder(**config)
-        scratch = classifier(
-            scratch_encoder, num_classes, args.sequence_length, "scratch"
+        train_classifier(
+            kbm.models.BertEncoder(**config),
+            "scratch",
+            3e-4,
+            "same encoder, from scratch",
+            "scratch",
         )
-        history = fit(
-            scratch, x_train, y_train, args, 3e-4, os.path.join(logs, "scratch")
-        )
-        acc, _ = accuracy(scratch, x_test, y_test)
-        results["same encoder, from scratch"] = (scratch, acc, history)
-        print(f"      held-out accuracy {acc:.4f}")
 
     with Stage(5, total, "Distil into a 2-layer student (teacher cached)"):
         student_encoder = kbm.models.BertEncoder(

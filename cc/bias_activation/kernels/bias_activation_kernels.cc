@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cc/bias_activation/kernels/bias_activation.h"
+#include "cc/bias_activation/kernels/bias_activation_checks.h"
 #include "cc/common/cpu_isa.h"
 #include "cc/common/kernel_utils.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -29,22 +30,6 @@ const BiasGeluRowKernels& RowKernels() {
 
 constexpr int64_t kFwdCost = 24;  // Cycles per element (exp + division).
 constexpr int64_t kBwdCost = 32;
-
-// Checks x: [..., C] and bias: [C]. Returns C.
-absl::Status CheckBiasInputs(const Tensor& x, const Tensor& bias, int64_t* c) {
-  if (x.dims() < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "x must have rank >= 1 (bias is added over its last axis), got shape ",
-        ShapeString(x)));
-  }
-  *c = x.dim_size(x.dims() - 1);
-  if (bias.dims() != 1 || bias.dim_size(0) != *c) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "bias must have shape [", *c, "] (the last axis of x ", ShapeString(x),
-        "), got ", ShapeString(bias)));
-  }
-  return absl::OkStatus();
-}
 
 // The accumulation type of dbias partials.
 template <typename T>
@@ -114,10 +99,7 @@ class BiasGeluGradOp : public OpKernel {
     const Tensor& bias = ctx->input(2);
     int64_t c = 0;
     OP_REQUIRES_OK(ctx, CheckBiasInputs(x, bias, &c));
-    OP_REQUIRES(ctx, dy.shape() == x.shape(),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "dy must have the shape of x ", ShapeString(x), ", got ",
-                    ShapeString(dy))));
+    OP_REQUIRES_OK(ctx, CheckBiasGradInputs(dy, x));
     Tensor* dx = nullptr;
     Tensor* dbias = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,

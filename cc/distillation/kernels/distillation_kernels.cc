@@ -11,6 +11,7 @@
 #include "cc/common/cpu_isa.h"
 #include "cc/common/kernel_utils.h"
 #include "cc/distillation/kernels/distillation.h"
+#include "cc/distillation/kernels/distillation_checks.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -30,25 +31,6 @@ const DistillationKernels& SimdKernels() {
 constexpr int64_t kFwdCost = 30;  // Cycles per class (two exps).
 constexpr int64_t kBwdCost = 30;
 
-absl::Status CheckLogits(const Tensor& t, const Tensor& s, int64_t* c) {
-  if (t.dims() < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "teacher_logits must have rank >= 1 ([..., classes]), got shape ",
-        ShapeString(t)));
-  }
-  if (t.shape() != s.shape()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "student_logits must have the shape of teacher_logits ",
-        ShapeString(t), ", got ", ShapeString(s)));
-  }
-  *c = t.dim_size(t.dims() - 1);
-  if (*c == 0 && LeadingShape(t).num_elements() > 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the logits need at least one class, got shape ", ShapeString(t)));
-  }
-  return absl::OkStatus();
-}
-
 template <typename T>
 using ComputeT = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
@@ -58,10 +40,7 @@ class SoftmaxKLOp : public OpKernel {
   using U = ComputeT<T>;
   explicit SoftmaxKLOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("temperature", &temperature_));
-    OP_REQUIRES(ctx, temperature_ > 0.f && std::isfinite(temperature_),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "temperature must be a positive number, got ",
-                    temperature_)));
+    OP_REQUIRES_OK(ctx, CheckTemperature(temperature_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -111,10 +90,7 @@ class SoftmaxKLGradOp : public OpKernel {
   explicit SoftmaxKLGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("temperature", &temperature_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("teacher_gradient", &teacher_grad_));
-    OP_REQUIRES(ctx, temperature_ > 0.f && std::isfinite(temperature_),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "temperature must be a positive number, got ",
-                    temperature_)));
+    OP_REQUIRES_OK(ctx, CheckTemperature(temperature_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -124,13 +100,7 @@ class SoftmaxKLGradOp : public OpKernel {
     int64_t c = 0;
     OP_REQUIRES_OK(ctx, CheckLogits(t, s, &c));
     const TensorShape rows_shape = LeadingShape(t);
-    for (int i : {0, 3, 4, 5}) {
-      OP_REQUIRES(ctx, ctx->input(i).shape() == rows_shape,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "input ", i, " of the gradient must have shape ",
-                      rows_shape.DebugString(), ", got ",
-                      ShapeString(ctx->input(i)))));
-    }
+    OP_REQUIRES_OK(ctx, CheckKLGradRowInputs(ctx, rows_shape));
     Tensor* dteacher = nullptr;
     Tensor* dstudent = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(

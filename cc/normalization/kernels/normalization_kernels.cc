@@ -8,6 +8,7 @@
 #include "cc/common/cpu_isa.h"
 #include "cc/common/kernel_utils.h"
 #include "cc/normalization/kernels/normalization.h"
+#include "cc/normalization/kernels/normalization_checks.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -27,44 +28,6 @@ const NormRowKernels& RowKernels() {
 // Cycles per element, for the thread pool's cost model.
 constexpr int64_t kFwdCost = 8;
 constexpr int64_t kBwdCost = 16;
-
-// Checks x: [..., C] with C > 0 and each parameter a [C] vector. Returns C.
-absl::Status CheckNormInputs(const Tensor& x, const char* x_name,
-                             std::initializer_list<std::pair<const char*,
-                                                             const Tensor*>>
-                                 params,
-                             int64_t* c) {
-  if (x.dims() < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(x_name, " must have rank >= 1 (normalisation is over its "
-                             "last axis), got shape ",
-                     ShapeString(x)));
-  }
-  *c = x.dim_size(x.dims() - 1);
-  if (*c == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        x_name, " must have a non-empty last axis to normalise over, got shape ",
-        ShapeString(x)));
-  }
-  for (const auto& [name, t] : params) {
-    if (t->dims() != 1 || t->dim_size(0) != *c) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(name, " must have shape [", *c, "] (the last axis of ",
-                       x_name, " ", ShapeString(x), "), got ", ShapeString(*t)));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckSameShape(const Tensor& a, const char* a_name,
-                            const TensorShape& want, const char* what) {
-  if (a.shape() != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        a_name, " must have shape ", want.DebugString(), " (", what, "), got ",
-        ShapeString(a)));
-  }
-  return absl::OkStatus();
-}
 
 // ---------------------------------------------------------------- LayerNorm
 

@@ -60,9 +60,10 @@ RowPlan PlanRows(int64_t cols, bool aligned, int max_threads) {
   return p;
 }
 
+// float32 parameter vectors are read with float4 loads when V > 1.
 template <int V>
 bool Aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % (V * 4) == 0 || V == 1;
+  return V == 1 || reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 // ---------------------------------------------------------- device helpers

@@ -54,6 +54,16 @@ def _torch_adamw(p, g, **kw):
     return opt
 
 
+def _mul_each(xs, scalars):
+    """xs[i] *= scalars[i] (0-d tensors) with a foreach call where this
+    PyTorch accepts one, per tensor otherwise."""
+    try:
+        torch._foreach_mul_(xs, scalars)
+    except RuntimeError:
+        for x, s in zip(xs, scalars):
+            x.mul_(s)
+
+
 def _foreach_lamb(p, m, v, g):
     b1c, b2c = 1.0 - B1**2, 1.0 - B2**2  # a fixed step's corrections
 
@@ -70,7 +80,7 @@ def _foreach_lamb(p, m, v, g):
         w_norm = torch.stack(torch._foreach_norm(p))
         u_norm = torch.stack(torch._foreach_norm(u))
         ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, 1.0)
-        torch._foreach_mul_(u, list((-LR * ratio).unbind()))
+        _mul_each(u, list((-LR * ratio).unbind()))
         torch._foreach_add_(p, u)
 
     return step

@@ -28,8 +28,8 @@
 namespace kbm {
 namespace gpu {
 
-inline constexpr int kMaxTensorsPerLaunch = 64;
-inline constexpr int64_t kChunkElements = 16384;
+inline constexpr int kMaxTensorsPerLaunch = 80;
+inline constexpr int64_t kChunkElements = 8192;
 
 // Adam family: m += (g - m) * omb1; v += (g*g - v) * omb2; p -= p * decay;
 // p -= (m * coef_adaptive) / (sqrt(v / bias_2) + epsilon) + m * coef_sgd.

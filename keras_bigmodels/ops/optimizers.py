@@ -1,11 +1,13 @@
 """In-place, multi-tensor optimizer updates: Adam family, LAMB and Lion.
 
 Kernels: CPU, for float16, bfloat16 (computed in float32), float32 and
-float64 variables. One op call updates a whole list of variables and their
-slots through their resource handles: each element is read and written once
-(LAMB: twice, around its per-variable norms), with no temporaries, and many
-small variables share one call. The reference is the same arithmetic as
-`keras.optimizers.AdamW` / `Lamb` / `Lion`, written with variable assigns.
+float64 variables; GPU (CUDA builds), for float16, bfloat16 and float32
+variables (float32 math, scalars read on the device). One op call updates
+a whole list of variables and their slots through their resource handles:
+each element is read and written once (LAMB: twice, around its per-variable
+norms), with no temporaries, and many small variables share one call. The
+reference is the same arithmetic as `keras.optimizers.AdamW` / `Lamb` /
+`Lion`, written with variable assigns.
 
 These functions are what `kbm.optimizers` call; use them directly only to
 write an optimizer. Step-dependent scalars (bias corrections, the learning
@@ -42,6 +44,11 @@ def _select(name, variables, use_fused_kernel):
     unsupported = None
     if not dtypes <= set(_KERNEL_DTYPES):
         unsupported = f"variable dtypes {sorted(d.name for d in dtypes)}"
+    elif any(
+        v.dtype == tf.float64 and "GPU" in (v.device or "").upper()
+        for v in variables
+    ):
+        unsupported = "float64 variables on a GPU (no float64 GPU kernel)"
     return _loader.select(name, use_fused_kernel, (), unsupported)
 
 

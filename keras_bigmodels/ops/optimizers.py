@@ -1,11 +1,13 @@
 """In-place, multi-tensor optimizer updates: Adam family, LAMB and Lion.
 
 Kernels: CPU, for float16, bfloat16 (computed in float32), float32 and
-float64 variables. One op call updates a whole list of variables and their
-slots through their resource handles: each element is read and written once
-(LAMB: twice, around its per-variable norms), with no temporaries, and many
-small variables share one call. The reference is the same arithmetic as
-`keras.optimizers.AdamW` / `Lamb` / `Lion`, written with variable assigns.
+float64 variables; GPU (CUDA builds), for float16, bfloat16 and float32
+variables (float32 math, scalars read on the device). One op call updates
+a whole list of variables and their slots through their resource handles:
+each element is read and written once (LAMB: twice, around its per-variable
+norms), with no temporaries, and many small variables share one call. The
+reference is the same arithmetic as `keras.optimizers.AdamW` / `Lamb` /
+`Lion`, written with variable assigns.
 
 These functions are what `kbm.optimizers` call; use them directly only to
 write an optimizer. Step-dependent scalars (bias corrections, the learning
@@ -42,6 +44,11 @@ def _select(name, variables, use_fused_kernel):
     unsupported = None
     if not dtypes <= set(_KERNEL_DTYPES):
         unsupported = f"variable dtypes {sorted(d.name for d in dtypes)}"
+    elif any(
+        v.dtype == tf.float64 and "GPU" in (v.device or "").upper()
+        for v in variables
+    ):
+        unsupported = "float64 variables on a GPU (no float64 GPU kernel)"
     return _loader.select(name, use_fused_kernel, (), unsupported)
 
 
@@ -60,8 +67,8 @@ def _run(lib_fn, slot_lists, grads, scalars, decays):
         lib_fn(
             *[[v.handle for v in s] for s in slots],
             [tf.convert_to_tensor(x, slots[0][0].dtype) for x in g],
-            tf.cast(tf.stack(scalars), sdtype),
-            tf.cast(tf.stack(list(d)), sdtype),
+            **{k: tf.cast(x, sdtype) for k, x in scalars.items()},
+            decay=tf.cast(tf.stack(list(d)), sdtype),
         )
 
 
@@ -70,12 +77,13 @@ def _multi_apply(
 ):
     """Updates the variables (`slot_lists[0]`) and their slots in place:
     one `kernel` call per variable dtype, or `reference(*slots, g, d,
-    *scalars)` per variable when the kernels cannot run."""
+    *scalars.values())` per variable when the kernels cannot run.
+    `scalars` maps the kernel's scalar input names to their values."""
     slot_lists = [[_tf_variable(v) for v in s] for s in slot_lists]
     lib = _select(name, slot_lists[0], fused)
     if lib is None:
         for *slots, g, d in zip(*slot_lists, gradients, decays):
-            reference(*slots, g, d, *scalars)
+            reference(*slots, g, d, *scalars.values())
         return
     _run(getattr(lib, kernel), slot_lists, gradients, scalars, decays)
 
@@ -114,14 +122,14 @@ def adam_update(
         use_fused_kernel: `"auto"`, `True` or `False`, as in
             `kbm.ops.layer_norm`. Defaults to `"auto"`.
     """
-    scalars = [
-        one_minus_beta_1,
-        one_minus_beta_2,
-        coef_adaptive,
-        bias_2,
-        coef_sgd,
-        epsilon,
-    ]
+    scalars = dict(
+        one_minus_beta_1=one_minus_beta_1,
+        one_minus_beta_2=one_minus_beta_2,
+        coef_adaptive=coef_adaptive,
+        bias_2=bias_2,
+        coef_sgd=coef_sgd,
+        epsilon=epsilon,
+    )
     _multi_apply(
         "adam_update",
         "kbm_multi_apply_adam",
@@ -185,14 +193,14 @@ def lamb_update(
         decays: One decoupled weight-decay factor per variable.
         use_fused_kernel: `"auto"`, `True` or `False`. Defaults to `"auto"`.
     """
-    scalars = [
-        learning_rate,
-        one_minus_beta_1,
-        one_minus_beta_2,
-        bias_1,
-        bias_2,
-        epsilon,
-    ]
+    scalars = dict(
+        learning_rate=learning_rate,
+        one_minus_beta_1=one_minus_beta_1,
+        one_minus_beta_2=one_minus_beta_2,
+        bias_1=bias_1,
+        bias_2=bias_2,
+        epsilon=epsilon,
+    )
     _multi_apply(
         "lamb_update",
         "kbm_multi_apply_lamb",
@@ -252,7 +260,7 @@ def lion_update(
         "kbm_multi_apply_lion",
         [variables, momentums],
         gradients,
-        [learning_rate, beta_1, beta_2],
+        dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2),
         decays,
         _lion_reference,
         use_fused_kernel,

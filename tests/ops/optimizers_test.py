@@ -144,7 +144,14 @@ def test_update_is_in_place_but_earlier_reads_keep_their_value():
 def test_kernel_rejects_bad_inputs():
     lib = _loader.library()
     variables, (m, v), grads = state([(4,), (5,)], tf.float32, 2, 4)
-    scalars = tf.constant([0.1, 0.001, 0.01, 1.0, 0.0, 1e-7])
+    scalars = dict(
+        one_minus_beta_1=0.1,
+        one_minus_beta_2=0.001,
+        coef_adaptive=0.01,
+        bias_2=1.0,
+        coef_sgd=0.0,
+        epsilon=1e-7,
+    )
     with pytest.raises(
         tf.errors.InvalidArgumentError,
         match=r"grads\[1\] must have the shape of its "
@@ -155,8 +162,8 @@ def test_kernel_rejects_bad_inputs():
             [x.handle for x in m],
             [x.handle for x in v],
             [grads[0], grads[0]],
-            scalars,
-            tf.zeros(2),
+            **scalars,
+            decay=tf.zeros(2),
         )
     with pytest.raises(
         tf.errors.InvalidArgumentError,
@@ -167,8 +174,8 @@ def test_kernel_rejects_bad_inputs():
             [m[1].handle, m[0].handle],
             [x.handle for x in v],
             grads,
-            scalars,
-            tf.zeros(2),
+            **scalars,
+            decay=tf.zeros(2),
         )
     with pytest.raises(
         (tf.errors.InvalidArgumentError, ValueError),
@@ -179,15 +186,18 @@ def test_kernel_rejects_bad_inputs():
             [x.handle for x in m],
             [x.handle for x in v],
             grads,
-            scalars,
-            tf.zeros(3),
+            **scalars,
+            decay=tf.zeros(3),
         )
-    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+    with pytest.raises(
+        (tf.errors.InvalidArgumentError, ValueError),
+        match=r"epsilon must be a scalar, got shape \[2\]|Shape",
+    ):
         lib.kbm_multi_apply_adam(
             [x.handle for x in variables],
             [x.handle for x in m],
             [x.handle for x in v],
             grads,
-            scalars[:4],
-            tf.zeros(2),
+            **{**scalars, "epsilon": tf.constant([1e-7, 1e-7])},
+            decay=tf.zeros(2),
         )

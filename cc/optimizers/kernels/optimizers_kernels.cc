@@ -20,6 +20,7 @@
 #include "cc/common/cpu_isa.h"
 #include "cc/common/kernel_utils.h"
 #include "cc/optimizers/kernels/optimizers.h"
+#include "cc/optimizers/kernels/optimizers_inputs.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/resource_var.h"
@@ -76,37 +77,15 @@ class VariableGroups {
     tensors_.assign(slot_lists.size(), std::vector<Tensor>(n));
     for (size_t s = 0; s < slot_lists.size(); ++s) {
       for (int i = 0; i < n; ++i) {
-        Tensor* t = &tensors_[s][i];
         TF_RETURN_IF_ERROR(GetInputTensorFromVariable<CPUDevice, T>(
-            ctx, ranges[s].first + i, true, false, t));
-        if (!t->IsInitialized()) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              slot_lists[s], "[", i, "] is an uninitialized variable"));
-        }
-        if (t->dtype() != DataTypeToEnum<T>::value) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              slot_lists[s], "[", i, "] has dtype ", DataTypeString(t->dtype()),
-              " but the gradients are ",
-              DataTypeString(DataTypeToEnum<T>::value)));
-        }
-        if (t->shape() != tensors_[0][i].shape()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              slot_lists[s], "[", i, "] must have the shape of ",
-              slot_lists[0], "[", i, "] ",
-              tensors_[0][i].shape().DebugString(), ", got ",
-              t->shape().DebugString()));
-        }
+            ctx, ranges[s].first + i, true, false, &tensors_[s][i]));
       }
     }
+    TF_RETURN_IF_ERROR(CheckGroups(slot_lists, tensors_, grads_name, grads,
+                                   DataTypeToEnum<T>::value));
     grads_.resize(n);
     for (int i = 0; i < n; ++i) {
       grads_[i] = grads[i];
-      if (grads_[i].shape() != tensors_[0][i].shape()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            grads_name, "[", i, "] must have the shape of its variable ",
-            tensors_[0][i].shape().DebugString(), ", got ",
-            grads_[i].shape().DebugString()));
-      }
       const int64_t size = grads_[i].NumElements();
       for (int64_t b = 0; b < size; b += kChunk) {
         chunks_.push_back({i, b, std::min(size, b + kChunk)});
@@ -127,18 +106,16 @@ class VariableGroups {
   std::vector<Chunk> chunks_;
 };
 
-// Reads a float/double vector input of the expected length.
-template <typename U>
-absl::Status ReadVector(OpKernelContext* ctx, const char* name, int64_t want,
-                        const U** out) {
-  const Tensor* t;
-  TF_RETURN_IF_ERROR(ctx->input(name, &t));
-  if (t->dims() != 1 || t->NumElements() != want) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " must have shape [", want, "], got ",
-                     t->shape().DebugString()));
-  }
-  *out = t->flat<U>().data();
+// The values of the named scalar inputs and the decay vector.
+template <typename U, int K>
+absl::Status ReadScalars(OpKernelContext* ctx, const char* const (&names)[K],
+                         int n, U (&values)[K], const U** decay) {
+  const Tensor* t[K];
+  TF_RETURN_IF_ERROR(ScalarInputs(ctx, names, t));
+  for (int k = 0; k < K; ++k) values[k] = t[k]->template scalar<U>()();
+  const Tensor* d;
+  TF_RETURN_IF_ERROR(DecayInput(ctx, n, &d));
+  *decay = d->flat<U>().data();
   return absl::OkStatus();
 }
 
@@ -186,10 +163,10 @@ class MultiApplyAdamOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     VariableGroups<T> groups;
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms", "vs"}, "grads"));
-    const U* sc;
+    U sc[6];
     const U* decay;
-    OP_REQUIRES_OK(ctx, ReadVector<U>(ctx, "scalars", 6, &sc));
-    OP_REQUIRES_OK(ctx, ReadVector<U>(ctx, "decay", groups.size(), &decay));
+    OP_REQUIRES_OK(ctx, ReadScalars(ctx, kAdamScalarNames, groups.size(), sc,
+                                    &decay));
     const AdamScalars<U> s{sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]};
     const auto& chunks = groups.chunks();
     ParallelFor(ctx, chunks.size(), kChunk * 6, [&](int64_t b0, int64_t b1) {
@@ -223,10 +200,10 @@ class MultiApplyLambOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     VariableGroups<T> groups;
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms", "vs"}, "grads"));
-    const U* sc;
+    U sc[6];
     const U* decay;
-    OP_REQUIRES_OK(ctx, ReadVector<U>(ctx, "scalars", 6, &sc));
-    OP_REQUIRES_OK(ctx, ReadVector<U>(ctx, "decay", groups.size(), &decay));
+    OP_REQUIRES_OK(ctx, ReadScalars(ctx, kLambScalarNames, groups.size(), sc,
+                                    &decay));
     const LambScalars<U> s{sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]};
     const auto& chunks = groups.chunks();
     // Pass 1: moments, and per-chunk squared norms of p and of the update.
@@ -295,10 +272,10 @@ class MultiApplyLionOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     VariableGroups<T> groups;
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms"}, "grads"));
-    const U* sc;
+    U sc[3];
     const U* decay;
-    OP_REQUIRES_OK(ctx, ReadVector<U>(ctx, "scalars", 3, &sc));
-    OP_REQUIRES_OK(ctx, ReadVector<U>(ctx, "decay", groups.size(), &decay));
+    OP_REQUIRES_OK(ctx, ReadScalars(ctx, kLionScalarNames, groups.size(), sc,
+                                    &decay));
     const LionScalars<U> s{sc[0], sc[1], sc[2]};
     const auto& chunks = groups.chunks();
     ParallelFor(ctx, chunks.size(), kChunk * 4, [&](int64_t b0, int64_t b1) {

@@ -65,15 +65,18 @@ __device__ __forceinline__ void Update(KLState& s, float at, float as) {
   }
   if (at != -INFINITY) {
     const float d = at - as;
+    // A class whose teacher weight underflows to 0 adds nothing to w, as on
+    // the CPU (et == 0 is skipped there): its d may be +inf (student logit
+    // -inf) and 0 * inf would make the loss NaN.
     if (at > s.mt) {
       const float e = __expf(s.mt - at);
       s.st = s.st * e + 1.0f;
-      s.w = s.w * e + d;
+      s.w = (e == 0.0f ? 0.0f : s.w * e) + d;
       s.mt = at;
     } else {
       const float e = __expf(at - s.mt);
       s.st += e;
-      s.w += e * d;
+      if (e != 0.0f) s.w += e * d;
     }
   }
 }
@@ -88,7 +91,8 @@ __device__ __forceinline__ KLState Merge(const KLState& a, const KLState& b) {
   r.mt = fmaxf(a.mt, b.mt);
   const float fa = Rescale(a.mt, r.mt), fb = Rescale(b.mt, r.mt);
   r.st = a.st * fa + b.st * fb;
-  r.w = a.w * fa + b.w * fb;
+  // Weights rescaled to 0 drop out of w (see Update).
+  r.w = (fa == 0.0f ? 0.0f : a.w * fa) + (fb == 0.0f ? 0.0f : b.w * fb);
   r.ms = fmaxf(a.ms, b.ms);
   r.ss = a.ss * Rescale(a.ms, r.ms) + b.ss * Rescale(b.ms, r.ms);
   return r;

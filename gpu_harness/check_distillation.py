@@ -120,6 +120,25 @@ def test_softmax_kl_masked_temperature(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_student_masked_teacher_underflows(dtype):
+    # A class with student logit -inf and a teacher weight that underflows
+    # to 0 adds nothing (CPU semantics); 0 * inf must not make the loss NaN,
+    # also when the large teacher logit comes after the tiny one.
+    rows, cols = 5, 4099
+    t, s, _ = _inputs(rows, cols, dtype, seed=2)
+    t[:, :40] = -1e4
+    s[:, :40] = float("-inf")
+    t[:, 3000] = 60.0
+    loss, lse_t, lse_s = ops.softmax_kl_fwd(t, s, 1.0)
+    loss_ref, lse_t_ref, _ = ops.softmax_kl_ref(t, s, 1.0)
+    assert torch.isfinite(loss).all(), f"{dtype}: loss {loss}"
+    assert_close("loss", loss, loss_ref, TOL[dtype]["loss"], f"{dtype}")
+    assert_close(
+        "teacher_lse", lse_t, lse_t_ref, TOL[dtype]["loss"], f"{dtype}"
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_in_place_and_misaligned(dtype):
     rows, cols = 129, 1024
     tol = TOL[dtype]

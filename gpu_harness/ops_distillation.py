@@ -105,16 +105,18 @@ def softmax_kl_bwd(
 
 
 def softmax_kl_ref(teacher, student, temperature=1.0):
-    """(loss, teacher_lse, student_lse) in float64; teacher logits of -inf
-    contribute 0."""
+    """(loss, teacher_lse, student_lse) in float64; classes whose teacher
+    probability is 0 (logit -inf, or exp underflow) contribute 0, as in the
+    CPU kernel (which skips them even where the student logit is -inf)."""
     t = teacher.double() / temperature
     s = student.double() / temperature
     lse_t = torch.logsumexp(t, -1)
     lse_s = torch.logsumexp(s, -1)
     lp = t - lse_t[..., None]
     lq = s - lse_s[..., None]
-    masked = teacher == float("-inf")
-    terms = torch.where(masked, torch.zeros_like(lp), lp.exp() * (lp - lq))
+    p = lp.exp()
+    masked = (teacher == float("-inf")) | (p == 0)
+    terms = torch.where(masked, torch.zeros_like(lp), p * (lp - lq))
     return terms.sum(-1), lse_t, lse_s
 
 

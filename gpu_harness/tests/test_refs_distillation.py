@@ -61,6 +61,16 @@ def test_masked_classes_contribute_zero():
     assert np.isfinite(ds.numpy()).all()
 
 
+def test_zero_teacher_probability_contributes_zero():
+    # Teacher probability underflows to 0 where the student logit is -inf:
+    # the CPU kernel skips the term (0 * inf), so the loss stays finite.
+    t = torch.tensor([[1.0, -1e4, 2.0]], dtype=torch.float64)
+    s = torch.tensor([[0.5, float("-inf"), -1.0]], dtype=torch.float64)
+    loss, _, _ = ops.softmax_kl_ref(t, s)
+    want, _, _ = ops.softmax_kl_ref(t[:, [0, 2]], s[:, [0, 2]])
+    np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=1e-12)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 7), (2, 3, 5)])
 def test_backward_matches_autograd(shape, temperature):

@@ -19,7 +19,8 @@ namespace gpu {
 // With t = teacher / temperature, s = student / temperature, p = softmax(t),
 // q = softmax(s): loss = sum_j p_j (log p_j - log q_j), teacher_lse =
 // logsumexp(t), student_lse = logsumexp(s). Classes whose teacher logit is
-// -inf contribute 0.
+// -inf, or whose teacher weight underflows to 0, contribute 0 (as on the
+// CPU, also where the student logit is -inf).
 template <typename T>
 struct SoftmaxKLFwdArgs {
   const T* teacher;

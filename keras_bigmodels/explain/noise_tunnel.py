@@ -2,12 +2,8 @@
 
 import numpy as np
 
-from keras_bigmodels.explain._base import (
-    Attribution,
-    as_batch,
-    check_positive_int,
-    float_inputs,
-)
+from keras_bigmodels._validation import check_positive_int
+from keras_bigmodels.explain._base import Attribution, as_batch, float_inputs
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 

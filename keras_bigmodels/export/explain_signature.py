@@ -13,7 +13,8 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from keras_bigmodels.explain._base import check_positive_int, select_outputs
+from keras_bigmodels._validation import check_positive_int
+from keras_bigmodels.explain._base import select_outputs
 from keras_bigmodels.explain.integrated_gradients import (
     IntegratedGradients,
     Saliency,

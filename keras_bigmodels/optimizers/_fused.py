@@ -52,6 +52,18 @@ def cast_to_variable(gradient, variable):
     return tf.cast(gradient, dtype)
 
 
+def one_minus(value):
+    """1 - value, in Python double when value is a number (as Keras does)."""
+    if callable(value):
+        value = value()
+    return 1.0 - value
+
+
+def value_of(x):
+    """Calls a callable hyperparameter (Keras allows them)."""
+    return x() if callable(x) else x
+
+
 class FusedUpdateMixin(_keras_internals.FusedStepHooks):
     """Routes an optimizer's update through the fused multi-tensor kernels."""
 

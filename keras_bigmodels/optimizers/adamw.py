@@ -2,17 +2,20 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_beta,
+    check_learning_rate,
+    check_non_negative,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     keras,
     register_serializable,
 )
 from keras_bigmodels.ops import optimizers as optimizer_ops
-from keras_bigmodels.optimizers._fused import FusedUpdateMixin, densify
-from keras_bigmodels.optimizers._validation import (
-    check_beta,
-    check_learning_rate,
-    check_non_negative,
+from keras_bigmodels.optimizers._fused import (
+    FusedUpdateMixin,
+    densify,
     one_minus,
     value_of,
 )

@@ -2,6 +2,11 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_beta,
+    check_learning_rate,
+    check_non_negative,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     keras,
@@ -11,19 +16,14 @@ from keras_bigmodels.ops import optimizers as optimizer_ops
 from keras_bigmodels.optimizers._fused import (
     FusedUpdateMixin,
     cast_to_variable,
+    one_minus,
+    value_of,
 )
 from keras_bigmodels.optimizers._legacy_base import (
     init_optimizer,
     serialize_learning_rate,
 )
 from keras_bigmodels.optimizers._slots import build_slots, legacy_build_guard
-from keras_bigmodels.optimizers._validation import (
-    check_beta,
-    check_learning_rate,
-    check_non_negative,
-    one_minus,
-    value_of,
-)
 from keras_bigmodels.optimizers.adamw import apply_adam_family
 
 

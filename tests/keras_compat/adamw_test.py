@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.optimizers.adamw_test",
-        {"AdamW": kbm.optimizers.AdamW},
-    )
-)
+KERAS_MODULE = "keras.src.optimizers.adamw_test"
+SUBSTITUTIONS = {"AdamW": kbm.optimizers.AdamW}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

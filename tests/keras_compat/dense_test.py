@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.layers.core.dense_test",
-        {"layers.Dense": kbm.layers.FusedDense},
-    )
-)
+KERAS_MODULE = "keras.src.layers.core.dense_test"
+SUBSTITUTIONS = {"layers.Dense": kbm.layers.FusedDense}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

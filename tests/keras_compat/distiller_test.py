@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.distillation.distiller_test",
-        {"Distiller": kbm.distillation.Distiller},
-    )
-)
+KERAS_MODULE = "keras.src.distillation.distiller_test"
+SUBSTITUTIONS = {"Distiller": kbm.distillation.Distiller}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

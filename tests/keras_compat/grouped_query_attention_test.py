@@ -3,9 +3,9 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.layers.attention.grouped_query_attention_test",
-        {"layers.GroupedQueryAttention": kbm.layers.GroupedQueryAttention},
-    )
-)
+KERAS_MODULE = "keras.src.layers.attention.grouped_query_attention_test"
+SUBSTITUTIONS = {
+    "layers.GroupedQueryAttention": kbm.layers.GroupedQueryAttention
+}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

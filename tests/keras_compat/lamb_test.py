@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.optimizers.lamb_test",
-        {"Lamb": kbm.optimizers.Lamb},
-    )
-)
+KERAS_MODULE = "keras.src.optimizers.lamb_test"
+SUBSTITUTIONS = {"Lamb": kbm.optimizers.Lamb}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

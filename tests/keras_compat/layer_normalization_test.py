@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.layers.normalization.layer_normalization_test",
-        {"layers.LayerNormalization": kbm.layers.LayerNormalization},
-    )
-)
+KERAS_MODULE = "keras.src.layers.normalization.layer_normalization_test"
+SUBSTITUTIONS = {"layers.LayerNormalization": kbm.layers.LayerNormalization}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

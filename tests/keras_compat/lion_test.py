@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.optimizers.lion_test",
-        {"Lion": kbm.optimizers.Lion},
-    )
-)
+KERAS_MODULE = "keras.src.optimizers.lion_test"
+SUBSTITUTIONS = {"Lion": kbm.optimizers.Lion}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.layers.attention.multi_head_attention_test",
-        {"layers.MultiHeadAttention": kbm.layers.MultiHeadAttention},
-    )
-)
+KERAS_MODULE = "keras.src.layers.attention.multi_head_attention_test"
+SUBSTITUTIONS = {"layers.MultiHeadAttention": kbm.layers.MultiHeadAttention}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

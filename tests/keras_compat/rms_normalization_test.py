@@ -3,9 +3,7 @@
 import keras_bigmodels as kbm
 from tests.keras_compat import _harness
 
-globals().update(
-    _harness.load(
-        "keras.src.layers.normalization.rms_normalization_test",
-        {"layers.RMSNormalization": kbm.layers.RMSNormalization},
-    )
-)
+KERAS_MODULE = "keras.src.layers.normalization.rms_normalization_test"
+SUBSTITUTIONS = {"layers.RMSNormalization": kbm.layers.RMSNormalization}
+
+globals().update(_harness.load(KERAS_MODULE, SUBSTITUTIONS))

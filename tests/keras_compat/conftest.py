@@ -1,15 +1,10 @@
 """Collection hooks of the Keras compatibility harness.
 
-Registers the markers Keras's own tests use, skips the harness on tf-keras
-(its wheel ships no tests), and attaches the expectations of
-`expectations.py` to the collected Keras tests.
+Registers the markers Keras's own tests use and attaches the expectations
+of `expectations.py` to the collected Keras tests.
 """
 
-from keras_bigmodels.backend import IS_LEGACY_KERAS
 from tests.keras_compat import expectations
-
-if IS_LEGACY_KERAS:
-    collect_ignore_glob = ["*_test.py"]
 
 
 def pytest_configure(config):

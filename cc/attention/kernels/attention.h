@@ -75,11 +75,11 @@ struct AttentionBackwardIO {
 // zero, with key_bias -inf.
 template <typename F>
 struct PackedKV {
-  F* kt = nullptr;                    // [D x kKT] per tile (K transposed).
-  F* k = nullptr;                     // [kKT x Dp] per tile (backward).
-  F* v = nullptr;                     // [kKT x Dvp] per tile (forward).
-  F* vt = nullptr;                    // [Dv x kKT] per tile (backward).
-  F* key_bias = nullptr;              // [B, n_kt, kKT]: 0 (attend) or -inf.
+  F* kt = nullptr;        // [D x kKT] per tile (K transposed).
+  F* k = nullptr;         // [kKT x Dp] per tile (backward).
+  F* v = nullptr;         // [kKT x Dvp] per tile (forward).
+  F* vt = nullptr;        // [Dv x kKT] per tile (backward).
+  F* key_bias = nullptr;  // [B, n_kt, kKT]: 0 (attend) or -inf.
   uint8_t* has_masked_key = nullptr;  // [B, n_kt]
 };
 

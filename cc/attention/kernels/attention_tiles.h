@@ -285,8 +285,8 @@ void AttentionForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
     const int64_t k0 = t * kKT;
     const int64_t nkp = AttnRoundUp(Min64(kKT, s.kv_len - k0), kAttnCols);
     const int64_t tile = (b * s.kv_heads + g) * d.n_kt + t;
-    M::Gemm(qs.data(), d.Dp, kv.kt + tile * d.KtSize(), kKT, scores.data(), nkp,
-            rows, nkp, d.D, false);
+    M::Gemm(qs.data(), d.Dp, kv.kt + tile * d.KtSize(), kKT, scores.data(),
+            nkp, rows, nkp, d.D, false);
     MaskTile<F, M>(s, scores.data(), rows, nkp, q0, k0,
                    kv.key_bias + (b * d.n_kt + t) * kKT,
                    kv.has_masked_key[b * d.n_kt + t]);
@@ -387,7 +387,8 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
                 dq_part + ((b * s.q_heads + h) * s.q_len + q0) * d.Dp, d.Dp,
                 rows, d.Dp, nkp, true);
         // dK^T += Qs^T dS (Qs carries the scale).
-        M::Gemm(qst, kQT, p.data(), nkp, dkt.data(), kKT, d.D, nkp, rows, true);
+        M::Gemm(qst, kQT, p.data(), nkp, dkt.data(), kKT, d.D, nkp, rows,
+                true);
       }
     }
     for (int64_t j = 0; j < nk; ++j) {

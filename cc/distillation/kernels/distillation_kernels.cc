@@ -37,9 +37,9 @@ absl::Status CheckLogits(const Tensor& t, const Tensor& s, int64_t* c) {
         ShapeString(t)));
   }
   if (t.shape() != s.shape()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("student_logits must have the shape of teacher_logits ",
-                     ShapeString(t), ", got ", ShapeString(s)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "student_logits must have the shape of teacher_logits ",
+        ShapeString(t), ", got ", ShapeString(s)));
   }
   *c = t.dim_size(t.dims() - 1);
   if (*c == 0 && LeadingShape(t).num_elements() > 0) {
@@ -58,10 +58,10 @@ class SoftmaxKLOp : public OpKernel {
   using U = ComputeT<T>;
   explicit SoftmaxKLOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("temperature", &temperature_));
-    OP_REQUIRES(
-        ctx, temperature_ > 0.f && std::isfinite(temperature_),
-        absl::InvalidArgumentError(absl::StrCat(
-            "temperature must be a positive number, got ", temperature_)));
+    OP_REQUIRES(ctx, temperature_ > 0.f && std::isfinite(temperature_),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "temperature must be a positive number, got ",
+                    temperature_)));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -111,10 +111,10 @@ class SoftmaxKLGradOp : public OpKernel {
   explicit SoftmaxKLGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("temperature", &temperature_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("teacher_gradient", &teacher_grad_));
-    OP_REQUIRES(
-        ctx, temperature_ > 0.f && std::isfinite(temperature_),
-        absl::InvalidArgumentError(absl::StrCat(
-            "temperature must be a positive number, got ", temperature_)));
+    OP_REQUIRES(ctx, temperature_ > 0.f && std::isfinite(temperature_),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "temperature must be a positive number, got ",
+                    temperature_)));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -125,19 +125,19 @@ class SoftmaxKLGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckLogits(t, s, &c));
     const TensorShape rows_shape = LeadingShape(t);
     for (int i : {0, 3, 4, 5}) {
-      OP_REQUIRES(
-          ctx, ctx->input(i).shape() == rows_shape,
-          absl::InvalidArgumentError(absl::StrCat(
-              "input ", i, " of the gradient must have shape ",
-              rows_shape.DebugString(), ", got ", ShapeString(ctx->input(i)))));
+      OP_REQUIRES(ctx, ctx->input(i).shape() == rows_shape,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "input ", i, " of the gradient must have shape ",
+                      rows_shape.DebugString(), ", got ",
+                      ShapeString(ctx->input(i)))));
     }
     Tensor* dteacher = nullptr;
     Tensor* dstudent = nullptr;
-    OP_REQUIRES_OK(
-        ctx, ctx->allocate_output(
-                 0, teacher_grad_ ? t.shape() : TensorShape({0}), &dteacher));
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({2}, 1, s.shape(),
-                                                              &dstudent));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, teacher_grad_ ? t.shape() : TensorShape({0}),
+                            &dteacher));
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output(
+                            {2}, 1, s.shape(), &dstudent));
     const int64_t rows = rows_shape.num_elements();
     if (rows == 0 || c == 0) return;
     const U* pg = dloss.flat<U>().data();
@@ -149,8 +149,8 @@ class SoftmaxKLGradOp : public OpKernel {
     T* pdt = teacher_grad_ ? dteacher->flat<T>().data() : nullptr;
     T* pds = dstudent->flat<T>().data();
     const U inv_t = U(1) / U(temperature_);
-    const bool stream =
-        std::is_same_v<T, float> && UseStreamingStores(dstudent->TotalBytes());
+    const bool stream = std::is_same_v<T, float> &&
+                        UseStreamingStores(dstudent->TotalBytes());
     ParallelFor(ctx, rows, c * kBwdCost, [&](int64_t begin, int64_t end) {
       FloatRows<T> io(c, 4);
       for (int64_t i = begin; i < end; ++i) {
@@ -177,16 +177,16 @@ class SoftmaxKLGradOp : public OpKernel {
   bool teacher_grad_;
 };
 
-#define KBM_REGISTER_KL(T, U)                                 \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergence")     \
-                              .Device(DEVICE_CPU)             \
-                              .TypeConstraint<T>("T")         \
-                              .TypeConstraint<U>("U"),        \
-                          SoftmaxKLOp<T>);                    \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergenceGrad") \
-                              .Device(DEVICE_CPU)             \
-                              .TypeConstraint<T>("T")         \
-                              .TypeConstraint<U>("U"),        \
+#define KBM_REGISTER_KL(T, U)                                   \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergence")       \
+                              .Device(DEVICE_CPU)               \
+                              .TypeConstraint<T>("T")           \
+                              .TypeConstraint<U>("U"),          \
+                          SoftmaxKLOp<T>);                      \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergenceGrad")   \
+                              .Device(DEVICE_CPU)               \
+                              .TypeConstraint<T>("T")           \
+                              .TypeConstraint<U>("U"),          \
                           SoftmaxKLGradOp<T>);
 
 KBM_REGISTER_KL(Eigen::half, float)

@@ -91,8 +91,9 @@ class VariableGroups {
         }
         if (t->shape() != tensors_[0][i].shape()) {
           return absl::InvalidArgumentError(absl::StrCat(
-              slot_lists[s], "[", i, "] must have the shape of ", slot_lists[0],
-              "[", i, "] ", tensors_[0][i].shape().DebugString(), ", got ",
+              slot_lists[s], "[", i, "] must have the shape of ",
+              slot_lists[0], "[", i, "] ",
+              tensors_[0][i].shape().DebugString(), ", got ",
               t->shape().DebugString()));
         }
       }
@@ -133,8 +134,9 @@ absl::Status ReadVector(OpKernelContext* ctx, const char* name, int64_t want,
   const Tensor* t;
   TF_RETURN_IF_ERROR(ctx->input(name, &t));
   if (t->dims() != 1 || t->NumElements() != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, " must have shape [", want, "], got ", t->shape().DebugString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must have shape [", want, "], got ",
+                     t->shape().DebugString()));
   }
   *out = t->flat<U>().data();
   return absl::OkStatus();
@@ -156,8 +158,7 @@ void ForChunkAsFloat(VariableGroups<T>& groups, const Chunk& c, Fn fn) {
       for (int s = 0; s < K; ++s) {
         slots[s] = buf + s * kBlock;
         const T* src = groups.slot(s, c.var) + b;
-        for (int64_t i = 0; i < n; ++i)
-          slots[s][i] = static_cast<float>(src[i]);
+        for (int64_t i = 0; i < n; ++i) slots[s][i] = static_cast<float>(src[i]);
       }
       float* g = buf + K * kBlock;
       const T* gsrc = groups.grad(c.var) + b;
@@ -196,15 +197,15 @@ class MultiApplyAdamOp : public OpKernel {
         const Chunk& c = chunks[ci];
         if constexpr (std::is_same_v<T, double>) {
           const int64_t o = c.begin;
-          AdamScalar<double>(groups.slot(0, c.var) + o,
-                             groups.slot(1, c.var) + o,
+          AdamScalar<double>(groups.slot(0, c.var) + o, groups.slot(1, c.var) + o,
                              groups.slot(2, c.var) + o, groups.grad(c.var) + o,
                              c.end - c.begin, s, decay[c.var]);
         } else {
-          ForChunkAsFloat<T, 3>(
-              groups, c, [&](float** x, const float* g, int64_t n) {
-                SimdKernels().adam(x[0], x[1], x[2], g, n, s, decay[c.var]);
-              });
+          ForChunkAsFloat<T, 3>(groups, c,
+                                [&](float** x, const float* g, int64_t n) {
+                                  SimdKernels().adam(x[0], x[1], x[2], g, n, s,
+                                                     decay[c.var]);
+                                });
         }
       }
     });
@@ -269,8 +270,8 @@ class MultiApplyLambOp : public OpKernel {
           const int64_t o = c.begin;
           LambApplyScalar<double>(groups.slot(0, c.var) + o,
                                   groups.slot(1, c.var) + o,
-                                  groups.slot(2, c.var) + o, c.end - c.begin, s,
-                                  decay[c.var], ratio_lr[c.var]);
+                                  groups.slot(2, c.var) + o, c.end - c.begin,
+                                  s, decay[c.var], ratio_lr[c.var]);
         } else {
           ForChunkAsFloat<T, 3>(
               groups, c, [&](float** x, const float*, int64_t n) {
@@ -309,31 +310,32 @@ class MultiApplyLionOp : public OpKernel {
                              groups.slot(1, c.var) + o, groups.grad(c.var) + o,
                              c.end - c.begin, s, decay[c.var]);
         } else {
-          ForChunkAsFloat<T, 2>(
-              groups, c, [&](float** x, const float* g, int64_t n) {
-                SimdKernels().lion(x[0], x[1], g, n, s, decay[c.var]);
-              });
+          ForChunkAsFloat<T, 2>(groups, c,
+                                [&](float** x, const float* g, int64_t n) {
+                                  SimdKernels().lion(x[0], x[1], g, n, s,
+                                                     decay[c.var]);
+                                });
         }
       }
     });
   }
 };
 
-#define KBM_REGISTER_OPTIMIZERS(T, U)                  \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyAdam")   \
-                              .Device(DEVICE_CPU)      \
-                              .TypeConstraint<T>("T")  \
-                              .TypeConstraint<U>("U"), \
-                          MultiApplyAdamOp<T>);        \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLamb")   \
-                              .Device(DEVICE_CPU)      \
-                              .TypeConstraint<T>("T")  \
-                              .TypeConstraint<U>("U"), \
-                          MultiApplyLambOp<T>);        \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLion")   \
-                              .Device(DEVICE_CPU)      \
-                              .TypeConstraint<T>("T")  \
-                              .TypeConstraint<U>("U"), \
+#define KBM_REGISTER_OPTIMIZERS(T, U)                     \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyAdam")      \
+                              .Device(DEVICE_CPU)         \
+                              .TypeConstraint<T>("T")     \
+                              .TypeConstraint<U>("U"),    \
+                          MultiApplyAdamOp<T>);           \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLamb")      \
+                              .Device(DEVICE_CPU)         \
+                              .TypeConstraint<T>("T")     \
+                              .TypeConstraint<U>("U"),    \
+                          MultiApplyLambOp<T>);           \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLion")      \
+                              .Device(DEVICE_CPU)         \
+                              .TypeConstraint<T>("T")     \
+                              .TypeConstraint<U>("U"),    \
                           MultiApplyLionOp<T>);
 
 KBM_REGISTER_OPTIMIZERS(Eigen::half, float)

@@ -18,7 +18,8 @@ using shape_inference::ShapeHandle;
 namespace {
 
 // scalars: [count]; decay (the next input): [n], one per variable.
-absl::Status ScalarsShape(InferenceContext* c, int scalars, int count, int n) {
+absl::Status ScalarsShape(InferenceContext* c, int scalars, int count,
+                          int n) {
   ShapeHandle s;
   shape_inference::DimensionHandle d;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(scalars), 1, &s));

@@ -2,7 +2,7 @@
 #   make demo   - create .venv, install, build the op library, run the demo
 #   make test   - the same set-up, then the test suite on Keras 3 and tf-keras
 # Other targets: build (incremental C++ build), bench (regenerate
-# BENCHMARKS.md), lint, clean.
+# BENCHMARKS.md), lint (ruff and clang-format checks), format, clean.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.kbm-deps-installed
 PYTEST_ARGS ?= -q
 
-.PHONY: setup build test test-keras3 test-tf-keras demo bench lint clean
+.PHONY: setup build test test-keras3 test-tf-keras demo bench lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,9 +61,19 @@ bench: build
 	$(PY) -m pip install --quiet shap==0.51.0 lime==0.2.0.1
 	$(PY) benchmarks/run_all.py
 
+# C++ sources checked by clang-format (style: .clang-format, Google).
+CC_SOURCES = $(shell find cc -name '*.h' -o -name '*.cc' -o -name '*.cuh')
+
 lint: $(DEPS_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(CC_SOURCES)
+
+# Rewrites the Python and C++ sources in the house style.
+format: $(DEPS_STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CC_SOURCES)
 
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json

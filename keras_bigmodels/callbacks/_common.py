@@ -4,7 +4,8 @@ import numbers
 
 import numpy as np
 
-from keras_bigmodels.explain._base import as_batch, check_positive_int
+from keras_bigmodels._validation import check_positive_int
+from keras_bigmodels.explain._base import as_batch
 
 
 def bind_method(method, model):

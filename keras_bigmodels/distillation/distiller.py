@@ -19,7 +19,66 @@ MULTI_TEACHER_MODES = ("average", "per_teacher")
 
 
 class _Untracked:
-    """Holds objects Keras must not track (shared sub-models, tensors)."""
+    """Holds objects Keras must not track (shared sub-models, caches)."""
+
+
+class _KerasDistillationLoss(DistillationLoss):
+    """Adapts a Keras 3 `keras.distillation.DistillationLoss` to kbm's.
+
+    Features are taken as Keras's Distiller takes them: the layer named by
+    the loss's `teacher_layer_name` / `student_layer_name` if it has one,
+    else the model's output; `validate_outputs` runs before each
+    `compute_loss(teacher_output, student_output)`.
+    """
+
+    def __init__(self, loss):
+        self.keras_loss = loss
+        self.teacher_features = (
+            getattr(loss, "teacher_layer_name", None) or OUTPUT,
+        )
+        self.student_features = (
+            getattr(loss, "student_layer_name", None) or OUTPUT,
+        )
+        # A logits loss can take several teachers averaged into one.
+        self.temperature = getattr(loss, "temperature", None)
+
+    def compute_loss(self, teacher, student):
+        t = teacher[self.teacher_features[0]]
+        s = student[self.student_features[0]]
+        self.keras_loss.validate_outputs(t, s)
+        return self.keras_loss.compute_loss(t, s)
+
+
+def _keras_distillation_loss_class():
+    """Keras 3's DistillationLoss base class (None on tf-keras)."""
+    if IS_LEGACY_KERAS:
+        return None
+    return keras.distillation.DistillationLoss
+
+
+def _as_kbm_loss(loss, teacher, student):
+    """kbm's losses as they are; Keras's adapted (and validated)."""
+    if isinstance(loss, DistillationLoss):
+        return loss
+    keras_base = _keras_distillation_loss_class()
+    if keras_base is not None and isinstance(loss, keras_base):
+        loss.validate_model_compatibility(teacher, student)
+        return _KerasDistillationLoss(loss)
+    accepted = "kbm.distillation.losses objects" + (
+        "" if keras_base is None else " or keras.distillation losses"
+    )
+    raise ValueError(
+        f"distillation_losses must be {accepted}. Received: {loss!r}"
+    )
+
+
+def _combines_teachers(loss):
+    """Whether several teachers' logits are averaged for this loss."""
+    if isinstance(loss, _KerasDistillationLoss):
+        return isinstance(
+            loss.keras_loss, keras.distillation.LogitsDistillation
+        )
+    return isinstance(loss, LogitsDistillation)
 
 
 def _feature_model(model, keys, role):
@@ -53,6 +112,20 @@ def _output_shape(model, key):
     return tuple(model.get_layer(key).output.shape)
 
 
+def _output_shapes(model, keys):
+    """{key: feature shape}; None for the output of a model without
+    symbolic outputs (a subclassed model: only losses that need no shape
+    can use it)."""
+    try:
+        outputs = model.outputs
+    except AttributeError:
+        outputs = None
+    return {
+        k: None if k is OUTPUT and not outputs else _output_shape(model, k)
+        for k in keys
+    }
+
+
 @register_serializable
 class Distiller(keras.Model):
     """Trains a student model to match a frozen teacher (and the labels).
@@ -82,8 +155,12 @@ class Distiller(keras.Model):
     Args:
         teacher: A Keras model, or a list of them. It is frozen.
         student: The Keras model to train.
-        distillation_losses: A `kbm.distillation.losses` loss or a list of
-            them. Defaults to `LogitsDistillation()` (KL at temperature 3).
+        distillation_losses: A distillation loss or a list of them:
+            `kbm.distillation.losses` objects, or on Keras 3 also
+            `keras.distillation` ones (`LogitsDistillation`,
+            `FeatureDistillation`, custom `DistillationLoss` subclasses).
+            Defaults to `kbm.distillation.losses.LogitsDistillation()` (KL
+            at temperature 3).
         distillation_loss_weights: One weight per distillation loss.
             Defaults to `1.0` each.
         student_loss_weight: Weight of the supervised loss, in [0, 1].
@@ -168,12 +245,10 @@ class Distiller(keras.Model):
             distillation_losses = [LogitsDistillation()]
         if not isinstance(distillation_losses, (list, tuple)):
             distillation_losses = [distillation_losses]
-        for loss in distillation_losses:
-            if not isinstance(loss, DistillationLoss):
-                raise ValueError(
-                    "distillation_losses must be kbm.distillation.losses "
-                    f"objects. Received: {loss!r}"
-                )
+        losses = [
+            _as_kbm_loss(loss, teachers[0], student)
+            for loss in distillation_losses
+        ]
         if distillation_loss_weights is None:
             distillation_loss_weights = [1.0] * len(distillation_losses)
         if len(distillation_loss_weights) != len(distillation_losses):
@@ -210,26 +285,24 @@ class Distiller(keras.Model):
 
         # Which features each side needs; the output always comes first.
         t_keys, s_keys = [OUTPUT], [OUTPUT]
-        for loss in self.distillation_losses:
+        for loss in losses:
             t_keys += [k for k in loss.teacher_features if k not in t_keys]
             s_keys += [k for k in loss.student_features if k not in s_keys]
         hidden = _Untracked()
+        hidden.losses = losses
         hidden.teacher_keys, hidden.student_keys = t_keys, s_keys
         hidden.teacher_models = [
             _feature_model(t, t_keys if i == 0 else [OUTPUT], "teacher")
             for i, t in enumerate(teachers)
         ]
         hidden.student_model = _feature_model(student, s_keys, "student")
-        hidden.stash = None
-        t_shapes = {k: _output_shape(teachers[0], k) for k in t_keys}
-        s_shapes = {k: _output_shape(student, k) for k in s_keys}
-        for loss in self.distillation_losses:
+        t_shapes = _output_shapes(teachers[0], t_keys)
+        s_shapes = _output_shapes(student, s_keys)
+        for loss in losses:
             loss.build(self, t_shapes, s_shapes)
         self._hidden = hidden
         self._projections = [
-            layer
-            for loss in self.distillation_losses
-            for layer in loss.trainable_layers()
+            layer for loss in losses for layer in loss.trainable_layers()
         ]
         hidden.cache = None
         if teacher_cache is not None:
@@ -275,11 +348,6 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         inputs, _, _ = self._unpack(inputs)
-        hidden = self._hidden
-        if training and hidden.student_model is not self.student:
-            outputs = hidden.student_model(inputs, training=training)
-            hidden.stash = dict(zip(hidden.student_keys, outputs))
-            return outputs[0]
         return self.student(inputs, training=training)
 
     # --------------------------------------------------------------- losses
@@ -313,26 +381,22 @@ class Distiller(keras.Model):
             )
         return first, [first[OUTPUT], *others]
 
-    def _distillation_loss(self, inputs, index, cached, y_pred):
+    def _distillation_loss(self, inputs, index, cached, y_pred, training):
         first, outputs = self._teacher_features(inputs, index, cached)
         hidden = self._hidden
-        if hidden.student_model is self.student:
-            student = {OUTPUT: y_pred}
-        else:
-            student = hidden.stash
-            if student is None:
-                outs = hidden.student_model(inputs, training=False)
-                student = dict(zip(hidden.student_keys, outs))
-            hidden.stash = None
+        student = {OUTPUT: y_pred}
+        if hidden.student_model is not self.student:
+            # Intermediate features: one more student pass, as Keras's
+            # Distiller does (the output stays `y_pred`).
+            outs = hidden.student_model(inputs, training=training)
+            student.update(zip(hidden.student_keys[1:], outs[1:]))
         total = 0.0
-        for loss, weight in zip(
-            self.distillation_losses, self.distillation_loss_weights
-        ):
+        for loss, weight in zip(hidden.losses, self.distillation_loss_weights):
             total += weight * self._one_loss(loss, first, outputs, student)
         return total
 
     def _one_loss(self, loss, first, outputs, student):
-        if len(outputs) == 1 or not isinstance(loss, LogitsDistillation):
+        if len(outputs) == 1 or not _combines_teachers(loss):
             return loss.compute_loss(first, student)
         if self.multi_teacher == "per_teacher":
             return tf.add_n(
@@ -375,7 +439,7 @@ class Distiller(keras.Model):
         distillation_loss = 0.0
         if self.student_loss_weight < 1.0:
             distillation_loss = self._distillation_loss(
-                inputs, index, cached, y_pred
+                inputs, index, cached, y_pred, training
             )
         student_loss = tf.cast(student_loss, tf.float32)
         distillation_loss = tf.cast(distillation_loss, tf.float32)
@@ -425,7 +489,8 @@ class Distiller(keras.Model):
         ser = keras.saving.serialize_keras_object
         teachers = [ser(t) for t in self.teachers]
         return {
-            "name": self.name,
+            **super().get_config(),
+            "name": self.name,  # tf-keras's base config has none.
             "teacher": teachers if len(teachers) > 1 else teachers[0],
             "student": ser(self.student),
             "distillation_losses": [ser(x) for x in self.distillation_losses],

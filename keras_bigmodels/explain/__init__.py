@@ -10,17 +10,16 @@ attributions shaped like the inputs (batch first); wrappers compose:
 from keras_bigmodels.explain import metrics, plot
 from keras_bigmodels.explain._base import Attribution
 from keras_bigmodels.explain.grad_cam import GradCam, GradCamPlusPlus
-from keras_bigmodels.explain.integrated_gradients import (
-    IntegratedGradients,
-    Saliency,
-)
+from keras_bigmodels.explain.gradient_shap import GradientShap
+from keras_bigmodels.explain.integrated_gradients import IntegratedGradients
 from keras_bigmodels.explain.kernel_shap import KernelShap
 from keras_bigmodels.explain.layer_integrated_gradients import (
     LayerIntegratedGradients,
 )
 from keras_bigmodels.explain.lime import Lime
-from keras_bigmodels.explain.noise_tunnel import GradientShap, NoiseTunnel
+from keras_bigmodels.explain.noise_tunnel import NoiseTunnel
 from keras_bigmodels.explain.occlusion import Occlusion
+from keras_bigmodels.explain.saliency import Saliency
 
 __all__ = [
     "Attribution",

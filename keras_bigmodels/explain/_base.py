@@ -10,6 +10,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from keras_bigmodels._validation import check_positive_int
+
 
 def as_batch(inputs, name="inputs"):
     """Inputs as a float32 (or the model's integer) NumPy batch."""
@@ -42,17 +44,6 @@ def check_model(model):
         raise ValueError(
             "model must be a Keras model or a callable on a batch of inputs. "
             f"Received: {type(model).__name__}"
-        )
-
-
-def check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or (value < 1)
-    ):
-        raise ValueError(
-            f"{name} must be a positive integer. Received: {name}={value!r}"
         )
 
 

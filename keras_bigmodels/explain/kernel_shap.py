@@ -5,11 +5,8 @@ import math
 
 import numpy as np
 
-from keras_bigmodels.explain._base import (
-    Attribution,
-    as_batch,
-    check_positive_int,
-)
+from keras_bigmodels._validation import check_positive_int
+from keras_bigmodels.explain._base import Attribution, as_batch
 from keras_bigmodels.explain._perturbation import (
     expand,
     feature_groups,

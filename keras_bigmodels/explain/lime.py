@@ -2,12 +2,8 @@
 
 import numpy as np
 
-from keras_bigmodels.explain._base import (
-    Attribution,
-    as_batch,
-    baselines_like,
-    check_positive_int,
-)
+from keras_bigmodels._validation import check_positive_int
+from keras_bigmodels.explain._base import Attribution, as_batch, baselines_like
 from keras_bigmodels.explain._perturbation import (
     expand,
     feature_groups,

@@ -17,13 +17,9 @@ import weakref
 
 import numpy as np
 
+from keras_bigmodels._validation import check_positive_int
 from keras_bigmodels.backend import keras
-from keras_bigmodels.explain._base import (
-    Attribution,
-    as_batch,
-    baselines_like,
-    check_positive_int,
-)
+from keras_bigmodels.explain._base import Attribution, as_batch, baselines_like
 
 Curve = collections.namedtuple("Curve", ["fractions", "scores", "auc"])
 Curve.__doc__ = """A deletion or insertion curve.

@@ -13,15 +13,16 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from keras_bigmodels.explain._base import check_positive_int, select_outputs
+from keras_bigmodels._validation import check_positive_int
+from keras_bigmodels.explain._base import select_outputs
 from keras_bigmodels.explain.integrated_gradients import (
     IntegratedGradients,
-    Saliency,
     integration_points,
 )
 from keras_bigmodels.explain.layer_integrated_gradients import (
     LayerIntegratedGradients,
 )
+from keras_bigmodels.explain.saliency import Saliency
 from keras_bigmodels.export.signatures import Endpoint
 
 ALGORITHMS = (IntegratedGradients, Saliency, LayerIntegratedGradients)

@@ -202,3 +202,84 @@ def build_attention(layer, query_shape, value_shape):
         layer.built = True
     else:
         layer.build(query_shape, value_shape)
+
+
+class TransformerBlock(keras.layers.Layer):
+    """The constructor, attributes and config shared by the encoder and
+    decoder blocks (their docstrings document the arguments)."""
+
+    def __init__(
+        self,
+        intermediate_dim,
+        num_heads,
+        num_key_value_heads=None,
+        dropout=0.0,
+        attention_dropout=None,
+        activation="gelu",
+        norm="layer",
+        norm_first=False,
+        layer_norm_epsilon=1e-5,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        rope_max_wavelength=None,
+        flash_attention=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_block_args(
+            intermediate_dim,
+            num_heads,
+            num_key_value_heads,
+            dropout,
+            attention_dropout,
+            activation,
+            norm,
+            layer_norm_epsilon,
+        )
+        self.intermediate_dim = intermediate_dim
+        self.num_heads = num_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation = activation
+        self.norm = norm
+        self.norm_first = norm_first
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.rope_max_wavelength = rope_max_wavelength
+        self._flash = flash_attention
+        self.supports_masking = True
+        self.supports_jit = False
+
+    def _attention_rate(self):
+        if self.attention_dropout is None:
+            return self.dropout
+        return self.attention_dropout
+
+    def _initializers(self):
+        """The factory of kernel/bias initializer kwargs for sublayers."""
+        return initializer_factory(
+            self.kernel_initializer, self.bias_initializer
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "intermediate_dim": self.intermediate_dim,
+            "num_heads": self.num_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "activation": self.activation,
+            "norm": self.norm,
+            "norm_first": self.norm_first,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+            "bias_initializer": keras.initializers.serialize(
+                self.bias_initializer
+            ),
+            "rope_max_wavelength": self.rope_max_wavelength,
+        }

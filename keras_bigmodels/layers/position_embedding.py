@@ -1,23 +1,9 @@
 """`kbm.layers.PositionEmbedding`: a learned position embedding."""
 
-import numbers
-
 import tensorflow as tf
 
+from keras_bigmodels._validation import check_positive_int
 from keras_bigmodels.backend import keras, register_serializable
-
-
-def check_positive_int(value, name):
-    """Raises a `ValueError` unless `value` is an int > 0 (not a bool)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"{name} must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 @register_serializable
@@ -75,7 +61,7 @@ class PositionEmbedding(keras.layers.Layer):
     def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.sequence_length = check_positive_int(
-            sequence_length, "sequence_length"
+            "sequence_length", sequence_length
         )
         self.initializer = keras.initializers.get(initializer)
         self.supports_masking = True

@@ -2,11 +2,9 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import check_positive_int
 from keras_bigmodels.backend import keras, register_serializable
-from keras_bigmodels.layers.position_embedding import (
-    PositionEmbedding,
-    check_positive_int,
-)
+from keras_bigmodels.layers.position_embedding import PositionEmbedding
 
 
 def _clone_initializer(initializer):
@@ -86,12 +84,12 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.vocabulary_size = check_positive_int(
-            vocabulary_size, "vocabulary_size"
+            "vocabulary_size", vocabulary_size
         )
         self.sequence_length = check_positive_int(
-            sequence_length, "sequence_length"
+            "sequence_length", sequence_length
         )
-        self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
+        self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
         if not isinstance(mask_zero, bool):
             raise ValueError(
                 f"mask_zero must be True or False. Received: "

@@ -5,9 +5,8 @@ import tensorflow as tf
 from keras_bigmodels.backend import keras, register_serializable
 from keras_bigmodels.layers._transformer_parts import (
     FeedForward,
+    TransformerBlock,
     build_attention,
-    check_block_args,
-    initializer_factory,
     make_attention,
     make_norm,
     padding_to_attention_mask,
@@ -16,7 +15,7 @@ from keras_bigmodels.layers._transformer_parts import (
 
 
 @register_serializable
-class TransformerEncoder(keras.layers.Layer):
+class TransformerEncoder(TransformerBlock):
     """A transformer encoder block: self-attention and a feed-forward net.
 
     Built from the fused layers: `kbm.layers.MultiHeadAttention` (or
@@ -81,57 +80,14 @@ class TransformerEncoder(keras.layers.Layer):
     - [Xiong et al., 2020](https://arxiv.org/abs/2002.04745) (pre-LN)
     """
 
-    def __init__(
-        self,
-        intermediate_dim,
-        num_heads,
-        num_key_value_heads=None,
-        dropout=0.0,
-        attention_dropout=None,
-        activation="gelu",
-        norm="layer",
-        norm_first=False,
-        layer_norm_epsilon=1e-5,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        rope_max_wavelength=None,
-        flash_attention=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        check_block_args(
-            intermediate_dim,
-            num_heads,
-            num_key_value_heads,
-            dropout,
-            attention_dropout,
-            activation,
-            norm,
-            layer_norm_epsilon,
-        )
-        self.intermediate_dim = intermediate_dim
-        self.num_heads = num_heads
-        self.num_key_value_heads = num_key_value_heads
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.activation = activation
-        self.norm = norm
-        self.norm_first = norm_first
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.rope_max_wavelength = rope_max_wavelength
-        self._flash = flash_attention
-        self.supports_masking = True
-        self.supports_jit = False
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._ffn = None
 
     def build(self, inputs_shape):
         hidden = inputs_shape[-1]
         dtype = self.dtype_policy
-        common = initializer_factory(
-            self.kernel_initializer, self.bias_initializer
-        )
+        common = self._initializers()
         self._self_attention = make_attention(
             hidden,
             self.num_heads,
@@ -192,31 +148,5 @@ class TransformerEncoder(keras.layers.Layer):
             training,
         )
 
-    def _attention_rate(self):
-        if self.attention_dropout is None:
-            return self.dropout
-        return self.attention_dropout
-
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "intermediate_dim": self.intermediate_dim,
-            "num_heads": self.num_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "dropout": self.dropout,
-            "attention_dropout": self.attention_dropout,
-            "activation": self.activation,
-            "norm": self.norm,
-            "norm_first": self.norm_first,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-            "bias_initializer": keras.initializers.serialize(
-                self.bias_initializer
-            ),
-            "rope_max_wavelength": self.rope_max_wavelength,
-        }

@@ -6,12 +6,10 @@ import re
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import check_positive_int
 from keras_bigmodels.backend import keras, register_serializable
 from keras_bigmodels.layers.layer_normalization import LayerNormalization
-from keras_bigmodels.layers.position_embedding import (
-    PositionEmbedding,
-    check_positive_int,
-)
+from keras_bigmodels.layers.position_embedding import PositionEmbedding
 from keras_bigmodels.layers.transformer_encoder import TransformerEncoder
 from keras_bigmodels.models.safetensors import (
     load_safetensors,
@@ -154,7 +152,7 @@ class BertEncoder(keras.Model):
             ("max_sequence_length", max_sequence_length),
             ("type_vocabulary_size", type_vocabulary_size),
         ):
-            check_positive_int(value, name)
+            check_positive_int(name, value)
         if hidden_dim % num_heads:
             raise ValueError(
                 "hidden_dim must be a multiple of num_heads "
@@ -347,7 +345,7 @@ class BertEncoder(keras.Model):
             hf_config = json.load(f)
         arguments = {**_arguments_from_hf_config(hf_config), **kwargs}
         for name in _SHAPE_ARGUMENTS:
-            check_positive_int(arguments[name], name)
+            check_positive_int(name, arguments[name])
         # Check the tensors' names and shapes before building a model.
         header = read_safetensors_header(weights_path)
         names = _map_checkpoint_names(

@@ -11,22 +11,24 @@ implements two hooks:
 The mixin then routes Keras's per-step work:
 
 - without a distribution strategy, all variables of a step go to ONE
-  multi-tensor op call (Keras 3: `_backend_update_step`; tf-keras:
-  `_distributed_apply_gradients_fn`);
+  multi-tensor op call (through Keras's private step hooks, overridden in
+  `_keras_internals.FusedStepHooks`);
 - under a strategy, Keras updates each variable on each replica through
   `update_step`, which runs the same kernel for that one variable;
 - decoupled weight decay is folded into the kernel, so Keras's separate
-  weight-decay pass (`_apply_weight_decay`) is skipped.
+  weight-decay pass is skipped.
 
-When the kernel cannot run (switched off, library missing, XLA, unsupported
-configuration) every method defers to the Keras base class: the reference is
-Keras's own update.
+Gradients are cast to their variable's dtype first, as Keras's own
+`update_step`s do. When the kernel cannot run (switched off, library
+missing, XLA, unsupported configuration) every method defers to the Keras
+base class: the reference is Keras's own update.
 """
 
 import tensorflow as tf
 
 from keras_bigmodels.backend import IS_LEGACY_KERAS
 from keras_bigmodels.ops import _loader
+from keras_bigmodels.optimizers import _keras_internals
 
 
 def densify(gradient):
@@ -36,7 +38,33 @@ def densify(gradient):
     return gradient
 
 
-class FusedUpdateMixin:
+def cast_to_variable(gradient, variable):
+    """`gradient` in `variable`'s dtype (IndexedSlices stay sparse)."""
+    dtype = tf.as_dtype(variable.dtype)
+    if gradient.dtype == dtype:
+        return gradient
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            tf.cast(gradient.values, dtype),
+            gradient.indices,
+            gradient.dense_shape,
+        )
+    return tf.cast(gradient, dtype)
+
+
+def one_minus(value):
+    """1 - value, in Python double when value is a number (as Keras does)."""
+    if callable(value):
+        value = value()
+    return 1.0 - value
+
+
+def value_of(x):
+    """Calls a callable hyperparameter (Keras allows them)."""
+    return x() if callable(x) else x
+
+
+class FusedUpdateMixin(_keras_internals.FusedStepHooks):
     """Routes an optimizer's update through the fused multi-tensor kernels."""
 
     def _kbm_unsupported(self):
@@ -44,6 +72,11 @@ class FusedUpdateMixin:
 
     def _kbm_update(self, grads, variables, learning_rate):
         raise NotImplementedError
+
+    def _kbm_apply(self, grads, variables, learning_rate):
+        """`_kbm_update` with the gradients cast as Keras casts them."""
+        grads = [cast_to_variable(g, v) for g, v in zip(grads, variables)]
+        self._kbm_update(grads, variables, learning_rate)
 
     def _kbm_active(self):
         """Whether this trace uses the fused kernels (warns once if not)."""
@@ -65,72 +98,26 @@ class FusedUpdateMixin:
         wd = tf.cast(self.weight_decay, tf.float32)
         zero = tf.constant(0.0, tf.float32)
         return [
-            lr * wd if self._use_weight_decay(v) else zero for v in variables
+            lr * wd if _keras_internals.uses_weight_decay(self, v) else zero
+            for v in variables
         ]
 
-    def _kbm_slot(self, slots, variable):
-        """The slot variable of `variable` in the list `slots`."""
-        if IS_LEGACY_KERAS:
-            return slots[self._index_dict[self._var_key(variable)]]
-        return slots[self._get_variable_index(variable)]
+    def _kbm_slots(self, name, variables):
+        """The slot variables `name` ("momentums", ...) of `variables`."""
+        slots = _keras_internals.slots(self, name)
+        return [
+            slots[_keras_internals.variable_index(self, v)] for v in variables
+        ]
 
     def _kbm_step(self, dtype=tf.float32):
         return tf.cast(self.iterations + 1, dtype)
 
-    # -- Keras hooks ---------------------------------------------------
-
-    def _apply_weight_decay(self, variables):
-        if self._kbm_active():
-            return  # Folded into the fused update.
-        super()._apply_weight_decay(variables)
-
     def update_step(self, gradient, variable, learning_rate=None):
         if self._kbm_active():
             lr = self.learning_rate if learning_rate is None else learning_rate
-            self._kbm_update([gradient], [variable], lr)
+            self._kbm_apply([gradient], [variable], lr)
             return
         if IS_LEGACY_KERAS:
             super().update_step(gradient, variable)
         else:
             super().update_step(gradient, variable, learning_rate)
-
-    if IS_LEGACY_KERAS:
-
-        def _distributed_apply_gradients_fn(
-            self, distribution, grads_and_vars, **kwargs
-        ):
-            if tf.distribute.has_strategy() or not self._kbm_active():
-                return super()._distributed_apply_gradients_fn(
-                    distribution, grads_and_vars, **kwargs
-                )
-            grads, variables = zip(*grads_and_vars)
-            self._kbm_update(list(grads), list(variables), self.learning_rate)
-            if self.use_ema:
-                self._update_model_variables_moving_average(variables)
-                if self.ema_overwrite_frequency:
-                    overwrite = (
-                        self.iterations + 1
-                    ) % self.ema_overwrite_frequency == 0
-                    tf.cond(
-                        tf.cast(overwrite, tf.bool),
-                        lambda: (
-                            self._overwrite_model_variables_with_average_value(  # noqa: E501
-                                variables
-                            )
-                        ),
-                        lambda: None,
-                    )
-            return self.iterations.assign_add(1)
-
-    else:
-
-        def _backend_update_step(
-            self, grads, trainable_variables, learning_rate
-        ):
-            if tf.distribute.has_strategy() or not self._kbm_active():
-                return super()._backend_update_step(
-                    grads, trainable_variables, learning_rate
-                )
-            self._kbm_update(
-                list(grads), list(trainable_variables), learning_rate
-            )

@@ -1,6 +1,7 @@
 """Construction helpers for kbm's own optimizers on either Keras line."""
 
 from keras_bigmodels.backend import IS_LEGACY_KERAS
+from keras_bigmodels.optimizers import _keras_internals
 
 
 def init_optimizer(optimizer, base_class, learning_rate, name, kwargs):
@@ -13,7 +14,7 @@ def init_optimizer(optimizer, base_class, learning_rate, name, kwargs):
     if IS_LEGACY_KERAS:
         kwargs.setdefault("jit_compile", False)
         base_class.__init__(optimizer, name=name, **kwargs)
-        optimizer._learning_rate = optimizer._build_learning_rate(learning_rate)
+        _keras_internals.legacy_set_learning_rate(optimizer, learning_rate)
     else:
         base_class.__init__(
             optimizer, learning_rate=learning_rate, name=name, **kwargs
@@ -22,5 +23,5 @@ def init_optimizer(optimizer, base_class, learning_rate, name, kwargs):
 
 def serialize_learning_rate(optimizer):
     if IS_LEGACY_KERAS:
-        return optimizer._serialize_hyperparameter(optimizer._learning_rate)
+        return _keras_internals.legacy_serialize_learning_rate(optimizer)
     return None  # Keras 3's base get_config already has it.

@@ -2,17 +2,20 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_beta,
+    check_learning_rate,
+    check_non_negative,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     keras,
     register_serializable,
 )
 from keras_bigmodels.ops import optimizers as optimizer_ops
-from keras_bigmodels.optimizers._fused import FusedUpdateMixin, densify
-from keras_bigmodels.optimizers._validation import (
-    check_beta,
-    check_learning_rate,
-    check_non_negative,
+from keras_bigmodels.optimizers._fused import (
+    FusedUpdateMixin,
+    densify,
     one_minus,
     value_of,
 )
@@ -39,9 +42,9 @@ def apply_adam_family(optimizer, grads, variables, learning_rate, scalars):
     row-wise (lazy) when `optimizer.lazy_sparse_updates`."""
     decays = optimizer._kbm_decays(variables, learning_rate)
     dense = [[], [], [], [], []]
-    for g, v, d in zip(grads, variables, decays):
-        m = optimizer._kbm_slot(optimizer._momentums, v)
-        vel = optimizer._kbm_slot(optimizer._velocities, v)
+    momentums = optimizer._kbm_slots("momentums", variables)
+    velocities = optimizer._kbm_slots("velocities", variables)
+    for g, v, d, m, vel in zip(grads, variables, decays, momentums, velocities):
         if isinstance(g, tf.IndexedSlices) and optimizer.lazy_sparse_updates:
             optimizer_ops.adam_sparse_update(v, m, vel, g, decay=d, **scalars)
             continue

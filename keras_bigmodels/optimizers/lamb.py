@@ -2,25 +2,29 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_beta,
+    check_learning_rate,
+    check_non_negative,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     keras,
     register_serializable,
 )
 from keras_bigmodels.ops import optimizers as optimizer_ops
-from keras_bigmodels.optimizers._fused import FusedUpdateMixin, densify
+from keras_bigmodels.optimizers._fused import (
+    FusedUpdateMixin,
+    cast_to_variable,
+    densify,
+    one_minus,
+    value_of,
+)
 from keras_bigmodels.optimizers._legacy_base import (
     init_optimizer,
     serialize_learning_rate,
 )
 from keras_bigmodels.optimizers._slots import build_slots, legacy_build_guard
-from keras_bigmodels.optimizers._validation import (
-    check_beta,
-    check_learning_rate,
-    check_non_negative,
-    one_minus,
-    value_of,
-)
 
 
 def lamb_scalars(optimizer, learning_rate):
@@ -71,9 +75,9 @@ if IS_LEGACY_KERAS:
             # The reference; decoupled weight decay was applied by the base.
             optimizer_ops.lamb_update(
                 [variable],
-                [self._kbm_slot(self._momentums, variable)],
-                [self._kbm_slot(self._velocities, variable)],
-                [densify(gradient)],
+                self._kbm_slots("momentums", [variable]),
+                self._kbm_slots("velocities", [variable]),
+                [densify(cast_to_variable(gradient, variable))],
                 decays=[0.0],
                 use_fused_kernel=False,
                 **lamb_scalars(self, self.learning_rate),
@@ -146,8 +150,8 @@ class Lamb(FusedUpdateMixin, _LambBase):
     def _kbm_update(self, grads, variables, learning_rate):
         optimizer_ops.lamb_update(
             variables,
-            [self._kbm_slot(self._momentums, v) for v in variables],
-            [self._kbm_slot(self._velocities, v) for v in variables],
+            self._kbm_slots("momentums", variables),
+            self._kbm_slots("velocities", variables),
             [densify(g) for g in grads],
             decays=self._kbm_decays(variables, learning_rate),
             use_fused_kernel=True,

@@ -2,16 +2,19 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_beta,
+    check_learning_rate,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     keras,
     register_serializable,
 )
 from keras_bigmodels.ops import optimizers as optimizer_ops
-from keras_bigmodels.optimizers._fused import FusedUpdateMixin, densify
-from keras_bigmodels.optimizers._validation import (
-    check_beta,
-    check_learning_rate,
+from keras_bigmodels.optimizers._fused import (
+    FusedUpdateMixin,
+    densify,
     value_of,
 )
 
@@ -47,7 +50,7 @@ class Lion(FusedUpdateMixin, keras.optimizers.Lion):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **kwargs):
         check_learning_rate(learning_rate)
-        check_beta("beta_1", beta_1)
+        # beta_1 is checked by Keras's Lion, with Keras's message.
         check_beta("beta_2", beta_2)
         if IS_LEGACY_KERAS:
             kwargs.setdefault("jit_compile", False)
@@ -56,10 +59,9 @@ class Lion(FusedUpdateMixin, keras.optimizers.Lion):
         )
 
     def _kbm_update(self, grads, variables, learning_rate):
-        slots = getattr(self, "_momentums", None) or self.momentums
         optimizer_ops.lion_update(
             variables,
-            [self._kbm_slot(slots, v) for v in variables],
+            self._kbm_slots("momentums", variables),
             [densify(g) for g in grads],
             learning_rate=tf.cast(learning_rate, tf.float32),
             beta_1=tf.cast(value_of(self.beta_1), tf.float32),

@@ -19,6 +19,7 @@ from keras_bigmodels.backend import (
     keras,
     register_serializable,
 )
+from keras_bigmodels.optimizers import _keras_internals
 
 # Base-optimizer arguments that act on the gradients or the weights. The
 # wrapper only forwards gradients to the inner optimizer, so these belong
@@ -118,7 +119,7 @@ def _lookahead_sync(step, sync_period, slow_step_size, fast, slow):
         due = tf.equal(tf.math.floormod(step, sync_period), 0)
         tf.cond(due, sync, lambda: None)
 
-    tf.__internal__.distribute.interim.maybe_merge_call(
+    _keras_internals.maybe_merge_call(
         cross_replica, tf.distribute.get_strategy(), fast, slow
     )
 
@@ -135,7 +136,7 @@ class _LookaheadMixin:
         self.inner_optimizer.learning_rate = learning_rate
 
     def _sync_slow_weights(self, variables, to_tf_variable):
-        step = tf.cast(tf.convert_to_tensor(self._iterations), tf.int64) + 1
+        step = tf.cast(tf.convert_to_tensor(self.iterations), tf.int64) + 1
         pairs = [
             (v, self._slow_weights[self._slow_index(v)]) for v in variables
         ]
@@ -202,7 +203,7 @@ if IS_LEGACY_KERAS:
             super().__init__(name=name, **kwargs)
 
         def build(self, var_list):
-            if getattr(self, "_built", False):
+            if _keras_internals.legacy_built(self):
                 return
             super().build(var_list)
             self._slow_weights = [
@@ -210,10 +211,10 @@ if IS_LEGACY_KERAS:
                 for v in var_list
             ]
             self.inner_optimizer.build(var_list)
-            self._built = True
+            _keras_internals.legacy_set_built(self)
 
         def _slow_index(self, variable):
-            return self._index_dict[self._var_key(variable)]
+            return _keras_internals.variable_index(self, variable)
 
         def apply_gradients(
             self,
@@ -224,7 +225,7 @@ if IS_LEGACY_KERAS:
         ):
             grads_and_vars = list(grads_and_vars)
             if not grads_and_vars:
-                return self._iterations
+                return _keras_internals.iterations_variable(self)
             variables = [v for _, v in grads_and_vars]
             with tf.init_scope():
                 self.build(variables)
@@ -235,7 +236,7 @@ if IS_LEGACY_KERAS:
             )
             with tf.name_scope(name or self.name):
                 self._sync_slow_weights(variables, lambda v: v)
-                return self._iterations.assign_add(1)
+                return _keras_internals.iterations_variable(self).assign_add(1)
 
 else:
 
@@ -260,7 +261,7 @@ else:
             # that are overwritten with their gradient (float8 scales).
             self._slow_weights = [
                 None
-                if self._overwrite_variable_with_gradient(v)
+                if _keras_internals.overwritten_with_gradient(self, v)
                 else self.add_variable_from_reference(
                     v, name="slow", initializer=_current_value(v)
                 )
@@ -269,7 +270,7 @@ else:
             self.inner_optimizer.build(var_list)
 
         def _slow_index(self, variable):
-            return self._get_variable_index(variable)
+            return _keras_internals.variable_index(self, variable)
 
         def apply(self, grads, trainable_variables=None):
             grads = list(grads)
@@ -282,17 +283,19 @@ else:
                         "optimizer must already be built on a list of "
                         "variables. Call `optimizer.build(variables)` first."
                     )
-                trainable_variables = self._trainable_variables
+                trainable_variables = _keras_internals.tracked_variables(self)
             else:
                 trainable_variables = list(trainable_variables)
                 if not self.built:
                     with tf.init_scope():
                         self.build(trainable_variables)
-                self._check_variables_are_known(trainable_variables)
+                _keras_internals.check_variables_are_known(
+                    self, trainable_variables
+                )
             self.inner_optimizer.apply(grads, trainable_variables)
             with tf.name_scope(self.name):
                 self._sync_slow_weights(trainable_variables, _tf_variable)
-            self._iterations.assign_add(1)
+            _keras_internals.iterations_variable(self).assign_add(1)
 
         def scale_loss(self, loss):
             return self.inner_optimizer.scale_loss(loss)

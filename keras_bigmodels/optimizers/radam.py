@@ -2,25 +2,28 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_beta,
+    check_learning_rate,
+    check_non_negative,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     keras,
     register_serializable,
 )
 from keras_bigmodels.ops import optimizers as optimizer_ops
-from keras_bigmodels.optimizers._fused import FusedUpdateMixin
+from keras_bigmodels.optimizers._fused import (
+    FusedUpdateMixin,
+    cast_to_variable,
+    one_minus,
+    value_of,
+)
 from keras_bigmodels.optimizers._legacy_base import (
     init_optimizer,
     serialize_learning_rate,
 )
 from keras_bigmodels.optimizers._slots import build_slots, legacy_build_guard
-from keras_bigmodels.optimizers._validation import (
-    check_beta,
-    check_learning_rate,
-    check_non_negative,
-    one_minus,
-    value_of,
-)
 from keras_bigmodels.optimizers.adamw import apply_adam_family
 
 
@@ -157,9 +160,10 @@ class RAdam(FusedUpdateMixin, keras.optimizers.Optimizer):
         if fused:
             apply_adam_family(self, grads, variables, learning_rate, scalars)
             return
-        for g, v in zip(grads, variables):
-            m = self._kbm_slot(self._momentums, v)
-            vel = self._kbm_slot(self._velocities, v)
+        momentums = self._kbm_slots("momentums", variables)
+        velocities = self._kbm_slots("velocities", variables)
+        for g, v, m, vel in zip(grads, variables, momentums, velocities):
+            g = cast_to_variable(g, v)
             if isinstance(g, tf.IndexedSlices) and self.lazy_sparse_updates:
                 optimizer_ops.adam_sparse_update(
                     v, m, vel, g, decay=0.0, **scalars

@@ -139,37 +139,6 @@ def last_json_line(stdout):
     raise AssertionError(f"no JSON line in output:\n{stdout[-2000:]}")
 
 
-def check_layer_contract(
-    make_layer, input_shape, tmp_dir, rtol=1e-5, atol=1e-5
-):
-    """The layer contract: eager, tf.function, fit, save and load elsewhere.
-
-    Builds `Input(input_shape) -> make_layer() -> Dense(1)` and runs
-    `check_model_contract` on it; also checks that one fit epoch changes the
-    layer's weights.
-
-    Args:
-        make_layer: A callable returning a new layer.
-        input_shape: The per-example input shape.
-        tmp_dir: A directory for the saved model.
-    """
-    from keras_bigmodels.backend import keras
-
-    layer = make_layer()
-    inputs = keras.Input(input_shape)
-    outputs = keras.layers.Dense(1)(layer(inputs))
-    model = keras.Model(inputs, outputs)
-    x = random_tensor((32, *input_shape), tf.float32, seed=1).numpy()
-    y = random_tensor((32, *input_shape[:-1], 1), tf.float32, seed=2).numpy()
-    before = [w.numpy().copy() for w in layer.weights]
-    check_model_contract(model, x, y, tmp_dir, rtol, atol)
-    changed = [
-        not np.allclose(b, w.numpy()) for b, w in zip(before, layer.weights)
-    ]
-    if before and not any(changed):
-        raise AssertionError("fit did not change the layer's weights")
-
-
 def check_model_contract(model, x, y, tmp_dir, rtol=1e-5, atol=1e-5):
     """Eager == tf.function, one fit epoch, and a `.keras` round trip.
 
@@ -192,38 +161,7 @@ def check_model_contract(model, x, y, tmp_dir, rtol=1e-5, atol=1e-5):
     loss = history.history["loss"][-1]
     if not np.isfinite(loss):
         raise AssertionError(f"fit gave a non-finite loss {loss}")
-    expected = model.predict(x, verbose=0)
-    path = os.path.join(str(tmp_dir), "contract.keras")
-    x_path = os.path.join(str(tmp_dir), "x.npy")
-    model.save(path)
-    np.save(x_path, x)
-    out = run_python(
-        f"""
-        import json
-        import numpy as np
-        import keras_bigmodels as kbm
-        from keras_bigmodels.backend import keras
-        status = kbm.ops.kernels_available()
-        model = keras.models.load_model({path!r})
-        y = model.predict(np.load({x_path!r}), verbose=0)
-        print(json.dumps({{"available": status.available,
-                          "reason": status.reason, "y": y.tolist()}}))
-        """,
-        env={
-            "KERAS_BIGMODELS_DISABLE_FUSED": "1",
-            "TF_USE_LEGACY_KERAS": "1" if IS_LEGACY_KERAS else None,
-        },
-    )
-    result = last_json_line(out)
-    if result["available"]:
-        raise AssertionError("kernels were available in the loading process")
-    assert_close(
-        np.array(result["y"]),
-        expected,
-        rtol,
-        atol,
-        what="predictions after loading without kernels",
-    )
+    _check_saved_model(model, x, tmp_dir, rtol, atol, IS_LEGACY_KERAS)
 
 
 def optimizer_trajectory(
@@ -274,3 +212,231 @@ def optimizer_trajectory(
             ]
         optimizer.apply_gradients(zip(step_grads, variables))
     return [np.asarray(v.numpy()) for v in variables], optimizer
+
+
+def _example_inputs(shape, dtype, seed, input_range):
+    """Deterministic example inputs of `shape` (full shape, batch first)."""
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind in "iu":
+        low, high = input_range or (0, 10)
+        return rng.integers(low, high, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _same_config(a, b, what):
+    if json.dumps(a, sort_keys=True, default=str) != json.dumps(
+        b, sort_keys=True, default=str
+    ):
+        raise AssertionError(f"{what}: {a} != {b}")
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_shape,
+    expected_output_shape=None,
+    expected_num_trainable_weights=None,
+    expected_num_non_trainable_weights=None,
+    supports_masking=None,
+    input_dtype="float32",
+    input_range=None,
+    call_kwargs=None,
+    run_training_check=True,
+    run_mixed_precision_check=True,
+    run_saving_check=True,
+    tmp_dir=None,
+    rtol=1e-5,
+    atol=1e-5,
+):
+    """The contract of a kbm layer, in one call (after Keras's own helper).
+
+    Checks, in order:
+
+    1. `get_config` / `from_config` round-trip to the same config;
+    2. an eager call builds the layer: output shape (also from
+       `compute_output_shape` and a symbolic `keras.Input` call), weight
+       counts and `supports_masking` as expected;
+    3. the layer called in `tf.function` gives the eager output;
+    4. (`run_training_check`) one `fit` epoch of `inputs -> layer` on MSE to
+       zeros has a finite loss and changes the trainable weights;
+    5. (`run_mixed_precision_check`) with `dtype="mixed_float16"` the
+       output is float16, the weights stay float32, and with the float32
+       layer's weights the output matches it to float16 precision;
+    6. (`run_saving_check`, needs `tmp_dir`) the model saved as `.keras`
+       loads in a fresh process with the kernel library disabled and gives
+       the same predictions (see `check_model_contract`).
+
+    Args:
+        layer_cls: The layer class.
+        init_kwargs: Constructor arguments.
+        input_shape: The full input shape (batch first), or a tuple of
+            shapes for a layer called on several positional inputs.
+        expected_output_shape: The full output shape, or None to skip.
+        expected_num_trainable_weights: Or None to skip.
+        expected_num_non_trainable_weights: Or None to skip.
+        supports_masking: The expected `layer.supports_masking`, or None.
+        input_dtype: Dtype of the example inputs. Defaults to `"float32"`.
+        input_range: `(low, high)` of integer inputs. Defaults to `(0, 10)`.
+        call_kwargs: Extra call arguments. Defaults to `None`.
+        run_training_check: Defaults to `True`.
+        run_mixed_precision_check: Defaults to `True`.
+        run_saving_check: Defaults to `True`.
+        tmp_dir: A directory for the saved model (the saving check).
+        rtol, atol: Tolerances of the float32 comparisons.
+    """
+    from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+
+    multi = isinstance(input_shape[0], (tuple, list))
+    shapes = [tuple(s) for s in input_shape] if multi else [tuple(input_shape)]
+    call_kwargs = dict(call_kwargs or {})
+    xs = [
+        _example_inputs(s, input_dtype, seed, input_range)
+        for seed, s in enumerate(shapes)
+    ]
+
+    def call(layer, inputs, **kwargs):
+        return layer(*inputs, **call_kwargs, **kwargs)
+
+    # 1. Config round trip.
+    layer = layer_cls(**init_kwargs)
+    config = layer.get_config()
+    _same_config(
+        layer_cls.from_config(config).get_config(), config, "config round trip"
+    )
+
+    # 2. Build, shapes, weights, masking.
+    y = call(layer, [tf.constant(x) for x in xs])
+    if expected_output_shape is not None:
+        if tuple(y.shape) != tuple(expected_output_shape):
+            raise AssertionError(
+                f"output shape {tuple(y.shape)} != {expected_output_shape}"
+            )
+        computed = layer.compute_output_shape(*shapes)
+        if tuple(computed) != tuple(expected_output_shape):
+            raise AssertionError(
+                f"compute_output_shape {tuple(computed)} != "
+                f"{expected_output_shape}"
+            )
+    counts = (
+        ("trainable", layer.trainable_weights, expected_num_trainable_weights),
+        (
+            "non-trainable",
+            layer.non_trainable_weights,
+            expected_num_non_trainable_weights,
+        ),
+    )
+    for what, weights, expected in counts:
+        if expected is not None and len(weights) != expected:
+            raise AssertionError(
+                f"{len(weights)} {what} weights, expected {expected}"
+            )
+    if supports_masking is not None and bool(layer.supports_masking) != bool(
+        supports_masking
+    ):
+        raise AssertionError(
+            f"supports_masking is {layer.supports_masking}, expected "
+            f"{supports_masking}"
+        )
+    symbolic_inputs = [
+        keras.Input(s[1:], batch_size=None, dtype=input_dtype) for s in shapes
+    ]
+    symbolic = call(layer_cls(**init_kwargs), symbolic_inputs)
+    if expected_output_shape is not None:
+        got = tuple(symbolic.shape)[1:]
+        if got != tuple(expected_output_shape)[1:]:
+            raise AssertionError(
+                f"symbolic output shape {got} != "
+                f"{tuple(expected_output_shape)[1:]} (batch dims dropped)"
+            )
+
+    # 3. Eager vs tf.function.
+    graph = tf.function(lambda *a: call(layer, a))(
+        *[tf.constant(x) for x in xs]
+    )
+    assert_close(graph, y, rtol, atol, what="tf.function vs eager")
+
+    # 4. Training.
+    model_layer = layer_cls(**init_kwargs)
+    model_inputs = [keras.Input(s[1:], dtype=input_dtype) for s in shapes]
+    model = keras.Model(
+        model_inputs if multi else model_inputs[0],
+        call(model_layer, model_inputs),
+    )
+    x_fit = xs if multi else xs[0]
+    y_fit = np.zeros(tuple(y.shape), np.float32)
+    if run_training_check:
+        model(x_fit)
+        before = [w.numpy().copy() for w in model_layer.trainable_weights]
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+        history = model.fit(x_fit, y_fit, epochs=1, batch_size=8, verbose=0)
+        loss = history.history["loss"][-1]
+        if not np.isfinite(loss):
+            raise AssertionError(f"fit gave a non-finite loss {loss}")
+        changed = [
+            not np.allclose(b, w.numpy())
+            for b, w in zip(before, model_layer.trainable_weights)
+        ]
+        if before and not any(changed):
+            raise AssertionError("fit did not change the layer's weights")
+
+    # 5. Mixed precision.
+    if run_mixed_precision_check:
+        mixed = layer_cls(**{**init_kwargs, "dtype": "mixed_float16"})
+        y16 = call(mixed, [tf.constant(x) for x in xs])
+        if y16.dtype != tf.float16:
+            raise AssertionError(
+                f"mixed_float16 output dtype {y16.dtype}, expected float16"
+            )
+        for w in mixed.weights:
+            dtype = tf.as_dtype(w.dtype)
+            if dtype.is_floating and dtype != tf.float32:
+                raise AssertionError(f"mixed_float16 weight {w.name}: {dtype}")
+        mixed.set_weights(layer.get_weights())
+        y16 = call(mixed, [tf.constant(x) for x in xs])
+        assert_close(y16, y, 2e-2, 2e-2, what="mixed_float16 vs float32 output")
+
+    # 6. Saving, loaded without kernels.
+    if run_saving_check:
+        if tmp_dir is None:
+            raise ValueError("run_saving_check needs tmp_dir")
+        _check_saved_model(model, x_fit, tmp_dir, rtol, atol, IS_LEGACY_KERAS)
+
+
+def _check_saved_model(model, x, tmp_dir, rtol, atol, legacy):
+    """`.keras` round trip, loaded in a process without the kernels."""
+    expected = model.predict(x, verbose=0)
+    path = os.path.join(str(tmp_dir), "layer_test.keras")
+    model.save(path)
+    inputs = x if isinstance(x, list) else [x]
+    x_paths = []
+    for i, xi in enumerate(inputs):
+        x_paths.append(os.path.join(str(tmp_dir), f"x{i}.npy"))
+        np.save(x_paths[-1], xi)
+    single = not isinstance(x, list)
+    out = run_python(
+        f"""
+        import json
+        import numpy as np
+        import keras_bigmodels as kbm
+        from keras_bigmodels.backend import keras
+        status = kbm.ops.kernels_available()
+        model = keras.models.load_model({path!r})
+        xs = [np.load(p) for p in {x_paths!r}]
+        y = model.predict(xs[0] if {single!r} else xs, verbose=0)
+        print(json.dumps({{"available": status.available, "y": y.tolist()}}))
+        """,
+        env={
+            "KERAS_BIGMODELS_DISABLE_FUSED": "1",
+            "TF_USE_LEGACY_KERAS": "1" if legacy else None,
+        },
+    )
+    result = last_json_line(out)
+    if result["available"]:
+        raise AssertionError("kernels were available in the loading process")
+    assert_close(
+        np.array(result["y"]),
+        expected,
+        rtol,
+        atol,
+        what="predictions after loading without kernels",
+    )

@@ -115,6 +115,39 @@ def test_same_loss_as_keras_distiller(keras, teacher):
     assert_close(a, b, 1e-5, 1e-6)
 
 
+@pytest.mark.skipif(IS_LEGACY_KERAS, reason="keras.distillation is Keras 3's")
+def test_keras_loss_objects_give_keras_distillers_loss(keras, teacher):
+    # Keras's own loss objects, a logits and a layer-feature one, in kbm's
+    # Distiller: the same total as in Keras's Distiller.
+    student = mlp(keras, 64, "student", 6)  # the teacher's hidden width
+    losses = [
+        keras.distillation.LogitsDistillation(temperature=2.0),
+        keras.distillation.FeatureDistillation(
+            loss="mse",
+            teacher_layer_name="teacher_hidden",
+            student_layer_name="student_hidden",
+        ),
+    ]
+    kwargs = dict(distillation_loss_weights=[1.0, 0.5], student_loss_weight=0.3)
+    ours = compile_distiller(
+        keras, kbm.distillation.Distiller(teacher, student, losses, **kwargs)
+    )
+    ref = keras.distillation.Distiller(teacher, student, losses, **kwargs)
+    ref.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    y_pred = student(X)
+    a = ours.compute_loss(x=X, y=Y, y_pred=y_pred, training=False)
+    b = ref.compute_loss(x=X, y=Y, y_pred=y_pred, training=False)
+    assert_close(a, b, 1e-5, 1e-6)
+    assert ours.distillation_losses[0] is losses[0]
+    restored = kbm.distillation.Distiller.from_config(ours.get_config())
+    assert isinstance(
+        restored.distillation_losses[1], keras.distillation.FeatureDistillation
+    )
+
+
 def test_feature_distillation_trains_its_projection(keras, teacher):
     student = mlp(keras, 8, "student", 5)
     d = compile_distiller(

@@ -1,4 +1,4 @@
-"""Tests for kbm.explain.IntegratedGradients and Saliency."""
+"""Tests for kbm.explain.IntegratedGradients."""
 
 import numpy as np
 import pytest
@@ -92,15 +92,6 @@ def test_batch_size_does_not_change_the_result():
         x, target=0, n_steps=20
     )
     np.testing.assert_allclose(a, b, atol=1e-5)
-
-
-def test_saliency_is_the_gradient():
-    sal = kbm.explain.Saliency(linear_model(), abs=False)
-    np.testing.assert_allclose(
-        sal.attribute(X, target=1), np.broadcast_to(W[:, 1], X.shape), atol=1e-6
-    )
-    sal = kbm.explain.Saliency(linear_model())
-    assert (sal.attribute(X, target=1) >= 0).all()
 
 
 def test_plain_callable_model():

@@ -1,4 +1,4 @@
-"""Tests for kbm.explain.NoiseTunnel and GradientShap."""
+"""Tests for kbm.explain.NoiseTunnel."""
 
 import numpy as np
 import pytest
@@ -44,31 +44,6 @@ def test_noise_tunnel_composes_with_integrated_gradients():
     assert a.shape == X.shape
 
 
-def test_gradient_shap_on_a_linear_model():
-    bg = RNG.standard_normal((10, 5)).astype(np.float32)
-    gs = kbm.explain.GradientShap(
-        linear_model(), background=bg[:1], n_samples=5
-    )
-    np.testing.assert_allclose(
-        gs.attribute(X, target=0), W[:, 0] * (X - bg[:1]), atol=1e-5
-    )
-    # With a larger background it converges to w * (x - E[b]).
-    gs = kbm.explain.GradientShap(linear_model(), background=bg, n_samples=4000)
-    np.testing.assert_allclose(
-        gs.attribute(X, target=0), W[:, 0] * (X - bg.mean(0)), atol=0.1
-    )
-
-
-def test_gradient_shap_deterministic_under_seed():
-    model = mlp(features=5)
-    bg = RNG.standard_normal((10, 5)).astype(np.float32)
-    a = kbm.explain.GradientShap(model, bg, n_samples=8, seed=5).attribute(X)
-    b = kbm.explain.GradientShap(model, bg, n_samples=8, seed=5).attribute(X)
-    c = kbm.explain.GradientShap(model, bg, n_samples=8, seed=6).attribute(X)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-
-
 def test_bad_arguments():
     sal = kbm.explain.Saliency(linear_model())
     with pytest.raises(ValueError, match="nt_type must be one of"):
@@ -77,7 +52,3 @@ def test_bad_arguments():
         kbm.explain.NoiseTunnel(linear_model())
     with pytest.raises(ValueError, match="stdevs must be >= 0"):
         kbm.explain.NoiseTunnel(sal, stdevs=-1.0)
-    with pytest.raises(ValueError, match="needs a background set"):
-        kbm.explain.GradientShap(linear_model()).attribute(X)
-    with pytest.raises(ValueError, match="shaped like the inputs"):
-        kbm.explain.GradientShap(linear_model(), np.zeros((2, 4))).attribute(X)

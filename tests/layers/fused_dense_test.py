@@ -6,9 +6,9 @@ import tensorflow as tf
 import keras_bigmodels as kbm
 from keras_bigmodels.testing import (
     assert_close,
-    check_layer_contract,
     kbm_ops_in,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -84,12 +84,16 @@ def test_mixed_precision(keras):
     assert_close(y, ref(x), 3e-3, 3e-3)
 
 
-@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
-def test_contract(tmp_path, activation):
-    check_layer_contract(
-        lambda: kbm.layers.FusedDense(8, activation=activation),
-        (5, 12),
-        tmp_path,
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", None])
+def test_layer_contract(tmp_path, activation):
+    run_layer_test(
+        kbm.layers.FusedDense,
+        {"units": 8, "activation": activation},
+        (16, 5, 12),
+        expected_output_shape=(16, 5, 8),
+        expected_num_trainable_weights=2,
+        expected_num_non_trainable_weights=0,
+        tmp_dir=tmp_path,
     )
 
 

@@ -7,9 +7,9 @@ import keras_bigmodels as kbm
 from keras_bigmodels.backend import IS_LEGACY_KERAS
 from keras_bigmodels.testing import (
     assert_close,
-    check_layer_contract,
     kbm_ops_in,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -87,11 +87,17 @@ def test_mixed_precision(keras):
     assert_close(y, ref(x), 2e-3, 2e-3)
 
 
-def test_contract(tmp_path):
-    check_layer_contract(
-        lambda: kbm.layers.LayerNormalization(gamma_initializer="ones"),
-        (5, 12),
-        tmp_path,
+@pytest.mark.parametrize("center, scale", [(True, True), (False, True)])
+def test_layer_contract(tmp_path, center, scale):
+    run_layer_test(
+        kbm.layers.LayerNormalization,
+        {"center": center, "scale": scale, "beta_initializer": "ones"},
+        (16, 5, 12),
+        expected_output_shape=(16, 5, 12),
+        expected_num_trainable_weights=int(center) + int(scale),
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        tmp_dir=tmp_path,
     )
 
 

@@ -7,8 +7,8 @@ import tensorflow as tf
 import keras_bigmodels as kbm
 from keras_bigmodels.testing import (
     assert_close,
-    check_layer_contract,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -127,9 +127,13 @@ def test_too_long_or_bad_inputs():
         layer(tf.zeros((1, 3, 4)), positions=tf.zeros((1, 1, 3), tf.int32))
 
 
-def test_contract(tmp_path):
-    check_layer_contract(
-        lambda: kbm.layers.PositionEmbedding(sequence_length=8),
-        (6, 4),
-        tmp_path,
+def test_layer_contract(tmp_path):
+    run_layer_test(
+        kbm.layers.PositionEmbedding,
+        {"sequence_length": 8},
+        (16, 6, 4),
+        expected_output_shape=(16, 6, 4),
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=0,
+        tmp_dir=tmp_path,
     )

@@ -8,9 +8,9 @@ import keras_bigmodels as kbm
 from keras_bigmodels.backend import IS_LEGACY_KERAS
 from keras_bigmodels.testing import (
     assert_close,
-    check_layer_contract,
     kbm_ops_in,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -64,5 +64,15 @@ def test_bad_arguments():
         kbm.layers.RMSNormalization(axis=3).build((2, 3, 4))
 
 
-def test_contract(tmp_path):
-    check_layer_contract(kbm.layers.RMSNormalization, (5, 12), tmp_path)
+@pytest.mark.parametrize("axis", [-1, [1, 2]])
+def test_layer_contract(tmp_path, axis):
+    run_layer_test(
+        kbm.layers.RMSNormalization,
+        {"axis": axis},
+        (16, 5, 12),
+        expected_output_shape=(16, 5, 12),
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        tmp_dir=tmp_path,
+    )

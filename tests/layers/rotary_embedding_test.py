@@ -8,8 +8,8 @@ import keras_bigmodels as kbm
 from keras_bigmodels.layers.rotary_embedding import apply_rotary_embedding
 from keras_bigmodels.testing import (
     assert_close,
-    check_layer_contract,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -234,5 +234,14 @@ def test_bad_inputs():
         )
 
 
-def test_contract(tmp_path):
-    check_layer_contract(kbm.layers.RotaryEmbedding, (6, 2, 8), tmp_path)
+def test_layer_contract(tmp_path):
+    run_layer_test(
+        kbm.layers.RotaryEmbedding,
+        {},
+        (16, 6, 2, 8),
+        expected_output_shape=(16, 6, 2, 8),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+        run_training_check=False,  # No weights to train.
+        tmp_dir=tmp_path,
+    )

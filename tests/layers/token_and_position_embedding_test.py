@@ -12,6 +12,7 @@ from keras_bigmodels.testing import (
     assert_close,
     last_json_line,
     random_tensor,
+    run_layer_test,
     run_python,
 )
 
@@ -168,6 +169,26 @@ def test_too_long_inputs():
         layer(IDS)
     with pytest.raises(ValueError, match="sequence_length=4 positions"):
         layer(IDS[:, :3], start_index=2)
+
+
+@pytest.mark.parametrize("mask_zero", [False, True])
+def test_layer_contract(tmp_path, mask_zero):
+    run_layer_test(
+        kbm.layers.TokenAndPositionEmbedding,
+        {
+            "vocabulary_size": 20,
+            "sequence_length": 8,
+            "embedding_dim": 4,
+            "mask_zero": mask_zero,
+        },
+        (16, 7),
+        input_dtype="int32",
+        input_range=(0, 20),
+        expected_output_shape=(16, 7, 4),
+        expected_num_trainable_weights=2,
+        expected_num_non_trainable_weights=0,
+        tmp_dir=tmp_path,
+    )
 
 
 def test_contract(keras, tmp_path):

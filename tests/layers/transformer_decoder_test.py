@@ -7,8 +7,8 @@ import tensorflow as tf
 import keras_bigmodels as kbm
 from keras_bigmodels.testing import (
     assert_close,
-    check_model_contract,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -48,12 +48,25 @@ def test_config_round_trip(keras):
     assert clone.get_config() == block.get_config()
 
 
-def test_contract_decoder_only(keras, tmp_path):
-    inputs = keras.Input((7, 16))
-    h = kbm.layers.TransformerDecoder(32, 2)(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(1)(h))
-    x = random_tensor((16, 7, 16), tf.float32, 3).numpy()
-    check_model_contract(model, x, x[..., :1], tmp_path)
+@pytest.mark.parametrize(
+    "input_shape",
+    [(16, 7, 16), ((16, 5, 16), (16, 7, 16))],
+    ids=["decoder_only", "cross_attention"],
+)
+def test_layer_contract(tmp_path, input_shape):
+    run_layer_test(
+        kbm.layers.TransformerDecoder,
+        {"intermediate_dim": 32, "num_heads": 2, "norm": "rms"},
+        input_shape,
+        expected_output_shape=(16, 7, 16)
+        if len(input_shape) == 3
+        else (16, 5, 16),
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        rtol=1e-4,
+        atol=1e-4,
+        tmp_dir=tmp_path,
+    )
 
 
 def test_contract_with_cross_attention(keras, tmp_path):

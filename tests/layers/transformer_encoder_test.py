@@ -7,9 +7,9 @@ import tensorflow as tf
 import keras_bigmodels as kbm
 from keras_bigmodels.testing import (
     assert_close,
-    check_model_contract,
     kbm_ops_in,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -173,12 +173,26 @@ def test_hidden_size_not_divisible_by_heads():
         kbm.layers.TransformerEncoder(8, 4)(tf.zeros((1, 3, 30)))
 
 
-def test_contract(keras, tmp_path):
-    inputs = keras.Input((7, 16))
-    h = kbm.layers.TransformerEncoder(32, 2, dropout=0.1)(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(1)(h))
-    x = random_tensor((16, 7, 16), tf.float32, 5).numpy()
-    check_model_contract(model, x, x[..., :1], tmp_path)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dropout": 0.1},
+        {"norm": "rms", "norm_first": True, "activation": "swiglu"},
+        {"num_key_value_heads": 1, "rope_max_wavelength": 10000},
+    ],
+)
+def test_layer_contract(tmp_path, kwargs):
+    run_layer_test(
+        kbm.layers.TransformerEncoder,
+        {"intermediate_dim": 32, "num_heads": 2, **kwargs},
+        (16, 7, 16),
+        expected_output_shape=(16, 7, 16),
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        rtol=1e-4,
+        atol=1e-4,
+        tmp_dir=tmp_path,
+    )
 
 
 def test_attention_dropout_zero_keeps_training_on_the_kernel(keras):

@@ -183,3 +183,27 @@ def test_fit_runs_one_multi_tensor_update(keras, monkeypatch, name, op):
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     # Traced once: one call with every trainable variable, on the kernel.
     assert calls and calls[0] == (len(model.trainable_variables), True)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Lamb", "Lion", "RAdam"])
+def test_gradients_cast_to_variable_dtype(keras, name):
+    # As Keras 3's optimizers do: a float64 variable, float32 gradients give
+    # what float64 gradients of the same values give.
+    def run(grad_dtype):
+        optimizer = getattr(kbm.optimizers, name)(learning_rate=0.01)
+        variable = (
+            tf.Variable(np.ones(10), dtype=tf.float64)
+            if IS_LEGACY_KERAS
+            else keras.Variable(np.ones(10), dtype="float64")
+        )
+        grads = tf.cast(tf.range(0.1, 1.1, 0.1, dtype=tf.float32), grad_dtype)
+        for _ in range(3):
+            optimizer.apply_gradients([(grads, variable)])
+        return np.asarray(variable.numpy())
+
+    fused = run(tf.float32)
+    with kbm.config.fused_kernels(False):
+        reference = run(tf.float64)
+    assert fused.dtype == np.float64
+    np.testing.assert_allclose(fused, reference, rtol=1e-6, atol=1e-7)
+    assert np.all(fused < 1.0)

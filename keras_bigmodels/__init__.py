@@ -17,6 +17,7 @@ from keras_bigmodels import (
     models,
     ops,
     optimizers,
+    utils,
 )
 
 __version__ = "0.1.0"
@@ -34,5 +35,6 @@ __all__ = [
     "models",
     "ops",
     "optimizers",
+    "utils",
     "__version__",
 ]

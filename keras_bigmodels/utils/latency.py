@@ -4,6 +4,7 @@ import dataclasses
 import gc
 import statistics
 import time
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -65,11 +66,27 @@ class Latency:
         )
 
 
-def _as_function(model):
-    """A keras model or layer as a traced inference call; other callables
-    are used as they are."""
+# Per Keras model, its traced inference calls, by input signature.
+_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _as_function(model, inputs):
+    """A keras model or layer as a traced inference call for inputs like
+    `inputs`, of any batch size (traced once per model and input
+    structure, as a serving signature is); other callables are used as
+    they are."""
     if isinstance(model, keras.layers.Layer):
-        return tf.function(lambda x: model(x, training=False))
+        spec = tf.nest.map_structure(
+            lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), inputs
+        )
+        functions = _FUNCTIONS.setdefault(model, {})
+        key = repr(spec)
+        if key not in functions:
+            ref = weakref.ref(model)  # The cache must not keep it alive.
+            functions[key] = tf.function(
+                lambda x: ref()(x, training=False), input_signature=[spec]
+            )
+        return functions[key]
     if not callable(model):
         raise ValueError(
             "Expected a Keras model or a callable. "
@@ -136,7 +153,7 @@ def measure_latencies(models, inputs, runs=RUNS, warmup=WARMUP):
         raise ValueError("models must name at least one model.")
     batch_size = _batch_size(inputs)
     inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
-    functions = {name: _as_function(m) for name, m in models.items()}
+    functions = {name: _as_function(m, inputs) for name, m in models.items()}
     for _ in range(warmup):
         for fn in functions.values():
             _fetch(fn(inputs))

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_bigmodels.backend import keras
 from keras_bigmodels.utils import latency as latency_lib
@@ -88,8 +89,18 @@ def test_keras_model_runs_in_inference_mode():
     inputs = keras.Input((8,))
     model = keras.Model(inputs, keras.layers.Dropout(0.99)(inputs))
     x = np.ones((2, 8), "float32")
-    np.testing.assert_array_equal(latency_lib._as_function(model)(x), x)
+    call = latency_lib._as_function(model, tf.constant(x))
+    np.testing.assert_array_equal(call(x), x)
     assert measure_latency(model, x, runs=5, warmup=1).batch_size == 2
+
+
+def test_one_trace_per_model_for_every_batch_size():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    for batch in (1, 32, 7):
+        measure_latency(model, np.ones((batch, 8), "float32"), runs=5)
+    (call,) = latency_lib._FUNCTIONS[model].values()
+    assert call.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize(

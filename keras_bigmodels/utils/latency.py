@@ -61,9 +61,17 @@ class Latency:
         per call, or per example when `per_example`."""
         scale = self.batch_size if per_example else 1
         return (
-            f"{self.median_ms / scale:.3g} ms "
-            f"({self.min_ms / scale:.3g}-{self.max_ms / scale:.3g})"
+            f"{_digits(self.median_ms / scale)} ms "
+            f"({_digits(self.min_ms / scale)}-{_digits(self.max_ms / scale)})"
         )
+
+
+def _digits(ms):
+    """About three significant digits, never in exponent notation."""
+    for limit, decimals in ((100, 0), (10, 1), (1, 2)):
+        if ms >= limit:
+            return f"{ms:.{decimals}f}"
+    return f"{ms:.3f}"
 
 
 # Per Keras model, its traced inference calls, by input signature.

@@ -36,8 +36,10 @@ def test_median_and_spread_of_the_timed_calls(monkeypatch):
     assert result.min_ms == pytest.approx(3)
     assert result.max_ms == pytest.approx(9)
     assert result.per_example_ms == pytest.approx(1.25)
-    assert result.format() == "5 ms (3-9)"
-    assert result.format(per_example=True) == "1.25 ms (0.75-2.25)"
+    assert result.format() == "5.00 ms (3.00-9.00)"
+    assert result.format(per_example=True) == "1.25 ms (0.750-2.25)"
+    wide = latency_lib.Latency(1, (1234.4, 99.94, 10.04, 0.01234, 5.0))
+    assert wide.format() == "10.0 ms (0.012-1234)"
 
 
 def test_models_are_interleaved(monkeypatch):

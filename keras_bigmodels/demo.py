@@ -85,9 +85,10 @@ def classifier(encoder, num_classes, sequence_length, name):
 
 
 class Stage:
-    """Prints a stage header and records its wall time."""
+    """Prints a stage header and records its wall time and this process's
+    CPU time (all its threads)."""
 
-    times = {}
+    times = {}  # title: (wall seconds, CPU seconds)
 
     def __init__(self, number, total, title):
         self.key = title
@@ -95,11 +96,12 @@ class Stage:
 
     def __enter__(self):
         self.start = time.perf_counter()
+        self.cpu = time.process_time()
         return self
 
     def __exit__(self, *exc):
         seconds = time.perf_counter() - self.start
-        Stage.times[self.key] = seconds
+        Stage.times[self.key] = (seconds, time.process_time() - self.cpu)
         if exc[0] is None:
             print(f"      done in {seconds:.1f} s", flush=True)
         return False
@@ -271,7 +273,8 @@ def main(argv=None):
     )
     # How fast this machine computes, to read the times below against.
     machine = kbm.utils.matmul_gflops()
-    print(f"machine: {machine}", flush=True)
+    load = load_average()
+    print(f"machine: {machine}; load average {load}", flush=True)
 
     with Stage(1, total, "Load the data"):
         try:
@@ -470,7 +473,7 @@ def main(argv=None):
     with Stage(8, total, "Write the report"):
         write_report(
             args,
-            machine,
+            (machine, load),
             results,
             latency,
             tokenizer,
@@ -641,6 +644,14 @@ def plot_curves(results, epochs, path):
     plt.close(fig)
 
 
+def load_average():
+    """The 1-minute load average: how many threads wanted the CPUs."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "unknown"
+
+
 def write_report(
     args,
     machine,
@@ -685,7 +696,9 @@ def write_report(
         f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
         f"batch {args.batch_size}, seed {args.seed}.",
         "",
-        f"Machine: {machine}.",
+        f"Machine: {machine[0]}. Load average {machine[1]} at the start, "
+        f"{load_average()} at the end (other processes wanting the CPUs "
+        "slow every time below).",
         "",
         "## Results (held-out test accuracy)",
         "",
@@ -723,12 +736,18 @@ def write_report(
         "",
         "## Time per stage",
         "",
-        "| stage | seconds |",
-        "|---|---|",
+        "| stage | seconds | CPU seconds |",
+        "|---|---|---|",
     ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in Stage.times.items()]
+    times = {**Stage.times, "total": np.sum(list(Stage.times.values()), 0)}
+    lines += [f"| {k} | {w:.1f} | {c:.1f} |" for k, (w, c) in times.items()]
     lines += [
-        f"| total | {sum(Stage.times.values()):.1f} |",
+        "",
+        "CPU seconds: this process's threads together (the reload "
+        "subprocess not included). A stage with the machine's "
+        f"{machine[0].threads} threads to itself takes between CPU seconds "
+        f"/ {machine[0].threads} and CPU seconds; more means it waited for "
+        "CPUs that other processes held.",
         "",
         "## Pictures and logs",
         "",

@@ -117,6 +117,8 @@ def test_demo_quick(tmp_path):
     machine = re.search(r"machine: (\d+) GFLOP/s float32 matmul", out)
     assert machine and int(machine.group(1)) > 0
     assert f"Machine: {machine.group(1)} GFLOP/s float32 matmul" in report
+    assert "Load average " in report
+    assert "| stage | seconds | CPU seconds |" in report
     # The results table: accuracy, sizes, latency and throughput with
     # their spread, one row per model.
     lines = report.splitlines()
@@ -128,8 +130,8 @@ def test_demo_quick(tmp_path):
     rows = [row.split(" | ") for row in lines[header + 2 : header + 5]]
     assert [row[0] for row in rows] == [
         "| fine-tuned MiniLM (teacher)",
-        "same encoder, from scratch",
-        "distilled 2-layer student",
+        "| same encoder, from scratch",
+        "| distilled 2-layer student",
     ]
     timing = re.compile(r"[\d.]+ ms \([\d.]+-[\d.]+\)")
     for row in rows:

@@ -159,7 +159,6 @@ class StepLoss(keras.callbacks.Callback):
         self.steps = []  # (epoch + fraction of it done, loss)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
         self.mean = 0.0
         self.batches = []
 
@@ -176,15 +175,14 @@ class StepLoss(keras.callbacks.Callback):
         ]
 
 
-def fit_with_curves(model, data, args, loss_key="loss", **kwargs):
-    """`model.fit` on `data` = (training inputs, validation data) that
-    also records the training loss of every step and the validation
-    metrics before training; returns the curves for the report."""
-    x, validation = data
+def fit_with_curves(model, fit_args, validation, args, loss_key, **kwargs):
+    """`model.fit(*fit_args, validation_data=validation, **kwargs)` that
+    also records the training loss (`loss_key`) of every step and the
+    validation metrics before training; returns the curves."""
     before = model.evaluate(*validation, verbose=0, return_dict=True)
     steps = StepLoss(loss_key)
     history = model.fit(
-        *x,
+        *fit_args,
         epochs=args.epochs,
         validation_data=validation,
         verbose=args.verbose,
@@ -210,8 +208,10 @@ def fit(model, train, validation, args, peak_lr, log_dir):
     )
     return fit_with_curves(
         model,
-        ((x, y), validation),
+        (x, y),
+        validation,
         args,
+        "loss",
         batch_size=args.batch_size,
         callbacks=[keras.callbacks.TensorBoard(log_dir)],
     )
@@ -408,21 +408,15 @@ def main(argv=None):
         )
         train_ds = kbm.distillation.with_example_index(
             tf.data.Dataset.from_tensor_slices(train)
-        )
+        ).shuffle(split, seed=args.seed)
         # The student's own cross-entropy, comparable with the other
         # stages' loss (the total adds the distillation term).
         history = fit_with_curves(
             distiller,
-            (
-                (
-                    train_ds.shuffle(split, seed=args.seed).batch(
-                        args.batch_size
-                    ),
-                ),
-                validation,
-            ),
+            (train_ds.batch(args.batch_size),),
+            validation,
             args,
-            loss_key="student_loss",
+            "student_loss",
             shuffle=False,  # The dataset is shuffled above.
             callbacks=[
                 monitor,
@@ -449,6 +443,8 @@ def main(argv=None):
                     for b in LATENCY_BATCHES
                 )
             )
+        timing_load = load_average()
+        print(f"      (load average {timing_load})")
         for sentence in agreement(results, latency):
             print(f"      {sentence}")
 
@@ -475,7 +471,7 @@ def main(argv=None):
             args,
             (machine, load),
             results,
-            latency,
+            (latency, timing_load),
             tokenizer,
             x_test,
             pick,
@@ -548,7 +544,7 @@ def latency_headers():
     ]
 
 
-def latency_note(results, latency):
+def latency_note(results, latency, load):
     """How the latencies were measured, and whether the two models of one
     architecture agree."""
     first = next(iter(latency.values()))
@@ -560,7 +556,9 @@ def latency_note(results, latency):
         f"(throughput) test examples; {kbm.utils.latency.WARMUP} untimed "
         "warm-up calls, then the median of "
         f"{len(some.times_ms)} timed calls, the models interleaved call by "
-        "call; (min-max) is the spread of those calls."
+        "call; (min-max) is the spread of those calls. Load average "
+        f"{load} after the timing: the busier the machine, the slower the "
+        "calls, batch 32's most."
     )
     return " ".join([note, *agreement(results, latency)])
 
@@ -656,7 +654,7 @@ def write_report(
     args,
     machine,
     results,
-    latency,
+    timing,
     tokenizer,
     x_test,
     pick,
@@ -665,6 +663,7 @@ def write_report(
     same,
     saved,
 ):
+    latency, timing_load = timing
     import matplotlib
 
     matplotlib.use("Agg")
@@ -732,7 +731,7 @@ def write_report(
         f"{max_diff:.2e}, same predicted class on {same:.1%} of the first "
         f"{min(256, len(x_test))} test examples.",
         "",
-        latency_note(results, latency),
+        latency_note(results, latency, timing_load),
         "",
         "## Time per stage",
         "",

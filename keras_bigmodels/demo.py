@@ -193,6 +193,7 @@ def fit_with_curves(model, fit_args, validation, args, loss_key, **kwargs):
         "steps": steps.steps,
         "val_loss": [before[loss_key]] + history[f"val_{loss_key}"],
         "val_accuracy": [before["accuracy"]] + history["val_accuracy"],
+        "val_examples": len(validation[1]),
     }
 
 
@@ -625,8 +626,9 @@ def plot_curves(results, epochs, path):
             epoch, curves["val_accuracy"], "o-", color=color, label=name
         )
     axes[0].set_title("training loss per step (faint: raw)")
-    axes[1].set_title("validation loss per epoch")
-    axes[2].set_title("validation accuracy per epoch")
+    n = next(iter(results.values()))[2]["val_examples"]
+    axes[1].set_title(f"validation loss per epoch ({n} examples)")
+    axes[2].set_title(f"validation accuracy per epoch ({n} examples)")
     axes[0].set_ylabel("cross-entropy on the labels")
     axes[2].set_ylabel("accuracy")
     for ax in axes:

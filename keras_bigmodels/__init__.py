@@ -23,6 +23,7 @@ from keras_bigmodels import (
     layers,
     ops,
     optimizers,
+    utils,
 )
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "models",
     "ops",
     "optimizers",
+    "utils",
     "__version__",
 ]
 

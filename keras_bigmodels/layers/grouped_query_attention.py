@@ -265,18 +265,15 @@ class GroupedQueryAttention(keras.layers.Layer):
     ):
         self._return_attention_scores = return_attention_scores
         if IS_LEGACY_KERAS:
+            query_mask = get_keras_mask(query)
             value_mask = get_keras_mask(value)
             key_mask = get_keras_mask(key) if key is not None else None
-        query_mask = get_keras_mask(query)
         if key is None:
             key = value
         if key is value:
             key_mask = None
         if not self._sublayers_built:
             self._build_sublayers(query.shape, value.shape, key.shape)
-        if not IS_LEGACY_KERAS:
-            for t in (query, value, key):
-                set_keras_mask(t, None)
 
         overridden = (
             type(self)._compute_attention
@@ -361,6 +358,9 @@ class GroupedQueryAttention(keras.layers.Layer):
             scores `[B, num_query_heads, T, S]` when the call asked for
             them.
         """
+        query, key, value = (
+            tf.convert_to_tensor(t) for t in (query, key, value)
+        )
         return attention(
             type(self).__name__,
             fused_mode(self._flash),

@@ -264,10 +264,10 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
         Returns:
             `(output [B, T, N, value_dim], scores [B, N, T, S] or None)`.
         """
-        unsupported = None
+        query, key, value = (
+            tf.convert_to_tensor(t) for t in (query, key, value)
+        )
         if len(self._attention_axes) != 1 or query.shape.rank != 4:
-            unsupported = "attention_axes other than the sequence axis"
-        if unsupported is not None:
             return self._general_axes_attention(
                 query,
                 key,

@@ -479,8 +479,8 @@ def _flash_attention_reference(
 
     Returns the output, and the probabilities `[batch, q_heads, q_length,
     kv_length]` before dropout when `return_probs` (rows of masked-out
-    queries are zeros). `mask` is a boolean `[B or 1, Tq, Tk]`; dropout
-    uses `attention_dropout_mask`'s stream.
+    queries are zeros). `mask` is a boolean `[B or 1, Tq, Tk]` (or per head
+    `[B or 1, Hq, Tq, Tk]`); dropout uses `attention_dropout_mask`'s stream.
     """
     dtype = compute_dtype(q.dtype)
     q, k, v = (tf.cast(t, dtype) for t in (q, k, v))
@@ -492,7 +492,11 @@ def _flash_attention_reference(
     if key_mask is not None:
         allowed = tf.logical_and(allowed, key_mask[:, None, None, :])
     if mask is not None:
-        allowed = tf.logical_and(allowed, tf.cast(mask, tf.bool)[:, None])
+        mask = tf.cast(mask, tf.bool)
+        # [B or 1, Tq, Tk], or per head [B or 1, H, Tq, Tk].
+        allowed = tf.logical_and(
+            allowed, mask if mask.shape.rank == 4 else mask[:, None]
+        )
     if causal:
         allowed = tf.logical_and(
             allowed,

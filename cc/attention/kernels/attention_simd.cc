@@ -74,6 +74,36 @@ inline void Philox8(VecU c[4], uint32_t k0, uint32_t k1) {
   }
 }
 
+// out[4 * i + w] = c[w][i]: the four draws of each of the 8 groups, in
+// flat-index order.
+inline void StoreInterleaved(const VecU c[4], uint32_t* out) {
+#if defined(__AVX2__)
+  const __m256i x = reinterpret_cast<__m256i>(c[0]);
+  const __m256i y = reinterpret_cast<__m256i>(c[1]);
+  const __m256i z = reinterpret_cast<__m256i>(c[2]);
+  const __m256i w = reinterpret_cast<__m256i>(c[3]);
+  // Per 128-bit half: xy_lo = x0 y0 x1 y1, xy_hi = x2 y2 x3 y3, ...
+  const __m256i xy_lo = _mm256_unpacklo_epi32(x, y);
+  const __m256i xy_hi = _mm256_unpackhi_epi32(x, y);
+  const __m256i zw_lo = _mm256_unpacklo_epi32(z, w);
+  const __m256i zw_hi = _mm256_unpackhi_epi32(z, w);
+  // Groups (0 | 4), (1 | 5), (2 | 6), (3 | 7) by halves.
+  const __m256i g04 = _mm256_unpacklo_epi64(xy_lo, zw_lo);
+  const __m256i g15 = _mm256_unpackhi_epi64(xy_lo, zw_lo);
+  const __m256i g26 = _mm256_unpacklo_epi64(xy_hi, zw_hi);
+  const __m256i g37 = _mm256_unpackhi_epi64(xy_hi, zw_hi);
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  _mm256_storeu_si256(o, _mm256_permute2x128_si256(g04, g15, 0x20));
+  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(g26, g37, 0x20));
+  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(g04, g15, 0x31));
+  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(g26, g37, 0x31));
+#else
+  for (int i = 0; i < kLanes; ++i) {
+    for (int w = 0; w < 4; ++w) out[4 * i + w] = c[w][i];
+  }
+#endif
+}
+
 // C[R x 8V] (+)= A[R x k] B[k x 8V]: R * V vector accumulators.
 template <int R, int V>
 inline void MicroTile(const float* a, int64_t lda, const float* b,
@@ -188,33 +218,34 @@ struct SimdMath {
     constexpr int64_t kMaxDraws = kAttnKeyTile + 4 * kLanes;
     uint32_t draws[kMaxDraws];
     const uint64_t g0 = flat0 >> 2;
-    const int64_t groups = static_cast<int64_t>(((flat0 + n - 1) >> 2) - g0) + 1;
+    const int64_t groups =
+        static_cast<int64_t>(((flat0 + n - 1) >> 2) - g0) + 1;
     const uint32_t s1lo = static_cast<uint32_t>(s.seed1);
     const uint32_t s1hi = static_cast<uint32_t>(s.seed1 >> 32);
     const uint32_t k0 = static_cast<uint32_t>(s.seed0);
     const uint32_t k1 = static_cast<uint32_t>(s.seed0 >> 32);
+    const VecU iota = {0, 1, 2, 3, 4, 5, 6, 7};
     for (int64_t g = 0; g < groups; g += kLanes) {
+      const uint64_t first = g0 + g;
       VecU c[4];
-      for (int i = 0; i < kLanes; ++i) {
-        const uint64_t group = g0 + g + i;
-        c[0][i] = static_cast<uint32_t>(group);
-        c[1][i] = static_cast<uint32_t>(group >> 32);
+      if (static_cast<uint32_t>(first) <= 0xFFFFFFFFu - (kLanes - 1)) {
+        c[0] = iota + static_cast<uint32_t>(first);
+        c[1] = VecU{} + static_cast<uint32_t>(first >> 32);
+      } else {  // The low word wraps within these 8 groups.
+        for (int i = 0; i < kLanes; ++i) {
+          c[0][i] = static_cast<uint32_t>(first + i);
+          c[1][i] = static_cast<uint32_t>((first + i) >> 32);
+        }
       }
       c[2] = VecU{} + s1lo;
       c[3] = VecU{} + s1hi;
       Philox8(c, k0, k1);
-      uint32_t* out = draws + 4 * g;
-      for (int i = 0; i < kLanes; ++i) {
-        out[4 * i] = c[0][i];
-        out[4 * i + 1] = c[1][i];
-        out[4 * i + 2] = c[2][i];
-        out[4 * i + 3] = c[3][i];
-      }
+      StoreInterleaved(c, draws + 4 * g);
     }
     const uint32_t* u = draws + (flat0 & 3);
     const VecU threshold = VecU{} + s.dropout_threshold;
-    const VecI scale_bits =
-        VecI{} + __builtin_bit_cast(int32_t, static_cast<float>(s.dropout_scale));
+    const float scale = static_cast<float>(s.dropout_scale);
+    const VecI scale_bits = VecI{} + __builtin_bit_cast(int32_t, scale);
     for (int64_t j = 0; j < n; j += kLanes) {
       VecU uj;
       __builtin_memcpy(&uj, u + j, sizeof(uj));

@@ -11,8 +11,8 @@ from keras_bigmodels.ops.normalization import layer_norm, rms_norm
 
 __all__ = [
     "KernelStatus",
-    "bias_gelu",
     "attention_dropout_mask",
+    "bias_gelu",
     "flash_attention",
     "kernels_available",
     "layer_norm",

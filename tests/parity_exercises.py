@@ -74,6 +74,11 @@ def _():
     kbm.ops.flash_attention(q, q, q, causal=True)
 
 
+@exercise("ops.attention_dropout_mask")
+def _():
+    kbm.ops.attention_dropout_mask([1, 2], [1, 2, 5, 5], 0.1)
+
+
 @exercise("ops.softmax_kl_divergence")
 def _():
     kbm.ops.softmax_kl_divergence(_x(4, 10), _x(4, 10), 2.0)

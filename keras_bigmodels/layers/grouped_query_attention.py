@@ -12,10 +12,9 @@ from keras_bigmodels.backend import (
     set_keras_mask,
 )
 from keras_bigmodels.layers._attention_core import (
-    combine_key_masks,
-    dense_attention,
+    attention,
     fused_mode,
-    try_flash_attention,
+    keras_attention_mask,
 )
 from keras_bigmodels.layers.rotary_embedding import apply_rotary_embedding
 
@@ -39,11 +38,13 @@ class GroupedQueryAttention(keras.layers.Layer):
     `keras.layers.GroupQueryAttention`, so weights copy over with
     `set_weights`; it also works under tf-keras, which has no such layer.
 
-    The shared key/value heads are read in place by the kernel (never
-    repeated in memory). The fused path and its conditions are those of
-    `kbm.layers.MultiHeadAttention`; other calls run a plain softmax
-    attention in at least float32 (`sliding_window`, general masks,
-    returned scores and dropout in training included).
+    The attention itself lives in `_compute_attention` (as in Keras: a
+    subclass may override it) and runs `kbm.ops.flash_attention` for every
+    Keras mask and with attention dropout, as in
+    `kbm.layers.MultiHeadAttention`. The shared key/value heads are read in
+    place by the kernel (never repeated in memory) unless a subclass
+    overrides `_compute_attention`: it then receives them repeated to
+    `num_query_heads`, as Keras passes them.
 
     Args:
         head_dim: Size of each attention head.
@@ -54,8 +55,7 @@ class GroupedQueryAttention(keras.layers.Layer):
             `0.0`.
         use_bias: Whether the projections have biases. Defaults to `True`.
         sliding_window: If set, each query sees keys within
-            `sliding_window - 1` positions (reference path). Defaults to
-            `None`.
+            `sliding_window - 1` positions. Defaults to `None`.
         flash_attention: `None` (use the kernel when possible), `True`
             (require it) or `False`. Defaults to `None`.
         kernel_initializer: Defaults to `"glorot_uniform"`.
@@ -79,7 +79,8 @@ class GroupedQueryAttention(keras.layers.Layer):
         value: `[batch, source_length, dim]`.
         key: Optional `[batch, source_length, dim]`; defaults to `value`.
         attention_mask: Optional boolean `[batch, target_length,
-            source_length]` (or `[batch, 1, source_length]`).
+            source_length]`, `[target_length, source_length]` or
+            `[batch, 1, source_length]`.
         return_attention_scores: Also return the attention probabilities
             `[batch, num_query_heads, target_length, source_length]`.
         training: Whether dropout is active.
@@ -144,11 +145,6 @@ class GroupedQueryAttention(keras.layers.Layer):
             raise ValueError(
                 "flash_attention must be None, True or False. "
                 f"Received: flash_attention={flash_attention!r}"
-            )
-        if flash_attention and dropout > 0:
-            raise ValueError(
-                "Dropout is not supported when flash attention is enabled. "
-                "Please set dropout to 0.0 to use flash attention."
             )
         self.head_dim = head_dim
         self.num_query_heads = num_query_heads
@@ -267,19 +263,44 @@ class GroupedQueryAttention(keras.layers.Layer):
         training=None,
         use_causal_mask=False,
     ):
+        self._return_attention_scores = return_attention_scores
         if IS_LEGACY_KERAS:
             query_mask = get_keras_mask(query)
             value_mask = get_keras_mask(value)
             key_mask = get_keras_mask(key) if key is not None else None
         if key is None:
             key = value
+        if key is value:
             key_mask = None
         if not self._sublayers_built:
             self._build_sublayers(query.shape, value.shape, key.shape)
-        if not IS_LEGACY_KERAS:
-            for t in (query, value, key):
-                set_keras_mask(t, None)
-        padding = combine_key_masks(value_mask, key_mask)
+
+        overridden = (
+            type(self)._compute_attention
+            is not GroupedQueryAttention._compute_attention
+        )
+        causal_only = (
+            use_causal_mask
+            and query_mask is None
+            and value_mask is None
+            and key_mask is None
+            and attention_mask is None
+            and self.sliding_window is None
+            and not overridden
+        )
+        if causal_only:
+            attention_mask = None
+        else:
+            attention_mask = keras_attention_mask(
+                query,
+                key,
+                query_mask=query_mask,
+                value_mask=value_mask,
+                key_mask=key_mask,
+                attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask,
+                sliding_window=self.sliding_window,
+            )
 
         gate = self._gate_dense(query) if self.use_gate else None
         q = self._query_dense(query)
@@ -294,35 +315,16 @@ class GroupedQueryAttention(keras.layers.Layer):
                 )
                 for t in (q, k)
             )
-        scale = 1.0 / math.sqrt(float(self.head_dim))
-        output = try_flash_attention(
-            type(self).__name__,
-            fused_mode(self._flash),
-            q,
-            k,
-            v,
-            key_mask=padding,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            scale=scale,
-            dropout=self.dropout,
-            training=training,
-            return_attention_scores=return_attention_scores,
-            other_reason="sliding_window" if self.sliding_window else None,
+        if overridden:
+            # Keras hands `_compute_attention` one key/value head per
+            # query head.
+            group = self.num_query_heads // self.num_key_value_heads
+            k = tf.repeat(k, group, axis=2)
+            v = tf.repeat(v, group, axis=2)
+        extra = {"use_causal_mask": True} if causal_only else {}
+        output, scores = self._compute_attention(
+            q, k, v, attention_mask=attention_mask, training=training, **extra
         )
-        scores = None
-        if output is None:
-            mask = self._full_mask(
-                query,
-                key,
-                query_mask,
-                padding,
-                attention_mask,
-                use_causal_mask,
-            )
-            output, scores = dense_attention(
-                q, k, v, mask, scale, self._dropout_layer, training
-            )
         if gate is not None:
             output = output * gate
         output = self._output_dense(output)
@@ -332,40 +334,93 @@ class GroupedQueryAttention(keras.layers.Layer):
             return output, scores
         return output
 
-    def _full_mask(
+    def _compute_attention(
         self,
         query,
         key,
-        query_mask,
-        key_padding,
-        attention_mask,
-        use_causal_mask,
+        value,
+        attention_mask=None,
+        training=None,
+        use_causal_mask=False,
     ):
-        """The [B or 1, T, S] boolean mask of the reference path, or None."""
-        t, s = tf.shape(query)[1], tf.shape(key)[1]
-        mask = None
+        """Attention of the projected query, key and value (override point).
 
-        def both(a, b):
-            return b if a is None else tf.logical_and(a, b)
+        Args:
+            query: `[B, T, num_query_heads, head_dim]`.
+            key, value: `[B, S, H, head_dim]`, with `H` `num_key_value_heads`
+                or `num_query_heads` (repeated heads).
+            attention_mask: Boolean `[B, T, S]` (True = attend), or None.
+            training: Whether dropout is active.
+            use_causal_mask: Also mask future keys.
 
-        if query_mask is not None:
-            mask = both(mask, tf.cast(query_mask, tf.bool)[:, :, None])
-        if key_padding is not None:
-            mask = both(mask, key_padding[:, None, :])
-        rows = tf.range(t)[:, None]
-        cols = tf.range(s)[None, :]
-        if use_causal_mask:
-            mask = both(mask, (cols <= rows)[None])
-        if self.sliding_window is not None:
-            mask = both(mask, (tf.abs(rows - cols) < self.sliding_window)[None])
-        if attention_mask is not None:
-            mask = both(mask, tf.cast(attention_mask, tf.bool))
-        return mask
+        Returns:
+            `(output [B, T, num_query_heads, head_dim], scores or None)`;
+            scores `[B, num_query_heads, T, S]` when the call asked for
+            them.
+        """
+        query, key, value = (
+            tf.convert_to_tensor(t) for t in (query, key, value)
+        )
+        return attention(
+            type(self).__name__,
+            fused_mode(self._flash),
+            query,
+            key,
+            value,
+            mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            scale=1.0 / math.sqrt(float(self.head_dim)),
+            dropout=self.dropout,
+            dropout_layer=self._dropout_layer,
+            training=training,
+            return_attention_scores=bool(
+                getattr(self, "_return_attention_scores", False)
+            ),
+        )
 
-    def compute_output_shape(
-        self, query_shape, value_shape=None, key_shape=None
-    ):
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        if key_shape is None:
+            key_shape = value_shape
+        if query_shape[-1] != value_shape[-1]:
+            raise ValueError(
+                "The last dimension of `query_shape` and `value_shape` "
+                f"must be equal, but are {query_shape[-1]}, "
+                f"{value_shape[-1]}. Received: query_shape={query_shape}, "
+                f"value_shape={value_shape}"
+            )
+        if tuple(value_shape[1:-1]) != tuple(key_shape[1:-1]):
+            raise ValueError(
+                "All dimensions of `value` and `key`, except the last one, "
+                f"must be equal. Received: value_shape={value_shape} and "
+                f"key_shape={key_shape}"
+            )
         return tuple(query_shape)
+
+    def compute_output_spec(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+    ):
+        shape = self.compute_output_shape(
+            query.shape, value.shape, None if key is None else key.shape
+        )
+        spec = keras.KerasTensor(shape, dtype=self.compute_dtype)
+        if return_attention_scores:
+            kv_len = (value if key is None else key).shape[1]
+            scores = keras.KerasTensor(
+                (query.shape[0], self.num_query_heads, query.shape[1], kv_len),
+                dtype=self.compute_dtype,
+            )
+            return spec, scores
+        return spec
 
     def get_config(self):
         ser = keras.initializers.serialize

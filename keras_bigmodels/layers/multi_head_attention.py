@@ -2,6 +2,8 @@
 
 import math
 
+import tensorflow as tf
+
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     get_keras_mask,
@@ -10,9 +12,10 @@ from keras_bigmodels.backend import (
     set_keras_mask,
 )
 from keras_bigmodels.layers._attention_core import (
-    combine_key_masks,
+    attention,
+    combine_masks,
     fused_mode,
-    try_flash_attention,
+    keras_attention_mask,
 )
 from keras_bigmodels.layers.rotary_embedding import apply_rotary_embedding
 
@@ -26,22 +29,22 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
     weights (query/key/value/output `EinsumDense` kernels and biases), so
     `layer.set_weights(keras_layer.get_weights())` gives the same outputs.
 
-    The attention itself runs `kbm.ops.flash_attention` (a tiled CPU kernel
-    whose memory grows linearly with the sequence length) when the call
-    allows it: default `attention_axes`, key padding masks (from Keras
-    masking, `value`/`key` masks, or an `attention_mask` of shape
-    `[batch, 1, key_length]`), `use_causal_mask=True`, no attention scores
-    requested, and no dropout in training. Other calls (a general
-    `[batch, query, key]` `attention_mask`, `return_attention_scores=True`,
-    dropout while training, `sliding_window`, other attention axes) run
-    Keras's own computation. With `flash_attention=None` (the default) the
-    layer decides per call; `True` requires the kernel (a `ValueError` says
-    why it cannot run), `False` always uses Keras's computation. The choice
-    is never saved in the config.
+    The attention itself lives in `_compute_attention` (the override point
+    Keras documents: a subclass's override replaces it) and runs
+    `kbm.ops.flash_attention`, a tiled CPU kernel whose memory grows
+    linearly with the sequence length, for every Keras mask (query, value
+    and key masks, `attention_mask` of shape `[T, S]` or `[B, T, S]`,
+    `use_causal_mask`, `sliding_window`) and with attention dropout while
+    training (a Philox stream seeded from the layer's `Dropout`, regenerated
+    in the backward pass). `return_attention_scores=True` and attention
+    over several axes run the op's reference. With `flash_attention=None`
+    (the default) the layer decides per call; `True` requires the kernel (a
+    `ValueError` says why it cannot run), `False` always uses the
+    reference. The choice is never saved in the config.
 
-    Differences from Keras: a query whose keys are all masked gets zeros
-    (Keras averages all values); outputs at masked query positions are not
-    meaningful in either (the output carries the query mask).
+    Differences from Keras: a query whose keys are all masked (a masked
+    query row) gets a zero attention output (Keras averages all values);
+    the output carries the query mask.
 
     Args:
         num_heads: Number of attention heads.
@@ -66,7 +69,8 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
         value: `[batch, source_length, dim]`.
         key: Optional `[batch, source_length, dim]`; defaults to `value`.
         attention_mask: Optional boolean `[batch, target_length,
-            source_length]` (or `[batch, 1, source_length]`).
+            source_length]`, `[target_length, source_length]` or
+            `[batch, 1, source_length]`.
         return_attention_scores: Also return the attention probabilities.
         training: Whether dropout is active.
         use_causal_mask: Mask future positions (query `i` sees keys
@@ -107,14 +111,11 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
                 "rope_max_wavelength must be positive or None. Received: "
                 f"rope_max_wavelength={rope_max_wavelength}"
             )
-        if not IS_LEGACY_KERAS:
-            kwargs["flash_attention"] = flash_attention
         super().__init__(num_heads, key_dim, *args, **kwargs)
-        if IS_LEGACY_KERAS and flash_attention and self._dropout > 0:
-            raise ValueError(
-                "Dropout is not supported when flash attention is enabled. "
-                "Please set dropout to 0.0 to use flash attention."
-            )
+        if not IS_LEGACY_KERAS:
+            # Keras's attribute; the kernel supports dropout, so Keras's
+            # "dropout with flash attention" error does not apply.
+            self._flash_attention = flash_attention
         self._kbm_flash = flash_attention
         self.rope_max_wavelength = rope_max_wavelength
         self.rope_scaling_factor = rope_scaling_factor
@@ -147,16 +148,46 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
                 )
             if not self._built_from_signature:
                 self._build_from_signature(query=query, value=value, key=key)
-            query_mask = get_keras_mask(query)
             value_mask = get_keras_mask(value)
             key_mask = get_keras_mask(key) if key is not None else None
+        query_mask = get_keras_mask(query)
         if key is None:
             key = value
+        if key is value:
             key_mask = None
-        padding = combine_key_masks(value_mask, key_mask)
         if not IS_LEGACY_KERAS:
             for t in (query, value, key):
                 set_keras_mask(t, None)
+
+        # As in Keras: causal masking alone reaches `_compute_attention` as
+        # a flag (the kernel's causal path), unless a subclass overrides
+        # `_compute_attention` with the signature that lacks it.
+        overridden = (
+            type(self)._compute_attention
+            is not MultiHeadAttention._compute_attention
+        )
+        causal_only = (
+            use_causal_mask
+            and query_mask is None
+            and value_mask is None
+            and key_mask is None
+            and attention_mask is None
+            and getattr(self, "_sliding_window", None) is None
+            and not overridden
+        )
+        if causal_only:
+            attention_mask = None
+        else:
+            attention_mask = keras_attention_mask(
+                query,
+                key,
+                query_mask=query_mask,
+                value_mask=value_mask,
+                key_mask=key_mask,
+                attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask,
+                sliding_window=getattr(self, "_sliding_window", None),
+            )
 
         gate = (
             self._gate_dense(query)
@@ -175,43 +206,24 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
                 )
                 for t in (q, k)
             )
-
-        unsupported = None
-        if len(self._attention_axes) != 1 or q.shape.rank != 4:
-            unsupported = "attention_axes other than the sequence axis"
-        elif getattr(self, "_sliding_window", None) is not None:
-            unsupported = "sliding_window"
-        output = try_flash_attention(
-            type(self).__name__,
-            fused_mode(self._kbm_flash),
-            q,
-            k,
-            v,
-            key_mask=padding,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            scale=1.0 / math.sqrt(float(self._key_dim)),
-            dropout=self._dropout,
-            training=training,
-            return_attention_scores=return_attention_scores,
-            other_reason=unsupported,
-        )
-        scores = None
-        if output is None:
-            output, scores = self._keras_attention(
-                query,
-                value,
-                key,
+        extra = {"use_causal_mask": True} if causal_only else {}
+        if IS_LEGACY_KERAS:
+            # tf-keras's signature has no return_attention_scores: pass it
+            # only to this class's own method.
+            if not overridden:
+                extra["return_attention_scores"] = return_attention_scores
+            output, scores = self._compute_attention(
+                q, k, v, attention_mask, training, **extra
+            )
+        else:
+            output, scores = self._compute_attention(
                 q,
                 k,
                 v,
-                query_mask,
-                value_mask,
-                key_mask,
                 attention_mask,
                 training,
                 return_attention_scores,
-                use_causal_mask,
+                **extra,
             )
         if gate is not None:
             output = output * gate
@@ -222,44 +234,90 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
             return output, scores
         return output
 
-    def _keras_attention(
+    def _compute_attention(
         self,
         query,
-        value,
         key,
-        q,
-        k,
-        v,
-        query_mask,
-        value_mask,
-        key_mask,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        """Attention of the projected query, key and value.
+
+        The override point Keras documents: a subclass may replace it with
+        its own attention. This one runs `kbm.ops.flash_attention` (kernel,
+        or its reference where no kernel applies), dropout included.
+
+        Args:
+            query: `[B, T, N, key_dim]`.
+            key: `[B, S, N, key_dim]`.
+            value: `[B, S, N, value_dim]`.
+            attention_mask: Boolean `[B, T, S]` (True = attend), or None.
+            training: Whether dropout is active.
+            return_attention_scores: Also return the probabilities (they
+                come from the op's reference).
+            use_causal_mask: Also mask future keys (query `i` sees `j <=
+                i`).
+
+        Returns:
+            `(output [B, T, N, value_dim], scores [B, N, T, S] or None)`.
+        """
+        query, key, value = (
+            tf.convert_to_tensor(t) for t in (query, key, value)
+        )
+        if len(self._attention_axes) != 1 or query.shape.rank != 4:
+            return self._general_axes_attention(
+                query,
+                key,
+                value,
+                attention_mask,
+                training,
+                bool(return_attention_scores),
+                use_causal_mask,
+            )
+        return attention(
+            type(self).__name__,
+            fused_mode(self._kbm_flash),
+            query,
+            key,
+            value,
+            mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            scale=1.0 / math.sqrt(float(self._key_dim)),
+            dropout=self._dropout,
+            dropout_layer=self._dropout_layer,
+            training=training,
+            return_attention_scores=bool(return_attention_scores),
+        )
+
+    def _general_axes_attention(
+        self,
+        query,
+        key,
+        value,
         attention_mask,
         training,
         return_attention_scores,
         use_causal_mask,
     ):
-        """Keras's own masks and attention on the projected q, k, v."""
-        if IS_LEGACY_KERAS:
-            mask = self._compute_attention_mask(
-                query,
-                value,
-                key=key,
-                attention_mask=attention_mask,
-                use_causal_mask=use_causal_mask,
-            )
-            return self._compute_attention(q, k, v, mask, training)
-        mask = self._compute_attention_mask(
-            query,
-            value,
-            query_mask=query_mask,
-            value_mask=value_mask,
-            key_mask=key_mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
+        """Keras's einsum attention, for `attention_axes` over several axes.
+
+        The flash op covers one sequence axis; attention over several axes
+        (images, videos) runs Keras's equations with a masked softmax.
+        """
+        if use_causal_mask:
+            causal = self._compute_causal_mask(query, value)
+            attention_mask = combine_masks(attention_mask, causal)
+        query = query * tf.cast(
+            1.0 / math.sqrt(float(self._key_dim)), query.dtype
         )
-        return self._compute_attention(
-            q, k, v, mask, training, return_attention_scores
-        )
+        scores = tf.einsum(self._dot_product_equation, key, query)
+        scores = self._masked_softmax(scores, attention_mask)
+        dropped = self._dropout_layer(scores, training=training)
+        output = tf.einsum(self._combine_equation, dropped, value)
+        return output, scores
 
     def get_config(self):
         config = super().get_config()

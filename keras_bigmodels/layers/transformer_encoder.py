@@ -39,10 +39,8 @@ class TransformerEncoder(TransformerBlock):
         dropout: Dropout after attention and feed-forward, and on the
             attention probabilities. Defaults to `0.0`.
         attention_dropout: Dropout on the attention probabilities when
-            it should differ from `dropout` (None: `dropout`). The fused
-            attention kernel has no dropout: a rate > 0 runs the unfused
-            attention while training, so `attention_dropout=0.0` keeps
-            training on the kernel. Defaults to `None`.
+            it should differ from `dropout` (None: `dropout`); it runs
+            inside the fused attention kernel. Defaults to `None`.
         activation: `"gelu"`, `"gelu_tanh"`, `"relu"` or `"swiglu"`.
             Defaults to `"gelu"`.
         norm: `"layer"` or `"rms"`. Defaults to `"layer"`.

@@ -90,8 +90,8 @@ class BertEncoder(keras.Model):
         dropout: Dropout after the embeddings and in the blocks. Defaults
             to `0.1`.
         attention_dropout: Dropout on the attention probabilities; `None`
-            means `dropout`. While training, a rate > 0 runs the unfused
-            attention (the kernel has no dropout). Defaults to `None`.
+            means `dropout`. It runs inside the fused attention kernel.
+            Defaults to `None`.
         layer_norm_epsilon: Epsilon of every LayerNorm. Defaults to
             `1e-12`.
         activation: Feed-forward activation, `"gelu"` (exact, erf),

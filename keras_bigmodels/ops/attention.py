@@ -6,8 +6,15 @@ only O(tile x head_dim) memory per thread; it returns the output and each
 row's log-sum-exp, from which the backward kernel recomputes the scores tile
 by tile (FlashAttention-2's algorithm). Grouped-query and multi-query
 attention (fewer key/value heads than query heads) read the shared heads in
-place. Elsewhere the op runs the reference: plain softmax attention in
-float32 (or float64).
+place. Masks: a key-padding mask `[B, Tk]`, causal masking, and a general
+boolean mask `[B or 1, Tq, Tk]` (the kernel classifies its 64 x 64 blocks
+once per call, so a causal or padding mask given densely costs little).
+Attention dropout runs inside the kernels: a counter-based Philox4x32-10
+stream keyed by a `seed` `[2]` and each probability's position, so the
+backward pass regenerates the mask instead of storing it;
+`attention_dropout_mask` reads it out. Elsewhere the op runs the reference:
+plain softmax attention in float32 (or float64), whose dropout mask is the
+same Philox stream computed with TensorFlow integer ops.
 """
 
 import math
@@ -113,6 +120,70 @@ def _key_mask_tensor(key_mask, k):
     return key_mask
 
 
+def _dense_mask_tensor(mask, q, k):
+    """A boolean [B or 1, Tq, Tk] mask from a [Tq, Tk] or [B|1, Tq, Tk] one."""
+    if mask is None:
+        return None
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype != tf.bool:
+        mask = tf.cast(mask, tf.bool)
+    if mask.shape.rank == 2:
+        mask = mask[None]
+    want = (None, q.shape[1], k.shape[1])
+    if mask.shape.rank != 3 or any(
+        a is not None and b is not None and a != b
+        for a, b in zip(mask.shape[1:], want[1:])
+    ):
+        raise ValueError(
+            "mask must have shape [query_length, key_length] or [batch or "
+            f"1, query_length, key_length] with lengths {want[1:]}. "
+            f"Received: mask.shape={tuple(mask.shape)}"
+        )
+    b, bm = q.shape[0], mask.shape[0]
+    if b is not None and bm is not None and bm not in (1, b):
+        raise ValueError(
+            f"mask's first axis must be 1 or the batch size ({b}). "
+            f"Received: mask.shape={tuple(mask.shape)}"
+        )
+    return mask
+
+
+def _check_dropout(dropout_rate, seed):
+    if not isinstance(dropout_rate, (int, float)) or not (
+        0.0 <= dropout_rate < 1.0
+    ):
+        raise ValueError(
+            "dropout_rate must be a number in [0, 1). "
+            f"Received: dropout_rate={dropout_rate!r}"
+        )
+    if dropout_rate == 0:
+        return tf.zeros([2], tf.int64)
+    if seed is None:
+        raise ValueError(
+            "seed (int64 [2]) must be given when dropout_rate > 0. "
+            f"Received: dropout_rate={dropout_rate}, seed=None"
+        )
+    return _as_seed(seed)
+
+
+def _as_seed(seed):
+    """An int64 [2] tensor from an integer [2] seed (uint32 included)."""
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise TypeError(
+            f"seed must be an integer tensor. Received: seed.dtype="
+            f"{seed.dtype.name}"
+        )
+    if seed.shape.rank is not None and tuple(seed.shape) not in ((2,), (None,)):
+        raise ValueError(
+            "seed must have shape [2]. "
+            f"Received: seed.shape={tuple(seed.shape)}"
+        )
+    if seed.dtype in (tf.uint32, tf.uint64):
+        seed = tf.bitcast(tf.cast(seed, tf.uint64), tf.int64)
+    return tf.cast(seed, tf.int64)
+
+
 def flash_attention(
     q,
     k,
@@ -122,6 +193,9 @@ def flash_attention(
     scale=None,
     attention_bias=None,
     causal_alignment="bottom_right",
+    mask=None,
+    dropout_rate=0.0,
+    seed=None,
     use_fused_kernel="auto",
 ):
     """Exact softmax attention with a tiled, memory-efficient kernel.
@@ -131,9 +205,10 @@ def flash_attention(
     materialised, in the forward or the backward pass.
 
     Kernels exist on CPU for float16, bfloat16 (computed in float32),
-    float32 and float64, with a fused gradient. A general additive
-    `attention_bias` has no kernel: such calls run the reference (one
-    warning with `use_fused_kernel="auto"`). Elsewhere (other devices,
+    float32 and float64, with a fused gradient, for every boolean mask and
+    for attention dropout. A general additive `attention_bias` has no
+    kernel: such calls run the reference (one warning with
+    `use_fused_kernel="auto"`). Elsewhere (other devices,
     `jit_compile=True`, library not built) the reference runs too.
 
     Args:
@@ -155,6 +230,16 @@ def flash_attention(
             q_length` (the last query sees every key, as when decoding with
             a key/value cache); `"top_left"` lets it see `j <= i` (Keras's
             `use_causal_mask`). Defaults to `"bottom_right"`.
+        mask: Optional boolean mask of the keys each query may see (True =
+            attend), `[q_length, kv_length]` or `[batch or 1, q_length,
+            kv_length]`, shared by all heads. Defaults to `None`.
+        dropout_rate: Attention dropout on the probabilities, in `[0, 1)`:
+            probability `[b, h, i, j]` is kept (times `1 / (1 - rate)`) when
+            `attention_dropout_mask(seed, ...)` is True there. Defaults to
+            `0.0`.
+        seed: Integer `[2]`, the dropout stream's key (e.g. from a
+            `keras.random.SeedGenerator`); required when `dropout_rate > 0`.
+            The same seed gives the same mask on every path.
         use_fused_kernel: `"auto"`, `True` or `False`, as in
             `kbm.ops.layer_norm`. Defaults to `"auto"`.
 
@@ -195,7 +280,12 @@ def flash_attention(
         scale = float(np.float32(scale))
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite. Received: scale={scale}")
-        mask = _key_mask_tensor(key_mask, k)
+        key_mask = _key_mask_tensor(key_mask, k)
+        mask = _dense_mask_tensor(mask, q, k)
+        seed = _check_dropout(dropout_rate, seed)
+        # The kernel takes the rate as a float32 attribute: both paths use
+        # the float32 value.
+        dropout_rate = float(np.float32(dropout_rate))
         unsupported = None
         if attention_bias is not None:
             unsupported = "a general additive attention_bias has no kernel"
@@ -204,28 +294,162 @@ def flash_attention(
         )
         if lib is None:
             return _flash_attention_reference(
-                q, k, v, causal, mask, scale, attention_bias, causal_alignment
+                q,
+                k,
+                v,
+                causal,
+                key_mask,
+                scale,
+                attention_bias,
+                causal_alignment,
+                mask=mask,
+                dropout_rate=dropout_rate,
+                seed=seed,
             )
         return _flash_attention_kernel(
-            lib, q, k, v, causal, mask, scale, causal_alignment
+            lib,
+            q,
+            k,
+            v,
+            causal,
+            key_mask,
+            scale,
+            causal_alignment,
+            mask,
+            dropout_rate,
+            seed,
         )
 
 
-def _flash_attention_kernel(lib, q, k, v, causal, mask, scale, alignment):
+_EMPTY_MASK_SHAPE = [0]
+
+
+def _flash_attention_kernel(
+    lib, q, k, v, causal, key_mask, scale, alignment, mask, rate, seed
+):
+    if key_mask is None:
+        key_mask = tf.zeros(_EMPTY_MASK_SHAPE, tf.bool)
     if mask is None:
-        mask = tf.zeros([0], tf.bool)
+        mask = tf.zeros(_EMPTY_MASK_SHAPE, tf.bool)
     u = compute_dtype(q.dtype)
     o, _ = lib.kbm_flash_attention(
         q,
         k,
         v,
+        key_mask,
         mask,
+        seed,
         scale=scale,
         causal=causal,
         causal_top_left=alignment == "top_left",
+        dropout_rate=rate,
         U=u,
     )
     return o
+
+
+def dropout_threshold(rate):
+    """The smallest 32-bit Philox draw kept at dropout `rate` (float32)."""
+    t = float(np.float32(rate)) * 4294967296.0
+    if not rate > 0:
+        return 0
+    return 0xFFFFFFFF if t >= 4294967295.0 else int(t)
+
+
+def attention_dropout_mask(seed, shape, rate, use_fused_kernel="auto"):
+    """The keep mask `[B, H, Tq, Tk]` of attention dropout at `rate`.
+
+    It is the mask `flash_attention(..., dropout_rate=rate, seed=seed)`
+    applies to the probabilities of query head `h` (on every path):
+    element `[b, h, i, j]` with flat index `f = ((b * H + h) * Tq + i) * Tk
+    + j` is kept when draw `f % 4` of Philox4x32-10 with key `seed[0]` and
+    counter `(f // 4, seed[1])` is at least `rate * 2**32`.
+
+    Args:
+        seed: Integer `[2]`.
+        shape: `[B, H, Tq, Tk]` (ints or an integer tensor).
+        rate: Dropout rate in `[0, 1)`.
+        use_fused_kernel: `"auto"`, `True` or `False`.
+
+    Returns:
+        Boolean `[B, H, Tq, Tk]`.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1). Received: rate={rate!r}")
+    seed = _as_seed(seed)
+    shape = tf.cast(tf.convert_to_tensor(shape), tf.int64)
+    lib = _loader.select("attention_dropout_mask", use_fused_kernel, ())
+    if lib is None:
+        return _attention_dropout_mask_reference(seed, shape, rate)
+    return lib.kbm_attention_dropout_mask(seed, shape, rate=float(rate))
+
+
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_LOW32 = 0xFFFFFFFF
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 in TensorFlow integer ops (uint64 holding 32 bits).
+
+    Args:
+        counter: Four uint64 tensors of one shape (32-bit values).
+        key: Two uint64 scalars (32-bit values).
+
+    Returns:
+        The four 32-bit outputs, as uint64 tensors.
+    """
+    low = tf.constant(_LOW32, tf.uint64)
+    shift = tf.constant(32, tf.uint64)
+    m0 = tf.constant(_PHILOX_M0, tf.uint64)
+    m1 = tf.constant(_PHILOX_M1, tf.uint64)
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0 = c0 * m0
+        p1 = c2 * m1
+        hi0, lo0 = (
+            tf.bitwise.right_shift(p0, shift),
+            tf.bitwise.bitwise_and(p0, low),
+        )
+        hi1, lo1 = (
+            tf.bitwise.right_shift(p1, shift),
+            tf.bitwise.bitwise_and(p1, low),
+        )
+        c0, c1, c2, c3 = (
+            tf.bitwise.bitwise_xor(tf.bitwise.bitwise_xor(hi1, c1), k0),
+            lo1,
+            tf.bitwise.bitwise_xor(tf.bitwise.bitwise_xor(hi0, c3), k1),
+            lo0,
+        )
+        k0 = tf.bitwise.bitwise_and(k0 + _PHILOX_W0, low)
+        k1 = tf.bitwise.bitwise_and(k1 + _PHILOX_W1, low)
+    return c0, c1, c2, c3
+
+
+def _attention_dropout_mask_reference(seed, shape, rate):
+    """The dropout keep mask from the Philox stream in TF integer ops."""
+    seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint64)
+    low = tf.constant(_LOW32, tf.uint64)
+    shift = tf.constant(32, tf.uint64)
+    n = tf.reduce_prod(shape)
+    groups = tf.cast(tf.range((n + 3) // 4), tf.uint64)
+    s1_lo = tf.bitwise.bitwise_and(seed[1], low)
+    s1_hi = tf.bitwise.right_shift(seed[1], shift)
+    counter = (
+        tf.bitwise.bitwise_and(groups, low),
+        tf.bitwise.right_shift(groups, shift),
+        tf.fill(tf.shape(groups), s1_lo),
+        tf.fill(tf.shape(groups), s1_hi),
+    )
+    key = (
+        tf.bitwise.bitwise_and(seed[0], low),
+        tf.bitwise.right_shift(seed[0], shift),
+    )
+    draws = tf.reshape(tf.stack(philox4x32_10(counter, key), axis=-1), [-1])
+    draws = tf.cast(draws[:n], tf.int64)  # 32-bit values: exact.
+    keep = draws >= dropout_threshold(rate)
+    return tf.reshape(keep, shape)
 
 
 def causal_mask(q_length, kv_length, alignment="bottom_right"):
@@ -247,11 +471,16 @@ def _flash_attention_reference(
     attention_bias=None,
     causal_alignment="bottom_right",
     return_probs=False,
+    mask=None,
+    dropout_rate=0.0,
+    seed=None,
 ):
     """Plain softmax attention in float32 (float64): fallback and oracle.
 
     Returns the output, and the probabilities `[batch, q_heads, q_length,
-    kv_length]` when `return_probs` (rows of masked-out queries are zeros).
+    kv_length]` before dropout when `return_probs` (rows of masked-out
+    queries are zeros). `mask` is a boolean `[B or 1, Tq, Tk]` (or per head
+    `[B or 1, Hq, Tq, Tk]`); dropout uses `attention_dropout_mask`'s stream.
     """
     dtype = compute_dtype(q.dtype)
     q, k, v = (tf.cast(t, dtype) for t in (q, k, v))
@@ -262,6 +491,12 @@ def _flash_attention_reference(
     allowed = tf.ones_like(scores, tf.bool)
     if key_mask is not None:
         allowed = tf.logical_and(allowed, key_mask[:, None, None, :])
+    if mask is not None:
+        mask = tf.cast(mask, tf.bool)
+        # [B or 1, Tq, Tk], or per head [B or 1, H, Tq, Tk].
+        allowed = tf.logical_and(
+            allowed, mask if mask.shape.rank == 4 else mask[:, None]
+        )
     if causal:
         allowed = tf.logical_and(
             allowed,
@@ -274,7 +509,15 @@ def _flash_attention_reference(
     # A query with no visible key gets zeros, not a uniform average.
     any_visible = tf.reduce_any(allowed, axis=-1, keepdims=True)
     probs = tf.where(any_visible, probs, tf.zeros_like(probs))
-    out = tf.einsum("bhqk,bkhd->bqhd", probs, v)
+    dropped = probs
+    if dropout_rate > 0:
+        keep = _attention_dropout_mask_reference(
+            seed, tf.shape(probs, out_type=tf.int64), dropout_rate
+        )
+        dropped = tf.where(
+            keep, probs / tf.constant(1.0 - dropout_rate, dtype), 0.0
+        )
+    out = tf.einsum("bhqk,bkhd->bqhd", dropped, v)
     out = tf.cast(out, q.dtype if not return_probs else out.dtype)
     if return_probs:
         return out, probs
@@ -286,24 +529,29 @@ def _attrs(op):
         "scale": op.get_attr("scale"),
         "causal": op.get_attr("causal"),
         "causal_top_left": op.get_attr("causal_top_left"),
+        "dropout_rate": op.get_attr("dropout_rate"),
     }
 
 
 @tf.RegisterGradient("Kbm>FlashAttention")
 def _flash_attention_grad(op, d_o, unused_dlse):
-    q, k, v, mask = op.inputs
+    q, k, v, key_mask, mask, seed = op.inputs
     o, lse = op.outputs
     dq, dk, dv = _loader.library().kbm_flash_attention_grad(
-        d_o, q, k, v, mask, o, lse, **_attrs(op)
+        d_o, q, k, v, key_mask, mask, seed, o, lse, **_attrs(op)
     )
-    return dq, dk, dv, None
+    return dq, dk, dv, None, None, None
+
+
+def _optional(mask):
+    """None for the ops' empty-tensor stand-in of an absent mask."""
+    return None if mask.shape.num_elements() == 0 else mask
 
 
 @tf.RegisterGradient("Kbm>FlashAttentionGrad")
 def _flash_attention_grad_grad(op, ddq, ddk, ddv):
-    d_o, q, k, v, mask, _, _ = op.inputs
+    d_o, q, k, v, key_mask, mask, seed, _, _ = op.inputs
     attrs = _attrs(op)
-    key_mask = None if mask.shape.num_elements() == 0 else mask
     alignment = "top_left" if attrs["causal_top_left"] else "bottom_right"
 
     def reference(q, k, v):
@@ -312,9 +560,12 @@ def _flash_attention_grad_grad(op, ddq, ddk, ddv):
             k,
             v,
             attrs["causal"],
-            key_mask,
+            _optional(key_mask),
             attrs["scale"],
             causal_alignment=alignment,
+            mask=_optional(mask),
+            dropout_rate=attrs["dropout_rate"],
+            seed=seed,
         )
 
     def backward(d_o, q, k, v):
@@ -323,4 +574,4 @@ def _flash_attention_grad_grad(op, ddq, ddk, ddv):
         )
 
     grads = reference_vjp(backward, [d_o, q, k, v], [ddq, ddk, ddv])
-    return [*grads, None, None, None]
+    return [*grads, None, None, None, None, None]

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import keras_bigmodels as kbm
 from keras_bigmodels.backend import IS_LEGACY_KERAS
-from keras_bigmodels.layers._attention_core import dense_attention
+from keras_bigmodels.ops import _loader
 from keras_bigmodels.testing import (
     assert_close,
     check_model_contract,
@@ -94,23 +94,82 @@ def test_kernel_and_reference_paths_agree():
     assert_close(fused, reference, 1e-5, 1e-5)
 
 
-def test_sliding_window_and_scores_use_the_reference():
+def test_sliding_window_runs_the_kernel_and_scores_the_reference(
+    monkeypatch,
+):
+    monkeypatch.setattr(_loader, "_warned", set())
     x = random_tensor((1, 8, 12), tf.float32, 3)
     layer = kbm.layers.GroupedQueryAttention(8, 2, 1, sliding_window=2)
+    layer(x, x)
+    ops = kbm_ops_in(
+        tf.function(lambda x: layer(x, x)).get_concrete_function(x)
+    )
+    assert ops == ["Kbm>FlashAttention"]
     with pytest.warns(
-        kbm.config.FusedKernelFallbackWarning, match="sliding_window"
+        kbm.config.FusedKernelFallbackWarning, match="return_attention_scores"
     ):
-        _, scores = layer(x, x, return_attention_scores=True)
+        y, scores = layer(x, x, return_attention_scores=True)
     s = np.asarray(scores)[0, 0]
     assert np.all(s[np.abs(np.subtract.outer(range(8), range(8))) >= 2] == 0)
+    assert_close(y, layer(x, x), 1e-5, 1e-5)
 
 
-def test_dense_attention_zeroes_fully_masked_rows():
-    q = random_tensor((1, 3, 2, 4), tf.float32, 4)
-    mask = tf.constant([[[True, True], [False, False], [True, False]]])
-    out, probs = dense_attention(q, q[:, :2], q[:, :2], mask, 0.5)
-    np.testing.assert_array_equal(np.asarray(out)[0, 1], 0.0)
-    np.testing.assert_array_equal(np.asarray(probs)[0, :, 1], 0.0)
+def test_masked_query_rows_get_zero_attention():
+    tokens = np.array([[1, 2, 3, 0, 0]])
+    layer = kbm.layers.GroupedQueryAttention(4, 2, 1, use_bias=False)
+    x = random_tensor((1, 5, 8), tf.float32, 4)
+    mask = tf.constant(tokens != 0)
+    query_mask = tf.broadcast_to(mask[:, :, None], (1, 5, 5))
+    for fused in (True, False):
+        with kbm.config.fused_kernels(fused):
+            y = layer(x, x, attention_mask=query_mask)
+        np.testing.assert_array_equal(np.asarray(y)[0, 3:], 0.0)
+
+
+def test_dropout_kernel_and_reference_agree():
+    x = random_tensor((2, 6, 12), tf.float32, 5)
+    kw = dict(head_dim=4, num_query_heads=4, num_key_value_heads=2)
+    a = kbm.layers.GroupedQueryAttention(**kw, dropout=0.3, seed=3)
+    b = kbm.layers.GroupedQueryAttention(
+        **kw, dropout=0.3, seed=3, flash_attention=False
+    )
+    a(x, x)
+    b(x, x)
+    b.set_weights(a.get_weights())
+    ops = kbm_ops_in(
+        tf.function(lambda x: a(x, x, training=True)).get_concrete_function(x)
+    )
+    assert ops == ["Kbm>FlashAttention"]
+    # The same seed state for both (tf-keras draws under the global seed).
+    tf.keras.utils.set_random_seed(3) if IS_LEGACY_KERAS else None
+    ya = a(x, x, training=True)
+    tf.keras.utils.set_random_seed(3) if IS_LEGACY_KERAS else None
+    yb = b(x, x, training=True)
+    assert_close(ya, yb, 1e-5, 1e-5)
+    assert not np.allclose(np.asarray(ya), np.asarray(a(x, x)))
+
+
+def test_compute_attention_override_gets_repeated_heads():
+    shapes = []
+
+    class Sub(kbm.layers.GroupedQueryAttention):
+        def _compute_attention(
+            self, query, key, value, attention_mask=None, training=None
+        ):
+            shapes.append((key.shape[2], attention_mask is None))
+            return super()._compute_attention(
+                query, key, value, attention_mask, training
+            )
+
+    x = random_tensor((1, 5, 8), tf.float32, 6)
+    ref = kbm.layers.GroupedQueryAttention(4, 4, 2)
+    layer = Sub(4, 4, 2)
+    ref(x, x)
+    layer(x, x)
+    layer.set_weights(ref.get_weights())
+    y = layer(x, x, use_causal_mask=True)
+    assert shapes[-1] == (4, False)
+    assert_close(y, ref(x, x, use_causal_mask=True), 1e-5, 1e-5)
 
 
 def test_bad_arguments():
@@ -118,10 +177,21 @@ def test_bad_arguments():
         kbm.layers.GroupedQueryAttention(8, 6, 4)
     with pytest.raises(ValueError, match="Received: head_dim=0"):
         kbm.layers.GroupedQueryAttention(0, 6, 3)
-    with pytest.raises(ValueError, match="Dropout is not supported"):
-        kbm.layers.GroupedQueryAttention(
-            8, 6, 3, dropout=0.1, flash_attention=True
-        )
+    layer = kbm.layers.GroupedQueryAttention(8, 6, 3)
+    with pytest.raises(ValueError, match="last dimension of `query_shape`"):
+        layer.compute_output_shape((2, 4, 8), (2, 4, 6))
+    with pytest.raises(ValueError, match="except the last one"):
+        layer.compute_output_shape((2, 4, 8), (2, 4, 8), (2, 5, 8))
+
+
+@pytest.mark.skipif(IS_LEGACY_KERAS, reason="Keras 3 symbolic calls")
+def test_symbolic_call_with_scores(keras):
+    q = keras.Input((7, 16), batch_size=2)
+    v = keras.Input((5, 16), batch_size=2)
+    layer = kbm.layers.GroupedQueryAttention(8, 4, 2)
+    out, scores = layer(q, v, return_attention_scores=True)
+    assert out.shape == (2, 7, 16)
+    assert scores.shape == (2, 4, 7, 5)
 
 
 def test_contract(keras, tmp_path):

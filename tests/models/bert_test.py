@@ -274,9 +274,22 @@ def test_save_and_load_keras_file(keras, tmp_path):
 
 def test_fit_step_updates_every_weight(keras):
     keras.utils.set_random_seed(0)
-    # attention_dropout=0.0 keeps training on the attention kernel.
-    encoder = small_encoder(dropout=0.1, attention_dropout=0.0)
+    # Attention dropout runs inside the attention kernel.
+    encoder = small_encoder(dropout=0.1, attention_dropout=0.1)
     inputs = small_inputs(batch=16, seed=3)
+    graph = (
+        tf.function(lambda x: encoder(x, training=True))
+        .get_concrete_function(inputs)
+        .graph.as_graph_def()
+    )
+    nodes = [
+        *graph.node,
+        *(n for f in graph.library.function for n in f.node_def),
+    ]
+    rates = [
+        n.attr["dropout_rate"].f for n in nodes if n.op == "Kbm>FlashAttention"
+    ]
+    assert rates and all(r == np.float32(0.1) for r in rates)
     with tf.GradientTape() as tape:
         out = encoder(inputs, training=True)
         loss = tf.reduce_mean(

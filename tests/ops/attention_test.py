@@ -18,7 +18,14 @@ from keras_bigmodels.testing import (
 
 
 def numpy_attention(
-    q, k, v, causal=False, key_mask=None, scale=None, alignment="bottom_right"
+    q,
+    k,
+    v,
+    causal=False,
+    key_mask=None,
+    scale=None,
+    alignment="bottom_right",
+    dense=None,
 ):
     """Softmax attention in float64 NumPy, one (batch, head) at a time."""
     q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
@@ -33,6 +40,8 @@ def numpy_attention(
             allowed = np.ones((tq, tk), bool)
             if key_mask is not None:
                 allowed &= np.asarray(key_mask)[bi][None, :]
+            if dense is not None:
+                allowed &= dense
             if causal:
                 off = tk - tq if alignment == "bottom_right" else 0
                 allowed &= (
@@ -301,6 +310,7 @@ def test_kernel_checks_its_inputs_directly():
     lib = _loader.library()
     q, k, v = qkv(2, 5, 5, 4, 2, 8, 8)
     none = tf.zeros([0], tf.bool)
+    seed = tf.constant([1, 2], tf.int64)
     with pytest.raises(
         tf.errors.InvalidArgumentError,
         match=r"multiple of the number of key/value heads",
@@ -310,14 +320,290 @@ def test_kernel_checks_its_inputs_directly():
             tf.concat([k, k[:, :, :1]], 2),
             tf.concat([v, v[:, :, :1]], 2),
             none,
+            none,
+            seed,
             scale=1.0,
         )
     with pytest.raises(
         tf.errors.InvalidArgumentError,
         match=r"key_mask must have shape \[2,5\]",
     ):
-        lib.kbm_flash_attention(q, k, v, tf.ones((2, 3), tf.bool), scale=1.0)
+        lib.kbm_flash_attention(
+            q, k, v, tf.ones((2, 3), tf.bool), none, seed, scale=1.0
+        )
     with pytest.raises(
         tf.errors.InvalidArgumentError, match=r"k must have the head_dim of q"
     ):
-        lib.kbm_flash_attention(q, k[..., :4], v, none, scale=1.0)
+        lib.kbm_flash_attention(q, k[..., :4], v, none, none, seed, scale=1.0)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"mask must have shape \[2 or 1"
+    ):
+        lib.kbm_flash_attention(
+            q, k, v, none, tf.ones((3, 5, 5), tf.bool), seed, scale=1.0
+        )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"seed must have shape \[2\]"
+    ):
+        lib.kbm_flash_attention(
+            q, k, v, none, none, seed[:1], scale=1.0, dropout_rate=0.1
+        )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"dropout_rate must be in"
+    ):
+        lib.kbm_flash_attention(
+            q, k, v, none, none, seed, scale=1.0, dropout_rate=1.0
+        )
+
+
+# ------------------------------------------------------------ dense masks
+
+
+def _random_mask(shape, p, seed):
+    return np.random.default_rng(seed).random(shape) < p
+
+
+DENSE_MASKS = {
+    # A general mask, one per batch element, with a fully masked row.
+    "general": lambda b, tq, tk: (
+        np.concatenate(
+            [np.zeros((1, 1, tk), bool), _random_mask((1, tq - 1, tk), 0.6, 3)],
+            1,
+        ).repeat(b, 0)
+        & _random_mask((b, tq, tk), 0.9, 4)
+    ),
+    # One [Tq, Tk] mask broadcast over the batch.
+    "2d": lambda b, tq, tk: _random_mask((tq, tk), 0.5, 5),
+    "shared_batch": lambda b, tq, tk: _random_mask((1, tq, tk), 0.5, 6),
+    # Key padding and causal masks given densely (blocks the kernel skips).
+    "key_padding": lambda b, tq, tk: np.broadcast_to(
+        (np.arange(tk) < np.array([tk, tk // 3])[:b, None])[:, None],
+        (b, tq, tk),
+    ),
+    "causal": lambda b, tq, tk: np.broadcast_to(
+        np.arange(tk)[None, :] <= np.arange(tq)[:, None], (b, tq, tk)
+    ),
+    # Keras's query mask: whole rows off.
+    "query": lambda b, tq, tk: np.broadcast_to(
+        (np.arange(tq) < np.array([tq, tq // 2])[:b, None])[:, :, None],
+        (b, tq, tk),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DENSE_MASKS))
+def test_dense_mask_matches_numpy(kind):
+    b, tq, tk = 2, 70, 130
+    q, k, v = qkv(b, tq, tk, 4, 2, 16, 8, dtype=tf.float64, seed=7)
+    mask = DENSE_MASKS[kind](b, tq, tk)
+    full = np.broadcast_to(mask, (b, tq, tk))
+    for fused in (True, False):
+        y = kbm.ops.flash_attention(q, k, v, mask=mask, use_fused_kernel=fused)
+        expected = np.stack(
+            [
+                numpy_attention(
+                    q[i : i + 1], k[i : i + 1], v[i : i + 1], dense=full[i]
+                )[0]
+                for i in range(b)
+            ]
+        )
+        assert_close(y, expected, 1e-7, 1e-7, what=f"fused={fused}")
+
+
+@pytest.mark.parametrize("kind", sorted(DENSE_MASKS))
+def test_dense_mask_kernel_vs_reference(kind):
+    q, k, v = qkv(2, 65, 129, 4, 4, 32, 32, seed=8)
+    kernel_vs_reference(
+        kbm.ops.flash_attention,
+        [q, k, v],
+        TOLERANCES,
+        mask=DENSE_MASKS[kind](2, 65, 129),
+        causal=kind == "general",
+        key_mask=tf.constant([129, 100]),
+    )
+
+
+def test_dense_mask_gradient_float64():
+    q, k, v = qkv(2, 5, 7, 2, 1, 4, 3, dtype=tf.float64)
+    mask = DENSE_MASKS["general"](2, 5, 7)
+
+    def f(q, k, v):
+        return kbm.ops.flash_attention(
+            q, k, v, mask=mask, use_fused_kernel=True
+        )
+
+    theoretical, numerical = tf.test.compute_gradient(f, [q, k, v])
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=1e-6, atol=1e-6)
+
+
+def test_dense_mask_bad_shape():
+    q, k, v = qkv(2, 5, 6, 2, 2, 8, 8)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        kbm.ops.flash_attention(q, k, v, mask=tf.ones((2, 5, 5), tf.bool))
+    with pytest.raises(ValueError, match="first axis must be 1 or the batch"):
+        kbm.ops.flash_attention(q, k, v, mask=tf.ones((3, 5, 6), tf.bool))
+
+
+# ---------------------------------------------------------------- dropout
+
+
+def test_philox_matches_known_answer():
+    # Random123's known-answer test for Philox4x32-10 (counter = key = 0 and
+    # counter = key = all ones).
+    from keras_bigmodels.ops.attention import philox4x32_10
+
+    def run(c, key):
+        c = [tf.constant([x], tf.uint64) for x in c]
+        key = [tf.constant(x, tf.uint64) for x in key]
+        return [int(t.numpy()[0]) for t in philox4x32_10(c, key)]
+
+    assert run([0] * 4, [0, 0]) == [
+        0x6627E8D5,
+        0xE169C58D,
+        0xBC57AC4C,
+        0x9B00DBD8,
+    ]
+    ones = 0xFFFFFFFF
+    assert run([ones] * 4, [ones] * 2) == [
+        0x408F276D,
+        0x41C83B0E,
+        0xA20BC7C6,
+        0x6D5451FD,
+    ]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 2, 64, 129)])
+def test_dropout_mask_kernel_equals_reference(shape):
+    seed = tf.constant([123456789012, -5], tf.int64)
+    a = kbm.ops.attention_dropout_mask(seed, shape, 0.1, use_fused_kernel=True)
+    b = kbm.ops.attention_dropout_mask(seed, shape, 0.1, use_fused_kernel=False)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert a.shape == shape
+    assert 0.05 < 1 - a.numpy().mean() < 0.16
+    other = kbm.ops.attention_dropout_mask(
+        seed + 1, shape, 0.1, use_fused_kernel=True
+    )
+    assert not np.array_equal(a.numpy(), other.numpy())
+
+
+def seeded_attention(seed):
+    """flash_attention with a fixed dropout seed (kernel_vs_reference takes
+    its own `seed` argument)."""
+
+    def fn(q, k, v, **kwargs):
+        return kbm.ops.flash_attention(q, k, v, seed=seed, **kwargs)
+
+    return fn
+
+
+def _dropout_numpy(q, k, v, keep, rate, **kw):
+    """numpy_attention with the probabilities dropped by `keep`."""
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    hq, hkv = q.shape[2], k.shape[2]
+    kr = np.repeat(k, hq // hkv, 2)
+    vr = np.repeat(v, hq // hkv, 2)
+    out = np.zeros(q.shape[:3] + (v.shape[-1],))
+    for h in range(hq):
+        # Probabilities of head h via attention on a one-hot value.
+        eye = np.eye(k.shape[1])[None, :, None, :].repeat(q.shape[0], 0)
+        p = numpy_attention(q[:, :, h : h + 1], kr[:, :, h : h + 1], eye, **kw)
+        p = p[:, :, 0] * keep[:, h] / (1 - rate)
+        out[:, :, h] = np.einsum("bqk,bkd->bqd", p, vr[:, :, h])
+    return out
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dropout_matches_numpy_with_the_read_out_mask(fused):
+    b, tq, tk, hq, hkv = 2, 67, 70, 4, 2
+    q, k, v = qkv(b, tq, tk, hq, hkv, 16, 8, dtype=tf.float64, seed=11)
+    seed = tf.constant([42, 7], tf.int64)
+    rate = 0.3
+    key_mask = np.arange(tk) < np.array([tk, 50])[:, None]
+    keep = kbm.ops.attention_dropout_mask(seed, (b, hq, tq, tk), rate).numpy()
+    y = kbm.ops.flash_attention(
+        q,
+        k,
+        v,
+        causal=True,
+        key_mask=key_mask,
+        dropout_rate=rate,
+        seed=seed,
+        use_fused_kernel=fused,
+    )
+    expected = _dropout_numpy(
+        q, k, v, keep, rate, causal=True, key_mask=key_mask
+    )
+    assert_close(y, expected, 1e-7, 1e-7)
+
+
+@pytest.mark.parametrize("mask_kind", [None, "general"])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16, tf.float64])
+def test_dropout_kernel_vs_reference(mask_kind, dtype):
+    q, k, v = qkv(2, 65, 130, 4, 2, 32, 32, dtype=dtype, seed=12)
+    mask = DENSE_MASKS[mask_kind](2, 65, 130) if mask_kind else None
+    kernel_vs_reference(
+        seeded_attention([3, 4]),
+        [q, k, v],
+        TOLERANCES,
+        mask=mask,
+        dropout_rate=0.1,
+    )
+
+
+def test_dropout_gradient_float64():
+    q, k, v = qkv(1, 9, 11, 2, 1, 4, 3, dtype=tf.float64)
+    seed = tf.constant([5, 6], tf.int64)
+
+    def f(q, k, v):
+        return kbm.ops.flash_attention(
+            q,
+            k,
+            v,
+            causal=True,
+            dropout_rate=0.25,
+            seed=seed,
+            use_fused_kernel=True,
+        )
+
+    theoretical, numerical = tf.test.compute_gradient(f, [q, k, v])
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=1e-6, atol=1e-6)
+
+
+def test_dropout_is_reproducible_and_seeded():
+    q, k, v = qkv(2, 20, 20, 2, 2, 8, 8)
+
+    def run(seed):
+        return kbm.ops.flash_attention(
+            q, k, v, dropout_rate=0.5, seed=seed, use_fused_kernel=True
+        ).numpy()
+
+    np.testing.assert_array_equal(run([1, 2]), run([1, 2]))
+    assert not np.allclose(run([1, 2]), run([1, 3]))
+    with pytest.raises(ValueError, match="seed .* must be given"):
+        kbm.ops.flash_attention(q, k, v, dropout_rate=0.1)
+    with pytest.raises(ValueError, match="dropout_rate must be"):
+        kbm.ops.flash_attention(q, k, v, dropout_rate=1.0, seed=[1, 2])
+
+
+def test_dropout_in_avx_baseline_variant():
+    out = run_python(
+        """
+        import numpy as np
+        import tensorflow as tf
+        import keras_bigmodels as kbm
+        from keras_bigmodels.ops.attention import TOLERANCES
+        from keras_bigmodels.testing import kernel_vs_reference, random_tensor
+        assert "active_isa=avx;" in kbm.ops.kernels_available().info
+        q = random_tensor((2, 70, 4, 48), tf.float32, 0)
+        k = random_tensor((2, 90, 2, 48), tf.float32, 1)
+        v = random_tensor((2, 90, 2, 48), tf.float32, 2)
+        def fn(q, k, v, **kw):
+            return kbm.ops.flash_attention(q, k, v, seed=[9, 10], **kw)
+        kernel_vs_reference(fn, [q, k, v], TOLERANCES, dropout_rate=0.2,
+                            causal=True)
+        print("ok")
+        """,
+        env={"KERAS_BIGMODELS_ISA": "avx"},
+    )
+    assert out.strip().endswith("ok")

@@ -1,9 +1,12 @@
 // Flash attention: shapes, the SIMD table, and the float64 entry points.
 //
 // Layouts: q [B, Tq, Hq, D], k [B, Tk, Hkv, D], v [B, Tk, Hkv, Dv],
-// o [B, Tq, Hq, Dv], lse [B, Hq, Tq], key_mask [B, Tk] (optional). Query
-// head h reads key/value head h / (Hq / Hkv). Causal masking: query i sees
-// keys j <= i + causal_offset.
+// o [B, Tq, Hq, Dv], lse [B, Hq, Tq], key_mask [B, Tk] (optional), mask
+// [Bm, Tq, Tk] (optional, Bm 1 or B). Query head h reads key/value head
+// h / (Hq / Hkv). Causal masking: query i sees keys j <= i + causal_offset.
+// Attention dropout keeps probability [b, h, i, j] when the Philox draw of
+// its flat index ((b * Hq + h) * Tq + i) * Tk + j is >= dropout_threshold
+// (cc/common/philox.h), and scales kept ones by dropout_scale = 1 / (1 - r).
 //
 // The tiled algorithm itself is in attention_tiles.h; this header must stay
 // free of TensorFlow headers (attention_simd.cc includes it).
@@ -30,11 +33,26 @@ struct AttentionShape {
   int64_t causal_offset = 0;
   // Number of key-tile chunks the backward pass is split into (>= 1).
   int64_t kv_chunks = 1;
+  // Elements between the batch slices of the dense mask: 0 when one [Tq, Tk]
+  // mask is shared by the batch, else Tq * Tk.
+  int64_t mask_batch_stride = 0;
+  bool dropout = false;
+  uint32_t dropout_threshold = 0;
+  double dropout_scale = 1.0;
+  uint64_t seed0 = 0;
+  uint64_t seed1 = 0;
 };
 
 // Tile sizes: queries per tile and keys per tile.
 constexpr int64_t kAttnQueryTile = 64;
 constexpr int64_t kAttnKeyTile = 64;
+
+// How much of a (query tile, key tile) block of the dense mask is visible:
+// a causal or key-padding mask given densely has few kMaskSome blocks, and
+// kMaskNone blocks are skipped.
+constexpr uint8_t kMaskAll = 0;
+constexpr uint8_t kMaskSome = 1;
+constexpr uint8_t kMaskNone = 2;
 
 namespace {  // NOLINT(build/namespaces): no weak symbols (cpu_isa.h).
 inline int64_t AttnNumQueryTiles(const AttentionShape& s) {
@@ -52,6 +70,10 @@ struct AttentionForwardIO {
   const F* k;
   const F* v;
   const bool* key_mask;  // nullptr: no mask.
+  const bool* mask;      // [Bm, Tq, Tk]; nullptr: no mask.
+  // [Bm, n_qt, n_kt] with mask: each (query tile, key tile) block of the
+  // mask is kMaskAll (all visible), kMaskSome or kMaskNone.
+  const uint8_t* mask_tiles;
   F* o;
   F* lse;  // [B, Hq, Tq]; +inf for a query that sees no key.
 };
@@ -62,6 +84,8 @@ struct AttentionBackwardIO {
   const F* k;
   const F* v;
   const bool* key_mask;
+  const bool* mask;  // [Bm, Tq, Tk]; nullptr: no mask.
+  const uint8_t* mask_tiles;  // As in AttentionForwardIO.
   const F* d_o;    // [B, Tq, Hq, Dv]
   const F* lse;    // [B, Hq, Tq]
   const F* delta;  // [B, Hq, Tq]: rowsum(dO * O), see AttentionDelta.

@@ -1,4 +1,5 @@
-// CPU kernels of Kbm>FlashAttention and Kbm>FlashAttentionGrad.
+// CPU kernels of Kbm>FlashAttention, Kbm>FlashAttentionGrad and
+// Kbm>AttentionDropoutMask.
 //
 // float32 runs the SIMD tiles of the active variant (attention_simd.cc);
 // half and bfloat16 are widened to float32 buffers first and narrowed at the
@@ -14,6 +15,7 @@
 #include "cc/attention/kernels/attention.h"
 #include "cc/attention/kernels/attention_tiles.h"
 #include "cc/common/cpu_isa.h"
+#include "cc/common/philox.h"
 #include "cc/common/kernel_utils.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -86,6 +88,67 @@ absl::Status ReadShape(const Tensor& q, const Tensor& k, const Tensor& v,
     return absl::InvalidArgumentError(
         absl::StrCat("scale must be finite, got ", scale));
   }
+  return absl::OkStatus();
+}
+
+// Validates the dense mask, the seed and the dropout rate; fills the shape.
+absl::Status ReadMaskAndDropout(const Tensor& mask, const Tensor& seed,
+                                float rate, AttentionShape* s) {
+  if (mask.NumElements() != 0) {
+    if (mask.dims() != 3 ||
+        (mask.dim_size(0) != 1 && mask.dim_size(0) != s->batch) ||
+        mask.dim_size(1) != s->q_len || mask.dim_size(2) != s->kv_len) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "mask must have shape [", s->batch, " or 1,", s->q_len, ",",
+          s->kv_len, "] ([batch, query length, key length]) or be empty, got ",
+          ShapeString(mask)));
+    }
+    s->mask_batch_stride =
+        mask.dim_size(0) == 1 ? 0 : s->q_len * s->kv_len;
+  }
+  if (!(rate >= 0.f && rate < 1.f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dropout_rate must be in [0, 1), got ", rate));
+  }
+  if (rate > 0.f) {
+    if (seed.dims() != 1 || seed.NumElements() != 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "seed must have shape [2] when dropout_rate > 0, got ",
+          ShapeString(seed)));
+    }
+    s->dropout = true;
+    s->dropout_threshold = kbm_philox::DropoutThreshold(rate);
+    s->dropout_scale = 1.0 / (1.0 - static_cast<double>(rate));
+    s->seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
+    s->seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));
+  }
+  return absl::OkStatus();
+}
+
+const bool* MaskData(const Tensor& mask) {
+  return mask.NumElements() ? mask.flat<bool>().data() : nullptr;
+}
+
+// Classifies the blocks of the dense mask (see kMaskAll); nullptr without
+// a mask.
+absl::Status ClassifyMask(OpKernelContext* ctx, const AttentionShape& s,
+                          const Tensor& mask, Tensor* tiles_t,
+                          const uint8_t** tiles) {
+  *tiles = nullptr;
+  if (mask.NumElements() == 0) return absl::OkStatus();
+  const int64_t units = mask.dim_size(0) * AttnNumQueryTiles(s) *
+                        AttnNumKeyTiles(s);
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_temp(DT_UINT8, TensorShape({units}), tiles_t));
+  uint8_t* out = tiles_t->flat<uint8_t>().data();
+  const bool* data = mask.flat<bool>().data();
+  ParallelFor(ctx, units, kAttnQueryTile * kAttnKeyTile,
+              [&](int64_t begin, int64_t end) {
+                for (int64_t u = begin; u < end; ++u) {
+                  ClassifyMaskTile(s, data, out, u);
+                }
+              });
+  *tiles = out;
   return absl::OkStatus();
 }
 
@@ -202,6 +265,7 @@ class FlashAttentionOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &scale_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("causal", &causal_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("causal_top_left", &top_left_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dropout_rate", &rate_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -209,8 +273,11 @@ class FlashAttentionOp : public OpKernel {
     const Tensor& k = ctx->input(1);
     const Tensor& v = ctx->input(2);
     const Tensor& key_mask = ctx->input(3);
+    const Tensor& dense_mask = ctx->input(4);
+    const Tensor& seed = ctx->input(5);
     AttentionShape s;
     OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
+    OP_REQUIRES_OK(ctx, ReadMaskAndDropout(dense_mask, seed, rate_, &s));
     Tensor* o = nullptr;
     Tensor* lse = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
@@ -232,8 +299,13 @@ class FlashAttentionOp : public OpKernel {
     KVPacker<F> packer;
     OP_REQUIRES_OK(ctx, packer.Run(ctx, s, wk.data(), wv.data(), mask, true,
                                    false, true, false));
-    AttentionForwardIO<F> io{wq.data(),          wk.data(), wv.data(), mask,
-                             out.data(),         lse->flat<F>().data()};
+    Tensor tiles_t;
+    const uint8_t* tiles = nullptr;
+    OP_REQUIRES_OK(ctx, ClassifyMask(ctx, s, dense_mask, &tiles_t, &tiles));
+    AttentionForwardIO<F> io{wq.data(),  wk.data(),
+                             wv.data(),  mask,
+                             MaskData(dense_mask), tiles,
+                             out.data(), lse->flat<F>().data()};
     const int64_t units = s.batch * s.q_heads * AttnNumQueryTiles(s);
     ParallelFor(ctx, units, UnitCost(s, kAttnQueryTile, s.kv_len),
                 [&](int64_t begin, int64_t end) {
@@ -253,6 +325,7 @@ class FlashAttentionOp : public OpKernel {
   float scale_;
   bool causal_;
   bool top_left_;
+  float rate_;
 };
 
 template <typename T, typename U>
@@ -265,6 +338,7 @@ class FlashAttentionGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &scale_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("causal", &causal_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("causal_top_left", &top_left_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dropout_rate", &rate_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -273,10 +347,13 @@ class FlashAttentionGradOp : public OpKernel {
     const Tensor& k = ctx->input(2);
     const Tensor& v = ctx->input(3);
     const Tensor& key_mask = ctx->input(4);
-    const Tensor& o = ctx->input(5);
-    const Tensor& lse = ctx->input(6);
+    const Tensor& dense_mask = ctx->input(5);
+    const Tensor& seed = ctx->input(6);
+    const Tensor& o = ctx->input(7);
+    const Tensor& lse = ctx->input(8);
     AttentionShape s;
     OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
+    OP_REQUIRES_OK(ctx, ReadMaskAndDropout(dense_mask, seed, rate_, &s));
     const TensorShape o_shape({s.batch, s.q_len, s.q_heads, s.value_dim});
     const TensorShape lse_shape({s.batch, s.q_heads, s.q_len});
     for (const auto& [name, t, want] :
@@ -369,10 +446,15 @@ class FlashAttentionGradOp : public OpKernel {
                     PackQueryTile<F>(s, wq.data(), pdo, pq, u);
                   }
                 });
+    Tensor tiles_t;
+    const uint8_t* tiles = nullptr;
+    OP_REQUIRES_OK(ctx, ClassifyMask(ctx, s, dense_mask, &tiles_t, &tiles));
     AttentionBackwardIO<F> io{wq.data(),
                               wk.data(),
                               wv.data(),
                               mask,
+                              MaskData(dense_mask),
+                              tiles,
                               pdo,
                               lse.flat<F>().data(),
                               pdelta,
@@ -429,7 +511,64 @@ class FlashAttentionGradOp : public OpKernel {
   float scale_;
   bool causal_;
   bool top_left_;
+  float rate_;
 };
+
+// keep [B, H, Tq, Tk]: the dropout mask the attention kernels draw.
+class AttentionDropoutMaskOp : public OpKernel {
+ public:
+  explicit AttentionDropoutMaskOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rate", &rate_));
+    OP_REQUIRES(ctx, rate_ >= 0.f && rate_ < 1.f,
+                absl::InvalidArgumentError(
+                    absl::StrCat("rate must be in [0, 1), got ", rate_)));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& seed = ctx->input(0);
+    const Tensor& shape_t = ctx->input(1);
+    OP_REQUIRES(ctx, seed.dims() == 1 && seed.NumElements() == 2,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "seed must have shape [2], got ", ShapeString(seed))));
+    OP_REQUIRES(ctx, shape_t.dims() == 1 && shape_t.NumElements() == 4,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "shape must have shape [4] ([B, H, Tq, Tk]), got ",
+                    ShapeString(shape_t))));
+    TensorShape shape;
+    for (int i = 0; i < 4; ++i) {
+      const int64_t d = shape_t.flat<int64_t>()(i);
+      OP_REQUIRES(ctx, d >= 0,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "shape must be non-negative, got ", d, " at ", i)));
+      OP_REQUIRES_OK(ctx, shape.AddDimWithStatus(d));
+    }
+    Tensor* keep = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &keep));
+    const uint64_t seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
+    const uint64_t seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));
+    const uint32_t threshold = kbm_philox::DropoutThreshold(rate_);
+    bool* out = keep->flat<bool>().data();
+    const int64_t groups = (keep->NumElements() + 3) / 4;
+    const int64_t n = keep->NumElements();
+    ParallelFor(ctx, groups, 100, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        const kbm_philox::Uint4 r = kbm_philox::DropoutGroup(seed0, seed1, g);
+        for (int64_t c = 0; c < 4 && 4 * g + c < n; ++c) {
+          out[4 * g + c] = kbm_philox::Pick(r, c) >= threshold;
+        }
+      }
+    });
+  }
+
+ private:
+  float rate_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("Kbm>AttentionDropoutMask")
+                            .Device(DEVICE_CPU)
+                            .HostMemory("seed")
+                            .HostMemory("shape"),
+                        AttentionDropoutMaskOp);
 
 #define KBM_REGISTER_ATTENTION(T, U)                        \
   REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttention")        \

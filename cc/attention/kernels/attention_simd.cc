@@ -1,6 +1,7 @@
 // Float32 flash attention for one SIMD variant (KBM_ISA = avx or avx2): the
 // tiled algorithm of attention_tiles.h with register-blocked GEMM
-// micro-kernels and a vectorised row exp.
+// micro-kernels, a vectorised row exp, and the attention-dropout Philox
+// stream computed for 8 counters at a time.
 #include <limits>
 
 #include "cc/attention/kernels/attention.h"
@@ -15,6 +16,93 @@ namespace tensorflow {
 namespace kbm {
 namespace KBM_ISA {
 namespace {
+
+typedef uint32_t VecU __attribute__((vector_size(32)));
+
+// hi/lo 32 bits of the 8 products a[i] * m.
+inline void MulHiLo8(VecU a, uint32_t m, VecU* hi, VecU* lo) {
+#if defined(__AVX2__)
+  // _mm256_mul_epu32 multiplies the even 32-bit lanes into 64-bit products;
+  // the odd lanes are shifted down and multiplied the same way.
+  const __m256i av = reinterpret_cast<__m256i>(a);
+  const __m256i mv = _mm256_set1_epi32(static_cast<int32_t>(m));
+  const __m256i even = _mm256_mul_epu32(av, mv);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(av, 32), mv);
+  *lo = reinterpret_cast<VecU>(
+      _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA));
+  *hi = reinterpret_cast<VecU>(
+      _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA));
+#elif defined(__SSE4_1__)
+  // The same on the two 128-bit halves.
+  const __m128i mv = _mm_set1_epi32(static_cast<int32_t>(m));
+  __m128i half[2];
+  __builtin_memcpy(half, &a, sizeof(a));
+  __m128i h[2], l[2];
+  for (int i = 0; i < 2; ++i) {
+    const __m128i even = _mm_mul_epu32(half[i], mv);
+    const __m128i odd = _mm_mul_epu32(_mm_srli_epi64(half[i], 32), mv);
+    l[i] = _mm_blend_epi16(even, _mm_slli_epi64(odd, 32), 0xCC);
+    h[i] = _mm_blend_epi16(_mm_srli_epi64(even, 32), odd, 0xCC);
+  }
+  __builtin_memcpy(hi, h, sizeof(*hi));
+  __builtin_memcpy(lo, l, sizeof(*lo));
+#else
+  for (int i = 0; i < kLanes; ++i) {
+    const uint64_t p = static_cast<uint64_t>(a[i]) * m;
+    (*hi)[i] = static_cast<uint32_t>(p >> 32);
+    (*lo)[i] = static_cast<uint32_t>(p);
+  }
+#endif
+}
+
+// Philox4x32-10 (cc/common/philox.h) on 8 counters (c0..c3 lane-wise) under
+// one key.
+inline void Philox8(VecU c[4], uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+#pragma GCC unroll 10
+  for (int round = 0; round < 10; ++round) {
+    VecU hi0, lo0, hi1, lo1;
+    MulHiLo8(c[0], kM0, &hi0, &lo0);
+    MulHiLo8(c[2], kM1, &hi1, &lo1);
+    c[0] = hi1 ^ c[1] ^ k0;
+    c[1] = lo1;
+    c[2] = hi0 ^ c[3] ^ k1;
+    c[3] = lo0;
+    k0 += kW0;
+    k1 += kW1;
+  }
+}
+
+// out[4 * i + w] = c[w][i]: the four draws of each of the 8 groups, in
+// flat-index order.
+inline void StoreInterleaved(const VecU c[4], uint32_t* out) {
+#if defined(__AVX2__)
+  const __m256i x = reinterpret_cast<__m256i>(c[0]);
+  const __m256i y = reinterpret_cast<__m256i>(c[1]);
+  const __m256i z = reinterpret_cast<__m256i>(c[2]);
+  const __m256i w = reinterpret_cast<__m256i>(c[3]);
+  // Per 128-bit half: xy_lo = x0 y0 x1 y1, xy_hi = x2 y2 x3 y3, ...
+  const __m256i xy_lo = _mm256_unpacklo_epi32(x, y);
+  const __m256i xy_hi = _mm256_unpackhi_epi32(x, y);
+  const __m256i zw_lo = _mm256_unpacklo_epi32(z, w);
+  const __m256i zw_hi = _mm256_unpackhi_epi32(z, w);
+  // Groups (0 | 4), (1 | 5), (2 | 6), (3 | 7) by halves.
+  const __m256i g04 = _mm256_unpacklo_epi64(xy_lo, zw_lo);
+  const __m256i g15 = _mm256_unpackhi_epi64(xy_lo, zw_lo);
+  const __m256i g26 = _mm256_unpacklo_epi64(xy_hi, zw_hi);
+  const __m256i g37 = _mm256_unpackhi_epi64(xy_hi, zw_hi);
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  _mm256_storeu_si256(o, _mm256_permute2x128_si256(g04, g15, 0x20));
+  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(g26, g37, 0x20));
+  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(g04, g15, 0x31));
+  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(g26, g37, 0x31));
+#else
+  for (int i = 0; i < kLanes; ++i) {
+    for (int w = 0; w < 4; ++w) out[4 * i + w] = c[w][i];
+  }
+#endif
+}
 
 // C[R x 8V] (+)= A[R x k] B[k x 8V]: R * V vector accumulators.
 template <int R, int V>
@@ -119,6 +207,56 @@ struct SimdMath {
     const VecF dv = Splat(delta);
     for (int64_t j = 0; j < n; j += kLanes) {
       Store(p + j, Load(p + j) * (Load(dp + j) - dv));
+    }
+  }
+
+  // z[j] = dropout_scale if flat index flat0 + j is kept, else 0; n is a
+  // multiple of kLanes and at most kAttnKeyTile. Draws are made for the
+  // Philox groups flat0 / 4 ... (flat0 + n - 1) / 4, 8 groups per call.
+  static void DropoutRow(float* z, int64_t n, const AttentionShape& s,
+                         uint64_t flat0) {
+    constexpr int64_t kMaxDraws = kAttnKeyTile + 4 * kLanes;
+    uint32_t draws[kMaxDraws];
+    const uint64_t g0 = flat0 >> 2;
+    const int64_t groups =
+        static_cast<int64_t>(((flat0 + n - 1) >> 2) - g0) + 1;
+    const uint32_t s1lo = static_cast<uint32_t>(s.seed1);
+    const uint32_t s1hi = static_cast<uint32_t>(s.seed1 >> 32);
+    const uint32_t k0 = static_cast<uint32_t>(s.seed0);
+    const uint32_t k1 = static_cast<uint32_t>(s.seed0 >> 32);
+    const VecU iota = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (int64_t g = 0; g < groups; g += kLanes) {
+      const uint64_t first = g0 + g;
+      VecU c[4];
+      if (static_cast<uint32_t>(first) <= 0xFFFFFFFFu - (kLanes - 1)) {
+        c[0] = iota + static_cast<uint32_t>(first);
+        c[1] = VecU{} + static_cast<uint32_t>(first >> 32);
+      } else {  // The low word wraps within these 8 groups.
+        for (int i = 0; i < kLanes; ++i) {
+          c[0][i] = static_cast<uint32_t>(first + i);
+          c[1][i] = static_cast<uint32_t>((first + i) >> 32);
+        }
+      }
+      c[2] = VecU{} + s1lo;
+      c[3] = VecU{} + s1hi;
+      Philox8(c, k0, k1);
+      StoreInterleaved(c, draws + 4 * g);
+    }
+    const uint32_t* u = draws + (flat0 & 3);
+    const VecU threshold = VecU{} + s.dropout_threshold;
+    const float scale = static_cast<float>(s.dropout_scale);
+    const VecI scale_bits = VecI{} + __builtin_bit_cast(int32_t, scale);
+    for (int64_t j = 0; j < n; j += kLanes) {
+      VecU uj;
+      __builtin_memcpy(&uj, u + j, sizeof(uj));
+      const VecI keep = uj >= threshold;
+      Store(z + j, reinterpret_cast<VecF>(keep & scale_bits));
+    }
+  }
+
+  static void MulRow(float* dst, const float* a, const float* b, int64_t n) {
+    for (int64_t j = 0; j < n; j += kLanes) {
+      Store(dst + j, Load(a + j) * Load(b + j));
     }
   }
 };

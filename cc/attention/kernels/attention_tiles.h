@@ -20,16 +20,18 @@
 //
 // Forward (one unit = batch b, query head h, query tile): for each key tile
 // S = Qs K^T, masked entries are -inf, an online softmax keeps the running
-// row max m and sum l, and O += exp(S - m) V. The T_q x T_k score matrix never
-// exists. It returns O / l and lse = m + log(l).
+// row max m and sum l, and O += (exp(S - m) * Z) V, where Z is the dropout
+// multiplier (keep / (1 - r), all ones without dropout; l sums exp(S - m)
+// without Z). The T_q x T_k score matrix never exists. It returns O / l and
+// lse = m + log(l).
 //
 // Backward (one unit = batch b, kv head g, a chunk of key tiles), as in
 // FlashAttention-2: for each key tile and each query tile of the group's
 // query heads, recompute P = exp(S - lse), then
-//   dV^T += dO^T P,  dP = dO V^T,  dS = P * (dP - delta),
+//   dV^T += dO^T (P * Z),  dP = (dO V^T) * Z,  dS = P * (dP - delta),
 //   dQ += dS K (into the chunk's own dq_partial),  dK^T += Qs^T dS,
-// with delta = rowsum(dO * O). Each unit owns its dk/dv rows, so no two
-// threads write the same memory.
+// with delta = rowsum(dO * O) and Z regenerated from the Philox stream. Each
+// unit owns its dk/dv rows, so no two threads write the same memory.
 #ifndef KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_TILES_H_
 #define KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_TILES_H_
 
@@ -38,6 +40,7 @@
 #include <limits>
 
 #include "cc/attention/kernels/attention.h"
+#include "cc/common/philox.h"
 
 namespace tensorflow {
 namespace kbm {
@@ -129,6 +132,23 @@ struct ScalarAttentionMath {
   // p = p * (dp - delta).
   static void SoftmaxGradRow(F* p, const F* dp, F delta, int64_t n) {
     for (int64_t j = 0; j < n; ++j) p[j] *= dp[j] - delta;
+  }
+  // z[j] = scale if flat index flat0 + j is kept, else 0.
+  static void DropoutRow(F* z, int64_t n, const AttentionShape& s,
+                         uint64_t flat0) {
+    kbm_philox::Uint4 r{};
+    for (int64_t j = 0; j < n; ++j) {
+      const uint64_t f = flat0 + j;
+      if (j == 0 || (f & 3) == 0) {
+        r = kbm_philox::DropoutGroup(s.seed0, s.seed1, f >> 2);
+      }
+      const bool keep = kbm_philox::Pick(r, f & 3) >= s.dropout_threshold;
+      z[j] = keep ? F(s.dropout_scale) : F(0);
+    }
+  }
+  // dst = a * b.
+  static void MulRow(F* dst, const F* a, const F* b, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = a[j] * b[j];
   }
 };
 
@@ -234,16 +254,64 @@ void PackQueryTile(const AttentionShape& s, const F* qin, const F* d_oin,
 
 // ------------------------------------------------------------------ masking
 
-// Applies the key mask (when the tile has masked keys) and the causal mask
-// (when the tile crosses the diagonal) to the score rows [rows x nkp] of
-// query rows starting at q0 against the key tile starting at k0.
+// The state (kMaskAll, kMaskSome, kMaskNone) of the dense mask's block of
+// query tile qt and key tile t in batch b.
+inline uint8_t MaskTileState(const AttentionShape& s, const uint8_t* tiles,
+                             int64_t b, int64_t qt, int64_t t) {
+  if (tiles == nullptr) return kMaskAll;
+  const int64_t n_qt = AttnNumQueryTiles(s), n_kt = AttnNumKeyTiles(s);
+  const int64_t bm = s.mask_batch_stride == 0 ? 0 : b;
+  return tiles[(bm * n_qt + qt) * n_kt + t];
+}
+
+// The dense mask's rows [q0, ...) of batch b from key k0 when its block is
+// kMaskSome, else nullptr (nothing to apply element by element).
+inline const bool* MaskRows(const AttentionShape& s, const bool* mask,
+                            uint8_t state, int64_t b, int64_t q0,
+                            int64_t k0) {
+  if (mask == nullptr || state != kMaskSome) return nullptr;
+  return mask + b * s.mask_batch_stride + q0 * s.kv_len + k0;
+}
+
+// Classifies block `unit` = (bm, qt, t) of the dense mask [Bm, Tq, Tk].
+inline void ClassifyMaskTile(const AttentionShape& s, const bool* mask,
+                             uint8_t* tiles, int64_t unit) {
+  const int64_t n_qt = AttnNumQueryTiles(s), n_kt = AttnNumKeyTiles(s);
+  const int64_t t = unit % n_kt;
+  const int64_t qt = (unit / n_kt) % n_qt;
+  const int64_t bm = unit / n_kt / n_qt;
+  const int64_t q0 = qt * kQT, k0 = t * kKT;
+  const int64_t rows = Min64(kQT, s.q_len - q0);
+  const int64_t nk = Min64(kKT, s.kv_len - k0);
+  int64_t visible = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool* row = mask + (bm * s.q_len + q0 + r) * s.kv_len + k0;
+    for (int64_t j = 0; j < nk; ++j) visible += row[j] ? 1 : 0;
+  }
+  tiles[unit] = visible == rows * nk ? kMaskAll
+                : visible == 0       ? kMaskNone
+                                     : kMaskSome;
+}
+
+// Applies the key mask (when the tile has masked keys), the dense mask
+// (`mask_rows`, row stride kv_len, when given) and the causal mask (when the
+// tile crosses the diagonal) to the score rows [rows x nkp] of query rows
+// starting at q0 against the key tile starting at k0.
 template <typename F, typename M>
 void MaskTile(const AttentionShape& s, F* scores, int64_t rows, int64_t nkp,
-              int64_t q0, int64_t k0, const F* key_bias, bool has_masked) {
+              int64_t q0, int64_t k0, const F* key_bias, bool has_masked,
+              const bool* mask_rows) {
   const bool causal_cut = s.causal && q0 + s.causal_offset - k0 + 1 < nkp;
+  const int64_t nk = Min64(nkp, s.kv_len - k0);
   for (int64_t r = 0; r < rows; ++r) {
     F* row = scores + r * nkp;
     if (has_masked) M::AddRow(row, key_bias, nkp);
+    if (mask_rows != nullptr) {
+      const bool* visible = mask_rows + r * s.kv_len;
+      for (int64_t j = 0; j < nk; ++j) {
+        if (!visible[j]) row[j] = kNegInf<F>;
+      }
+    }
     if (causal_cut) {
       for (int64_t j = Max64(q0 + r + s.causal_offset - k0 + 1, 0); j < nkp;
            ++j) {
@@ -271,7 +339,7 @@ void AttentionForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
   const int64_t g = h / (s.q_heads / s.kv_heads);
   const int64_t q0 = qt * kQT;
   const int64_t rows = Min64(kQT, s.q_len - q0);
-  Buffer<F> qs(rows * d.Dp), scores(rows * kKT), acc, m, l;
+  Buffer<F> qs(rows * d.Dp), scores(rows * kKT), z(kKT), acc, m, l;
   acc.Assign(rows * d.Dvp, F(0));
   m.Assign(rows, kNegInf<F>);
   l.Assign(rows, F(0));
@@ -285,11 +353,14 @@ void AttentionForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
     const int64_t k0 = t * kKT;
     const int64_t nkp = AttnRoundUp(Min64(kKT, s.kv_len - k0), kAttnCols);
     const int64_t tile = (b * s.kv_heads + g) * d.n_kt + t;
+    const uint8_t state = MaskTileState(s, io.mask_tiles, b, qt, t);
+    if (state == kMaskNone) continue;
     M::Gemm(qs.data(), d.Dp, kv.kt + tile * d.KtSize(), kKT, scores.data(),
             nkp, rows, nkp, d.D, false);
     MaskTile<F, M>(s, scores.data(), rows, nkp, q0, k0,
                    kv.key_bias + (b * d.n_kt + t) * kKT,
-                   kv.has_masked_key[b * d.n_kt + t]);
+                   kv.has_masked_key[b * d.n_kt + t],
+                   MaskRows(s, io.mask, state, b, q0, k0));
     for (int64_t r = 0; r < rows; ++r) {
       F* row = scores.data() + r * nkp;
       const F row_max = M::RowMax(row, nkp);
@@ -302,6 +373,11 @@ void AttentionForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
       l[r] = l[r] * alpha + M::ExpRow(row, nkp, m_new);
       if (alpha != F(1)) M::ScaleRow(acc.data() + r * d.Dvp, d.Dvp, alpha);
       m[r] = m_new;
+      if (s.dropout) {
+        M::DropoutRow(z.data(), nkp, s,
+                      ((b * s.q_heads + h) * s.q_len + q0 + r) * s.kv_len + k0);
+        M::MulRow(row, row, z.data(), nkp);
+      }
     }
     M::Gemm(scores.data(), nkp, kv.v + tile * d.VSize(), d.Dvp, acc.data(),
             d.Dvp, rows, d.Dvp, nkp, true);
@@ -336,7 +412,11 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
   const int64_t t1 = (chunk + 1) * d.n_kt / s.kv_chunks;
   const int64_t group = s.q_heads / s.kv_heads;
   F* dq_part = io.dq_partial + chunk * (s.batch * s.q_heads * s.q_len * d.Dp);
-  Buffer<F> p(kQT * kKT), dp(kQT * kKT);
+  Buffer<F> p(kQT * kKT), dp(kQT * kKT), z, pz;
+  if (s.dropout) {
+    z.Resize(kQT * kKT);
+    pz.Resize(kQT * kKT);
+  }
   Buffer<F> dkt(d.D * kKT), dvt(d.Dv * kKT);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t k0 = t * kKT;
@@ -355,6 +435,8 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
         const int64_t q0 = qt * kQT;
         const int64_t rows = Min64(kQT, s.q_len - q0);
         if (KeyEnd(s, q0, rows) <= k0) continue;  // Tile fully masked.
+        const uint8_t state = MaskTileState(s, io.mask_tiles, b, qt, t);
+        if (state == kMaskNone) continue;
         const int64_t qtile = (b * s.q_heads + h) * d.n_qt + qt;
         const F* qs = pq.qs + qtile * d.QsSize();
         const F* qst = pq.qst + qtile * d.QstSize();
@@ -364,7 +446,8 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
         const F* delta = io.delta + (b * s.q_heads + h) * s.q_len + q0;
         // P = exp(S - lse).
         M::Gemm(qs, d.Dp, kt, kKT, p.data(), nkp, rows, nkp, d.D, false);
-        MaskTile<F, M>(s, p.data(), rows, nkp, q0, k0, key_bias, has_masked);
+        MaskTile<F, M>(s, p.data(), rows, nkp, q0, k0, key_bias, has_masked,
+                       MaskRows(s, io.mask, state, b, q0, k0));
         for (int64_t r = 0; r < rows; ++r) {
           F* row = p.data() + r * nkp;
           if (lse[r] == std::numeric_limits<F>::infinity()) {
@@ -372,13 +455,24 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
           } else {
             M::ExpRow(row, nkp, lse[r]);
           }
+          if (s.dropout) {
+            F* zr = z.data() + r * nkp;
+            M::DropoutRow(
+                zr, nkp, s,
+                ((b * s.q_heads + h) * s.q_len + q0 + r) * s.kv_len + k0);
+            M::MulRow(pz.data() + r * nkp, row, zr, nkp);
+          }
         }
-        // dV^T += dO^T P.
-        M::Gemm(dot, kQT, p.data(), nkp, dvt.data(), kKT, d.Dv, nkp, rows,
-                true);
-        // dP = dO V^T; dS = P * (dP - delta), in place of P.
+        // dV^T += dO^T (P * Z).
+        M::Gemm(dot, kQT, s.dropout ? pz.data() : p.data(), nkp, dvt.data(),
+                kKT, d.Dv, nkp, rows, true);
+        // dP = (dO V^T) * Z; dS = P * (dP - delta), in place of P.
         M::Gemm(dout, d.Dvp, vt, kKT, dp.data(), nkp, rows, nkp, d.Dv, false);
         for (int64_t r = 0; r < rows; ++r) {
+          if (s.dropout) {
+            F* dpr = dp.data() + r * nkp;
+            M::MulRow(dpr, dpr, z.data() + r * nkp, nkp);
+          }
           M::SoftmaxGradRow(p.data() + r * nkp, dp.data() + r * nkp, delta[r],
                             nkp);
         }

@@ -1,5 +1,5 @@
-// Op definitions of the attention family: tiled flash attention and its
-// gradient.
+// Op definitions of the attention family: tiled flash attention, its
+// gradient, and the attention-dropout mask the kernels draw.
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -39,6 +39,8 @@ REGISTER_OP("Kbm>FlashAttention")
     .Input("k: T")
     .Input("v: T")
     .Input("key_mask: bool")
+    .Input("mask: bool")
+    .Input("seed: int64")
     .Output("o: T")
     .Output("lse: U")
     .Attr("T: {half, bfloat16, float, double}")
@@ -46,6 +48,7 @@ REGISTER_OP("Kbm>FlashAttention")
     .Attr("scale: float")
     .Attr("causal: bool = false")
     .Attr("causal_top_left: bool = false")
+    .Attr("dropout_rate: float = 0.0")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle o, lse;
       TF_RETURN_IF_ERROR(AttentionShapes(c, 0, &o, &lse));
@@ -57,11 +60,17 @@ REGISTER_OP("Kbm>FlashAttention")
 Softmax attention softmax(scale * q k^T + mask) v without materialising the
 score matrix. q: [B, Tq, Hq, D]; k: [B, Tk, Hkv, D]; v: [B, Tk, Hkv, Dv],
 with Hq a multiple of Hkv (query head h uses key/value head h / (Hq/Hkv)).
-key_mask: [B, Tk] (true = attend) or an empty tensor for no mask. causal:
-query i sees keys j <= i + Tk - Tq (bottom-right aligned), or j <= i when
-causal_top_left (Keras's use_causal_mask). A query that sees
-no key gets zeros and lse = +inf. lse ([B, Hq, Tq], float32, or float64 for
-float64 inputs: U) is the log-sum-exp of each row's scaled scores.
+key_mask: [B, Tk] (true = attend) or an empty tensor for no mask. mask:
+[Bm, Tq, Tk] with Bm 1 or B (true = attend; broadcast over the batch when
+Bm is 1, shared by all heads) or an empty tensor. causal: query i sees keys
+j <= i + Tk - Tq (bottom-right aligned), or j <= i when causal_top_left
+(Keras's use_causal_mask). A query that sees no key gets zeros and
+lse = +inf. lse ([B, Hq, Tq], float32, or float64 for float64 inputs: U) is
+the log-sum-exp of each row's visible scaled scores (without dropout).
+dropout_rate r in [0, 1): probability p_ij is kept, times 1 / (1 - r), when
+Kbm>AttentionDropoutMask(seed, rate=r) is true at [b, h, i, j] (a
+counter-based Philox stream keyed by seed [2]; seed is read only when
+r > 0), else dropped.
 )doc");
 
 REGISTER_OP("Kbm>FlashAttentionGrad")
@@ -70,6 +79,8 @@ REGISTER_OP("Kbm>FlashAttentionGrad")
     .Input("k: T")
     .Input("v: T")
     .Input("key_mask: bool")
+    .Input("mask: bool")
+    .Input("seed: int64")
     .Input("o: T")
     .Input("lse: U")
     .Output("dq: T")
@@ -80,12 +91,13 @@ REGISTER_OP("Kbm>FlashAttentionGrad")
     .Attr("scale: float")
     .Attr("causal: bool = false")
     .Attr("causal_top_left: bool = false")
+    .Attr("dropout_rate: float = 0.0")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle o, lse, unused;
       TF_RETURN_IF_ERROR(AttentionShapes(c, 1, &o, &lse));
       TF_RETURN_IF_ERROR(c->Merge(c->input(0), o, &unused));
-      TF_RETURN_IF_ERROR(c->Merge(c->input(5), o, &unused));
-      TF_RETURN_IF_ERROR(c->Merge(c->input(6), lse, &unused));
+      TF_RETURN_IF_ERROR(c->Merge(c->input(7), o, &unused));
+      TF_RETURN_IF_ERROR(c->Merge(c->input(8), lse, &unused));
       c->set_output(0, c->input(1));
       c->set_output(1, c->input(2));
       c->set_output(2, c->input(3));
@@ -93,7 +105,30 @@ REGISTER_OP("Kbm>FlashAttentionGrad")
     })
     .Doc(R"doc(
 Gradient of Kbm>FlashAttention w.r.t. q, k and v. Scores are recomputed tile
-by tile from q, k and lse; o is used for rowsum(d_o * o).
+by tile from q, k and lse, and the dropout mask is regenerated from seed; o
+(the dropped-out output) is used for rowsum(d_o * o).
+)doc");
+
+REGISTER_OP("Kbm>AttentionDropoutMask")
+    .Input("seed: int64")
+    .Input("shape: int64")
+    .Output("keep: bool")
+    .Attr("rate: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle seed, out;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &seed));
+      DimensionHandle unused;
+      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(seed, 0), 2, &unused));
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(1, &out));
+      TF_RETURN_IF_ERROR(c->WithRank(out, 4, &out));
+      c->set_output(0, out);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+The attention-dropout keep mask [B, H, Tq, Tk] (shape = [B, H, Tq, Tk]) that
+Kbm>FlashAttention draws for seed [2] and dropout_rate = rate: element
+[b, h, i, j] is kept when the Philox4x32-10 draw of its flat index is at
+least rate * 2^32 (cc/common/philox.h documents the stream).
 )doc");
 
 }  // namespace kbm

@@ -48,32 +48,6 @@ QUANTIZATION = {
     )
 }
 
-# Attention completeness (query masks, 2-D/3-D masks, `_compute_attention`
-# as the hook, symbolic shapes of GroupedQueryAttention) lands separately.
-# Delete this list once it is merged.
-ATTENTION_COMPLETENESS_PENDING = {
-    f"{stem}::{name}": "attention completeness lands separately"
-    for stem, names in {
-        "multi_head_attention_test::MultiHeadAttentionTest": (
-            "test_causal_only_skipped_for_subclass",
-            "test_masking_causal",
-            "test_masking_not_causal",
-            "test_masking_with_different_shapes",
-        ),
-        "grouped_query_attention_test::GroupedQueryAttentionTest": (
-            "test_causal_only_skipped_for_subclass",
-            "test_compute_attention_combines_causal_and_explicit_mask_*",
-            "test_masking_causal",
-            "test_masking_not_causal",
-            "test_query_mask_propagation",
-            "test_shape_mismatch_error_*",
-            "test_symbolic_shape_with_return_attention_scores",
-        ),
-    }.items()
-    for name in names
-}
-
-
 def _lookup(table, key):
     for pattern, reason in table.items():
         if fnmatch.fnmatchcase(key, pattern):
@@ -90,7 +64,4 @@ def marker_for(nodeid):
     reason = _lookup(QUANTIZATION, key)
     if reason is not None:
         return pytest.mark.xfail(reason=reason, strict=True)
-    reason = _lookup(ATTENTION_COMPLETENESS_PENDING, key)
-    if reason is not None:
-        return pytest.mark.xfail(reason=reason, strict=False)
     return None

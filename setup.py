@@ -387,8 +387,6 @@ def build_library(out_path):
             f"--threads={threads}",
             *cuda["gencode"],
         ]
-        # Largest first: the slowest compile should not start last.
-        cuda_sources = sorted(cuda_sources, key=lambda p: -p.stat().st_size)
         cuda_jobs = [
             (
                 src,

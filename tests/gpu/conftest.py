@@ -1,17 +1,20 @@
 """tests/gpu/ runs the TF ops on a GPU: skipped where TensorFlow sees none."""
 
+from pathlib import Path
+
 import pytest
 import tensorflow as tf
 
-_HERE = __file__.rsplit("/", 1)[0]
+_HERE = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
+    # A conftest hook sees the whole session's items: mark only ours.
     if tf.config.list_physical_devices("GPU"):
         return
     skip = pytest.mark.skip(reason="TensorFlow sees no GPU")
     for item in items:
-        if str(item.path).startswith(_HERE):
+        if _HERE in Path(item.path).resolve().parents:
             item.add_marker(skip)
 
 

@@ -152,8 +152,16 @@ fi
   cat "$OUT/steps.tmp"
 } >> "$OUT/env.txt"
 rm -f "$OUT/steps.tmp"
-tail -n 20 "$OUT/env.txt" | sed -n '/--- steps/,$p'
-# The failures, for a quick look.
-grep -E '^(FAILED|ERROR)|[0-9]+ (failed|passed)|error:' "$OUT/check.log" \
-  | head -n 40
+# A summary on stdout (its tail is often all one sees of a remote run):
+# steps, built families, check failures, then the benchmark's case lines.
+echo "=== steps"
+sed -n '/--- steps/,$p' "$OUT/env.txt"
+echo "=== build"
+cat gpu_harness/build/families.txt 2>/dev/null || echo "(no families.txt)"
+echo "=== checks"
+grep -E '^(FAILED|ERROR)|[0-9]+ (failed|passed)|^=====.*rc=' \
+  "$OUT/check.log" | cut -c1-240 | head -n 40
+echo "=== bench"
+grep -E '^copy |^== |^  [a-z_]+/|^wrote ' "$OUT/bench.log" | cut -c1-200 \
+  | tail -n 70
 exit 0

@@ -69,7 +69,11 @@ lint: $(DEPS_STAMP)
 
 # The GPU harness (gpu_harness/) runs on GPU machines without TensorFlow; here
 # it is compiled for PTX only and its PyTorch reference functions are tested
-# on the CPU, in a separate venv with a CPU build of torch.
+# on the CPU, in a separate venv with a CPU build of torch. Not part of
+# `make test` (the torch venv and the PTX build take several minutes): there,
+# tests/gpu_harness_test.py compiles the shims and checks their bindings,
+# and the CUDA kernels themselves are compiled by the library build
+# whenever nvcc is found (KBM_CUDA=auto).
 TORCH_VENV ?= .venv-torch
 TORCH_SPEC ?= torch==2.13.0
 TORCH_STAMP := $(TORCH_VENV)/.kbm-torch-installed

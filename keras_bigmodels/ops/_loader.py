@@ -46,6 +46,7 @@ _state = {"attempted": False, "lib": None, "reason": None, "info": None}
 _warned = set()
 # (device, family) -> None (self-check passed) or the reason it failed.
 _gpu_checks = {}
+_gpu_device_names = {}  # "names": the logical GPUs, listed once
 _probing = threading.local()
 
 
@@ -261,7 +262,12 @@ def _gpu_status(library_reason):
 
 def gpu_devices():
     """The logical GPU devices TensorFlow sees (e.g. "/device:GPU:0")."""
-    return [d.name for d in tf.config.list_logical_devices("GPU")]
+    if "names" not in _gpu_device_names:
+        # Fixed once TensorFlow's runtime is initialised: ask once.
+        _gpu_device_names["names"] = [
+            d.name for d in tf.config.list_logical_devices("GPU")
+        ]
+    return list(_gpu_device_names["names"])
 
 
 def _self_check(device, family):

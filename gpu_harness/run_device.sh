@@ -93,6 +93,8 @@ EOF
   nproc
 } > "$OUT/env.txt" 2>&1
 echo "env: done ($((SECONDS - START)) s)"
+grep -E '^(name|NVIDIA|python |torch|numpy |pytest |device |cuda avail)|release' \
+  "$OUT/env.txt" | cut -c1-200
 
 # 2. Build (about 2 minutes with 16 cores; attention dominates).
 : > "$OUT/build.log"

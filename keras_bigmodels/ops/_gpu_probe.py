@@ -231,14 +231,15 @@ _CHECKS = {
 def run(family, device):
     """Runs `family`'s self-check on `device`: None if it passed, else why.
 
-    Errors raised by the kernels (CUDA errors included) are returned as text,
-    never raised.
+    Call it where TensorFlow executes eagerly (the loader uses a thread of
+    its own). Errors raised by the kernels (CUDA errors included) are
+    returned as text, never raised.
     """
     check = _CHECKS.get(family)
     if check is None:
         return None
     try:
-        with tf.init_scope(), tf.device(device):
+        with tf.device(device):
             return check(np.random.default_rng(0))
     except Exception as e:  # noqa: BLE001 - any failure means "do not use"
         text = " ".join(str(e).split())

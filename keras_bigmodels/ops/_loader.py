@@ -274,12 +274,27 @@ def _self_check(device, family):
     """None if `family`'s kernels pass their self-check on `device`."""
     key = (device, family)
     if key not in _gpu_checks:
+        _gpu_checks[key] = _run_self_check(family, device)
+    return _gpu_checks[key]
+
+
+def _run_self_check(family, device):
+    """Runs the self-check in a thread of its own: it executes eagerly there,
+    outside the caller's function trace, device scope and distribution
+    strategy scope (all of which TensorFlow keeps per thread)."""
+    result = {}
+
+    def check():
         _probing.active = True
         try:
-            _gpu_checks[key] = _gpu_probe.run(family, device)
-        finally:
-            _probing.active = False
-    return _gpu_checks[key]
+            result["why"] = _gpu_probe.run(family, device)
+        except BaseException as e:  # noqa: BLE001 - reported, not raised
+            result["why"] = f"{type(e).__name__}: {e}"
+
+    thread = threading.Thread(target=check, name="kbm-gpu-self-check")
+    thread.start()
+    thread.join()
+    return result.get("why", "the self-check did not finish")
 
 
 def in_xla_context():

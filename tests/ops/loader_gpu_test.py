@@ -183,6 +183,22 @@ def test_self_checks_pass_against_the_cpu_kernels():
         assert _gpu_probe.run(family, "/CPU:0") is None, family
 
 
+def test_self_check_runs_outside_traces_and_strategy_scopes(monkeypatch):
+    monkeypatch.setattr(_loader, "_gpu_checks", {})
+    strategy = tf.distribute.MirroredStrategy(["/CPU:0"])
+    results = []
+
+    @tf.function
+    def traced():
+        results.append(_loader._self_check("/CPU:0", "optimizers"))
+        results.append(_loader._self_check("/CPU:0", "normalization"))
+        return tf.constant(0)
+
+    with strategy.scope():
+        traced()
+    assert results == [None, None]
+
+
 def test_self_check_reports_a_mismatch_and_an_error(monkeypatch):
     real = norm_ops.layer_norm
 

@@ -103,13 +103,14 @@ if [ "$NO_GPU" = 1 ]; then
     bash gpu_harness/build.sh --ptx-only
 else
   step build "$(limit 240 200)" "$OUT/build.log" bash gpu_harness/build.sh
-  # Vectorised loads per family object (16-byte LDG), for the record.
+  # Vectorised loads per family object (16-byte LDG), for the record
+  # (30 s at most for all of them).
   if command -v cuobjdump >/dev/null 2>&1; then
-    for obj in gpu_harness/build/obj/cc_*.o; do
+    timeout 30 bash -c 'for obj in gpu_harness/build/obj/cc_*.o; do
       [ -f "$obj" ] || continue
-      echo "$(basename "$obj"): LDG.E.128 $(timeout 30 cuobjdump --dump-sass \
-        "$obj" 2>/dev/null | grep -c 'LDG.E.128')" >> "$OUT/build.log"
-    done
+      echo "$(basename "$obj"): LDG.E.128 $(cuobjdump --dump-sass "$obj" \
+        2>/dev/null | grep -c "LDG.E.128")"
+    done' >> "$OUT/build.log" 2>&1
   fi
 fi
 

@@ -8,8 +8,10 @@ ceilings the cases are compared with (device-to-device copy bandwidth,
 counting bytes read + written, and the bf16 matmul rate at 8192^3), then
 imports each gpu_harness/bench_<family>.py and calls its
 `run(results, quick)`. A family that fails is recorded with its error and the
-others still run. The JSON is rewritten after every family, so a run that is
-cut short keeps what it measured.
+others still run: each family runs in a child process of its own (a CUDA
+error that breaks the context cannot take the later families with it). The
+JSON is rewritten after every family, so a run that is cut short keeps what
+it measured.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -178,6 +181,63 @@ def summarize(case, ceil):
     return "  ".join(parts)
 
 
+def run_family(family, quick):
+    """Runs gpu_harness/bench_<family>.py: (status entry, list of cases)."""
+    import torch
+
+    entry = {}
+    results = []
+    t0 = time.time()
+    try:
+        module = importlib.import_module(f"gpu_harness.bench_{family}")
+        module.run(results, quick=quick)
+        torch.cuda.synchronize()
+        entry["status"] = "ok"
+    except Exception:
+        entry["status"] = "error"
+        entry["error"] = traceback.format_exc()
+        print(entry["error"], flush=True)
+    try:
+        torch.cuda.empty_cache()
+    except Exception:  # a sticky CUDA error: already recorded
+        pass
+    entry["seconds"] = round(time.time() - t0, 1)
+    for case in results:
+        case.setdefault("family", family)
+    return entry, results
+
+
+def run_family_isolated(family, quick, timeout):
+    """run_family in a child process, so that a CUDA error that breaks the
+    context (an illegal address) cannot take the later families with it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "family.json")
+        cmd = [sys.executable, "-m", "gpu_harness.bench", "--child", family,
+               "--child-out", out] + (["--quick"] if quick else [])  # fmt: skip
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_ROOT, env.get("PYTHONPATH")) if p
+        )
+        t0 = time.time()
+        try:
+            rc = subprocess.run(cmd, cwd=_ROOT, env=env, timeout=timeout)
+            rc = rc.returncode
+        except subprocess.TimeoutExpired:
+            entry = {"status": "timeout", "error": f"over {timeout:.0f} s"}
+            entry["seconds"] = round(time.time() - t0, 1)
+            return entry, []
+        if not os.path.exists(out):
+            entry = {
+                "status": "error",
+                "error": f"the benchmark process exited with rc={rc}",
+                "seconds": round(time.time() - t0, 1),
+            }
+            return entry, []
+        with open(out) as f:
+            child = json.load(f)
+        return child["entry"], child["cases"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -189,7 +249,18 @@ def main(argv=None):
         default=0,
         help="skip the remaining families once this many seconds passed",
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the families in this process (default: one child each)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        entry, cases = run_family(args.child, args.quick)
+        write({"entry": entry, "cases": cases}, args.child_out)
+        return 0
     start = time.time()
 
     import torch
@@ -228,28 +299,28 @@ def main(argv=None):
     for family in available_families():
         if wanted and family not in wanted:
             continue
-        entry = doc["families"][family] = {}
-        if args.budget_s and time.time() - start > args.budget_s:
-            entry.update(status="skipped", error="time budget spent")
+        left = args.budget_s - (time.time() - start) if args.budget_s else 0
+        if args.budget_s and left <= 0:
+            doc["families"][family] = {
+                "status": "skipped",
+                "error": "time budget spent",
+            }
             print(f"== {family}: skipped (time budget spent)")
             continue
         print(f"== {family}", flush=True)
-        t0 = time.time()
-        results = []
-        try:
-            module = importlib.import_module(f"gpu_harness.bench_{family}")
-            module.run(results, quick=args.quick)
-            entry["status"] = "ok"
-        except Exception:
-            entry["status"] = "error"
-            entry["error"] = traceback.format_exc()
-            print(entry["error"])
+        if args.in_process:
+            entry, results = run_family(family, args.quick)
+        else:
+            # A child may run past the budget by 50 s (the caller's own
+            # timeout leaves 60).
+            timeout = left + 50 if args.budget_s else None
+            entry, results = run_family_isolated(family, args.quick, timeout)
+        if entry.get("status") != "ok":
             status = 1
-        finally:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-        entry["seconds"] = round(time.time() - t0, 1)
+            if not args.in_process:
+                print(entry.get("error", ""), flush=True)
         entry["cases"] = len(results)
+        doc["families"][family] = entry
         for case in results:
             case.setdefault("family", family)
             print("  " + summarize(case, doc["ceilings"]), flush=True)

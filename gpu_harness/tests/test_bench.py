@@ -46,7 +46,7 @@ def test_one_failing_family_does_not_stop_the_others(tmp_path, monkeypatch):
         bench, "ceilings", lambda quick: {"copy_tbps": 4.0, "bf16_tflops": 800}
     )
     out = tmp_path / "bench.json"
-    assert bench.main(["--out", str(out)]) == 1
+    assert bench.main(["--out", str(out), "--in-process"]) == 1
     doc = json.loads(out.read_text())
     assert doc["families"]["aa_bad"]["status"] == "error"
     assert "kernel exploded" in doc["families"]["aa_bad"]["error"]
@@ -59,3 +59,16 @@ def test_one_failing_family_does_not_stop_the_others(tmp_path, monkeypatch):
 def test_available_families_lists_bench_modules():
     families = bench.available_families()
     assert all(isinstance(f, str) for f in families)
+
+
+def test_isolated_family_reports_its_error():
+    entry, cases = bench.run_family_isolated("no_such_family", False, 120)
+    assert entry["status"] == "error" and cases == []
+    assert (
+        "No module named 'gpu_harness.bench_no_such_family'" in (entry["error"])
+    )
+
+
+def test_isolated_family_timeout():
+    entry, cases = bench.run_family_isolated("no_such_family", False, 0.01)
+    assert entry["status"] == "timeout" and cases == []

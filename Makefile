@@ -2,7 +2,9 @@
 #   make demo   - create .venv, install, build the op library, run the demo
 #   make test   - the same set-up, then the test suite on Keras 3 and tf-keras
 # Other targets: build (incremental C++ build), bench (regenerate
-# BENCHMARKS.md), lint (ruff and clang-format checks), format, clean.
+# BENCHMARKS.md), lint (ruff and clang-format checks), format, clean,
+# gpu-harness-check (the TF-free GPU harness: PTX-only build, reference tests
+# on a CPU PyTorch, ruff).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -10,7 +12,8 @@ PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.kbm-deps-installed
 PYTEST_ARGS ?= -q
 
-.PHONY: setup build test test-keras3 test-tf-keras demo bench lint format clean
+.PHONY: setup build test test-keras3 test-tf-keras demo bench lint format \
+	clean gpu-harness-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -75,5 +78,28 @@ format: $(DEPS_STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/clang-format -i $(CC_SOURCES)
 
+# The GPU harness (gpu_harness/) runs on GPU machines without TensorFlow; here
+# it is compiled for PTX only and its PyTorch reference functions are tested
+# on the CPU, in a separate venv with a CPU build of torch. Not part of
+# `make test` (the torch venv and the PTX build take several minutes): there,
+# tests/gpu_harness_test.py compiles the shims and checks their bindings,
+# and the CUDA kernels themselves are compiled by the library build
+# whenever nvcc is found (KBM_CUDA=auto).
+TORCH_VENV ?= .venv-torch
+TORCH_SPEC ?= torch==2.13.0
+TORCH_STAMP := $(TORCH_VENV)/.kbm-torch-installed
+
+$(TORCH_STAMP):
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) numpy pytest
+	touch $@
+
+gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
+	gpu_harness/build.sh --ptx-only
+	$(TORCH_VENV)/bin/python -m pytest -q -p no:cacheprovider gpu_harness/tests
+	$(VENV)/bin/ruff check gpu_harness
+	$(VENV)/bin/ruff format --check gpu_harness
+
 clean:
-	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json
+	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \
+	  gpu_harness/build

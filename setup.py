@@ -7,6 +7,14 @@ built against. The `*_simd.cc` files are compiled once per SIMD variant (see
 cc/common/cpu_isa.h). Object files are kept in build/kbm-objs and rebuilt only
 when a source, a header it includes, or the command changes.
 
+When a CUDA compiler is found, the GPU kernels are built too: the
+framework-free `*.cu.cc` files under cc/ with nvcc (only `-I<repo root>`, no
+TensorFlow flags), and the TensorFlow glue (`*_gpu_kernels.cc`, which start
+with `#if GOOGLE_CUDA`) with g++ and `-DGOOGLE_CUDA=1`. The library is not
+linked with `-lcudart`: TensorFlow's framework library provides the CUDA
+runtime. Without a CUDA compiler the library is CPU-only and the glue compiles
+to nothing.
+
 Install with `pip install --no-build-isolation -e .`: the library must be
 built against the TensorFlow that will load it, and build isolation would
 download another copy. Environment:
@@ -14,6 +22,13 @@ download another copy. Environment:
   KBM_CXX         C++ compiler (default g++)
   KBM_BASE_ISA    flags of the shipped baseline
                   (default "-march=x86-64-v2 -mavx")
+  KBM_CUDA        auto (default: build the GPU kernels when nvcc is found),
+                  1 (required: fail without nvcc) or 0 (CPU only)
+  KBM_NVCC        the nvcc to use (default: nvcc on PATH, then
+                  $CUDA_HOME/bin/nvcc, then /usr/local/cuda/bin/nvcc)
+  KBM_CUDA_ARCHS  comma-separated targets (default "sm_80,sm_90,compute_90":
+                  cubins for sm_80 and sm_90 plus compute_90 PTX, which newer
+                  GPUs compile at load time)
 """
 
 import concurrent.futures
@@ -21,7 +36,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -64,13 +81,134 @@ def _isa_variants():
 
 
 def _sources():
-    """(plain sources, simd sources) under cc/, sorted."""
-    plain, simd = [], []
+    """(plain sources, simd sources, CUDA sources) under cc/, sorted."""
+    plain, simd, cuda = [], [], []
     for path in sorted(CC_DIR.rglob("*.cc")):
         if path.name.endswith(".cu.cc"):
-            continue  # GPU kernels: not built by this CPU build.
-        (simd if path.name.endswith("_simd.cc") else plain).append(path)
-    return plain, simd
+            cuda.append(path)
+        elif path.name.endswith("_simd.cc"):
+            simd.append(path)
+        else:
+            plain.append(path)
+    return plain, simd, cuda
+
+
+def _is_gpu_glue(path):
+    """TF GPU OpKernels: compiled with -DGOOGLE_CUDA=1 in a CUDA build."""
+    return path.name.endswith("_gpu_kernels.cc")
+
+
+DEFAULT_CUDA_ARCHS = "sm_80,sm_90,compute_90"
+
+
+def _find_nvcc():
+    explicit = os.environ.get("KBM_NVCC")
+    if explicit:
+        return explicit
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if home and os.access(os.path.join(home, "bin", "nvcc"), os.X_OK):
+            return os.path.join(home, "bin", "nvcc")
+    if os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
+        return "/usr/local/cuda/bin/nvcc"
+    return None
+
+
+def _gencode_flags(archs):
+    """nvcc -gencode flags for targets like "sm_80,sm_90,compute_90".
+
+    A cubin and PTX of the same virtual architecture share one -gencode (one
+    front-end pass), so "sm_90,compute_90" costs little more than "sm_90".
+    """
+    targets = [a.strip() for a in archs.replace(";", ",").split(",")]
+    targets = [a for a in targets if a]
+    by_virtual = {}  # "90" -> ["sm_90", "compute_90"], in order of mention
+    for t in targets:
+        kind, _, num = t.partition("_")
+        if kind not in ("sm", "compute") or not num[:2].isdigit():
+            raise ValueError(
+                "KBM_CUDA_ARCHS entries must look like sm_80 or compute_90. "
+                f"Received: KBM_CUDA_ARCHS={archs!r}"
+            )
+        by_virtual.setdefault(num, []).append(t)  # sm_90a: compute_90a
+    flags = []
+    for virtual, codes in by_virtual.items():
+        flags.append(
+            f"-gencode=arch=compute_{virtual},code=[{','.join(codes)}]"
+        )
+    return targets, flags
+
+
+def _cuda_config():
+    """The CUDA part of the build, or None (with the reason) for CPU only.
+
+    Returns (config or None, reason).
+    """
+    mode = os.environ.get("KBM_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        raise RuntimeError(
+            f"KBM_CUDA must be auto, 0 or 1. Received: KBM_CUDA={mode!r}"
+        )
+    if mode == "0":
+        return None, "disabled by KBM_CUDA=0"
+    nvcc = _find_nvcc()
+    version = None
+    if nvcc:
+        try:
+            out = subprocess.run(
+                [nvcc, "--version"], capture_output=True, text=True, check=True
+            ).stdout
+            match = re.search(r"release ([0-9]+\.[0-9]+)", out)
+            version = match.group(1) if match else "unknown"
+        except (OSError, subprocess.CalledProcessError) as e:
+            if mode == "1":
+                raise RuntimeError(f"KBM_CUDA=1 but {nvcc} failed: {e}") from e
+            return None, f"{nvcc} --version failed: {e}"
+    elif mode == "1":
+        raise RuntimeError(
+            "KBM_CUDA=1 but no CUDA compiler was found: put nvcc on PATH or "
+            "name it with KBM_NVCC=/path/to/nvcc"
+        )
+    else:
+        return None, "no CUDA compiler (nvcc) found"
+    archs, gencode = _gencode_flags(
+        os.environ.get("KBM_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
+    )
+    return {
+        "nvcc": nvcc,
+        "version": version,
+        "archs": archs,
+        "gencode": gencode,
+    }, ""
+
+
+def _driver_warning(cuda_version):
+    """A warning when nvcc is newer than the local driver can run."""
+    try:
+        major = int(cuda_version.split(".")[0])
+    except ValueError:
+        return None
+    if major < 13 or not shutil.which("nvidia-smi"):
+        return None
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    try:
+        driver = int(out[0].split(".")[0])
+    except (IndexError, ValueError):
+        return None
+    if driver >= 580:
+        return None
+    return (
+        f"[kbm build] WARNING: nvcc {cuda_version} code needs an NVIDIA "
+        f"driver >= 580, this machine has {out[0]}: the GPU kernels will not "
+        "load here (kbm falls back to its references). Build with a CUDA "
+        "12.x toolkit (KBM_NVCC=/usr/local/cuda-12.x/bin/nvcc) instead."
+    )
 
 
 def _needs_build(obj, cmd_hash):
@@ -149,12 +287,53 @@ def _check_no_weak_symbols(obj):
         )
 
 
+def _check_cuda_symbols(lib_path, tf_lib_dir):
+    """Fails if the library needs a cuda* symbol TF's framework lacks."""
+
+    def symbols(path, which):
+        out = subprocess.run(
+            ["nm", "-D", which, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return {line.split()[-1].split("@")[0] for line in out.splitlines()}
+
+    needed = {
+        s
+        for s in symbols(lib_path, "--undefined-only")
+        if s.startswith(("cuda", "__cuda"))
+    }
+    framework = Path(tf_lib_dir) / "libtensorflow_framework.so.2"
+    missing = needed - symbols(framework, "--defined-only")
+    if missing:
+        raise RuntimeError(
+            f"{Path(lib_path).name} needs CUDA runtime symbols that "
+            f"{framework.name} does not export: {sorted(missing)}"
+        )
+    return sorted(needed)
+
+
+def _run_jobs(jobs, n_workers):
+    objs = []
+    with concurrent.futures.ThreadPoolExecutor(n_workers) as pool:
+        for obj, built, secs in pool.map(_compile, jobs):
+            objs.append(obj)
+            if built:
+                print(
+                    f"[kbm build] {obj.relative_to(OBJ_DIR)} ({secs:.1f} s)",
+                    flush=True,
+                )
+    return objs
+
+
 def build_library(out_path):
     """Compiles cc/ incrementally and links `out_path`. Returns build info."""
     tf, cflags, lflags = _tf_flags()
     cxx = os.environ.get("KBM_CXX", "g++")
     variants = _isa_variants()
     base_isa = next(iter(variants.values()))
+    cuda, cuda_reason = _cuda_config()
     defines = ["-DNDEBUG"]
     if "avx2" in variants:
         defines.append("-DKBM_HAVE_AVX2_VARIANT=1")
@@ -169,11 +348,14 @@ def build_library(out_path):
         *WARNING_FLAGS,
         *defines,
     ]
-    plain, simd = _sources()
+    plain, simd, cuda_sources = _sources()
     jobs = []
     for src in plain:
         rel = src.relative_to(ROOT).with_suffix("")
-        jobs.append((src, OBJ_DIR / f"{rel}.o", common + base_isa))
+        flags = common + base_isa
+        if cuda and _is_gpu_glue(src):
+            flags = flags + ["-DGOOGLE_CUDA=1"]
+        jobs.append((src, OBJ_DIR / f"{rel}.o", flags))
     checked = []  # Non-baseline SIMD objects: no shareable weak symbols.
     for name, flags in variants.items():
         for src in simd:
@@ -184,14 +366,43 @@ def build_library(out_path):
                 checked.append(obj)
     n_jobs = max(1, int(os.environ.get("KBM_BUILD_JOBS", "2")))
     objs = []
-    with concurrent.futures.ThreadPoolExecutor(n_jobs) as pool:
-        for obj, built, secs in pool.map(_compile, jobs):
-            objs.append(obj)
-            if built:
-                print(
-                    f"[kbm build] {obj.relative_to(OBJ_DIR)} ({secs:.1f} s)",
-                    flush=True,
-                )
+    if cuda:
+        warning = _driver_warning(cuda["version"])
+        if warning:
+            print(warning, flush=True)
+        # One nvcc compiles its virtual architectures in parallel
+        # (--threads); together they stay within KBM_BUILD_JOBS processes.
+        threads = max(1, min(n_jobs, len(cuda["gencode"])))
+        nvcc_cmd = [
+            cuda["nvcc"],
+            "-std=c++17",
+            "-O3",
+            "-x",
+            "cu",
+            f"-I{ROOT}",
+            "-Xcompiler",
+            "-fPIC,-fvisibility=hidden",
+            "--expt-relaxed-constexpr",
+            "-DNDEBUG",
+            f"--threads={threads}",
+            *cuda["gencode"],
+        ]
+        cuda_jobs = [
+            (
+                src,
+                OBJ_DIR / f"{src.relative_to(ROOT).with_suffix('')}.o",
+                nvcc_cmd,
+            )
+            for src in cuda_sources
+        ]
+        t0 = time.perf_counter()
+        objs += _run_jobs(cuda_jobs, max(1, n_jobs // threads))
+        print(
+            f"[kbm build] CUDA kernels: {len(cuda_jobs)} files, "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+    objs += _run_jobs(jobs, n_jobs)
     for obj in checked:
         _check_no_weak_symbols(obj)
     out_path = Path(out_path)
@@ -204,11 +415,21 @@ def build_library(out_path):
         "-o",
         str(out_path),
         *lflags,
-    ]  # TF's link flags must come after the objects.
+    ]  # TF's link flags must come after the objects; no -lcudart (TF's).
     subprocess.run(link, check=True)
+    if cuda:
+        _check_cuda_symbols(out_path, tf.sysconfig.get_lib())
     families = sorted(
         p.name for p in CC_DIR.iterdir() if p.is_dir() and p.name != "common"
     )
+    gpu_families = sorted(
+        {
+            p.relative_to(CC_DIR).parts[0]
+            for p in cuda_sources
+            if p.relative_to(CC_DIR).parts[0] != "common"
+        }
+    )
+    tf_build = tf.sysconfig.get_build_info()
     info = {
         "tf_version": tf.__version__,
         "tf_git_version": tf.version.GIT_VERSION,
@@ -219,6 +440,13 @@ def build_library(out_path):
         "isa_variants": {k: " ".join(v) for k, v in variants.items()},
         "families": families,
         "python": sys.version.split()[0],
+        "cuda_built": bool(cuda),
+        "cuda_reason": cuda_reason,
+        "cuda_compiler": cuda["nvcc"] if cuda else None,
+        "cuda_version": cuda["version"] if cuda else None,
+        "cuda_archs": cuda["archs"] if cuda else [],
+        "cuda_families": gpu_families if cuda else [],
+        "tf_cuda_version": tf_build.get("cuda_version"),
     }
     out_path.with_name("_build_info.json").write_text(
         json.dumps(info, indent=2) + "\n"

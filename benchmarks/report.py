@@ -7,6 +7,13 @@ in each run, the method, then one section per family with each of its
 tables once per allocator setting. Nothing here is family-specific: a new
 op family only adds its script (and its results), then re-renders.
 
+`benchmarks/results/gpu_<machine>.json` files are GPU runs: the `bench.json`
+that `gpu_harness/run_device.sh` writes on a GPU machine (kbm's CUDA
+launchers against PyTorch's kernels, without TensorFlow). Each becomes a GPU
+section at the end: device, driver, CUDA and PyTorch versions, the measured
+copy bandwidth and bf16 matmul rate, and per case the times, the ratio to
+PyTorch and the rate against those ceilings.
+
 Usage:
     python benchmarks/report.py                  # writes BENCHMARKS.md
     python benchmarks/report.py --stdout         # prints it instead
@@ -34,6 +41,8 @@ ALLOCATOR_LABEL = {
 def load_results(results_dir):
     runs = []
     for path in sorted(Path(results_dir).glob("*.json")):
+        if path.name.startswith("gpu_"):
+            continue  # GPU runs: see load_gpu_results.
         run = json.loads(path.read_text())
         run["_file"] = path.name
         runs.append(run)
@@ -74,6 +83,8 @@ def fmt_value(value, fmt):
         return f"{value:.1f} %" if abs(value) < 10 else f"{value:.0f} %"
     if fmt == "ratio":
         return f"{value:.2f}×"
+    if fmt == "gpu_ms":
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
     raise ValueError(f"unknown column format {fmt!r}")
 
 
@@ -283,9 +294,142 @@ def render_family(family, runs):
     return out
 
 
+def load_gpu_results(results_dir):
+    runs = []
+    for path in sorted(Path(results_dir).glob("gpu_*.json")):
+        run = json.loads(path.read_text())
+        run["_file"] = path.name
+        runs.append(run)
+    return runs
+
+
+# -------------------------------------------------------------------- GPU ----
+
+GPU_COLUMNS = [
+    {"key": "family", "header": "family", "fmt": "text", "group": True},
+    {"key": "op", "header": "op", "fmt": "text"},
+    {"key": "case", "header": "case", "fmt": "text"},
+    {"key": "dtype", "header": "dtype", "fmt": "text"},
+    {"key": "shape", "header": "shape", "fmt": "text"},
+    {"key": "kbm_ms", "header": "kbm ms", "fmt": "gpu_ms"},
+    {"key": "torch_ms", "header": "PyTorch ms", "fmt": "gpu_ms"},
+    {"key": "torch_impl", "header": "PyTorch kernel", "fmt": "text"},
+    {"key": "speedup", "header": "PyTorch / kbm", "fmt": "ratio"},
+    {"key": "rate", "header": "kbm rate", "fmt": "text"},
+    {"key": "pct", "header": "% of ceiling", "fmt": "pct"},
+]
+
+
+def _gpu_shape(shape):
+    if not shape:
+        return None
+    return shape if isinstance(shape, str) else _shapes(shape)
+
+
+def gpu_rows(run):
+    """Table rows of a GPU run: derived columns from each case."""
+    ceilings = run.get("ceilings") or {}
+    copy, matmul = ceilings.get("copy_tbps"), ceilings.get("bf16_tflops")
+    rows = []
+    for case in run.get("cases", []):
+        ms, torch_ms = case.get("kbm_ms"), case.get("torch_ms")
+        row = {
+            "family": case.get("family"),
+            "op": case.get("op"),
+            "case": case.get("case"),
+            "dtype": case.get("dtype"),
+            "shape": _gpu_shape(case.get("shape")),
+            "kbm_ms": ms,
+            "torch_ms": torch_ms,
+            "torch_impl": case.get("torch_impl"),
+            "speedup": torch_ms / ms if ms and torch_ms else None,
+            "rate": None,
+            "pct": None,
+        }
+        if ms and case.get("bytes"):
+            tbps = case["bytes"] / ms / 1e9
+            row["rate"] = f"{tbps:.2f} TB/s"
+            row["pct"] = 100 * tbps / copy if copy else None
+        elif ms and case.get("flops"):
+            tflops = case["flops"] / ms / 1e9
+            row["rate"] = f"{tflops:.0f} TFLOP/s"
+            row["pct"] = 100 * tflops / matmul if matmul else None
+        rows.append(row)
+    return rows
+
+
+def render_gpu(run):
+    """The GPU section of one run of gpu_harness/bench.py."""
+    dev = run.get("device") or {}
+    ceil = run.get("ceilings") or {}
+    name = dev.get("name") or dev.get("smi_name") or "unknown GPU"
+    out = [f"## GPU: {name}", ""]
+    if run.get("quick"):
+        out += [
+            "> **QUICK SMOKE-TEST RESULTS** (`--quick`). Not measurements "
+            "to quote.",
+            "",
+        ]
+    out += [
+        f"Measured by `gpu_harness/run_device.sh` (`gpu_harness/bench.py`, "
+        f"file `benchmarks/results/{run.get('_file', '?')}`) on "
+        f"{run.get('date', '?')}: kbm's CUDA launchers, built with nvcc "
+        f"{dev.get('nvcc', '?')} and called through the TensorFlow-free "
+        "harness, against PyTorch's own kernels in the same process.",
+        "",
+        f"- **Device:** {name} (compute capability "
+        f"{dev.get('capability', '?')}, {dev.get('multiprocessors', '?')} "
+        f"SMs, {dev.get('memory_gib', '?')} GiB), driver "
+        f"{dev.get('driver', '?')}, max SM clock "
+        f"{dev.get('max_sm_clock', '?')}, power limit "
+        f"{dev.get('power_limit', '?')}.",
+        f"- **Software:** CUDA {dev.get('torch_cuda', '?')} (PyTorch's), "
+        f"nvcc {dev.get('nvcc', '?')}, PyTorch {dev.get('torch', '?')}, "
+        f"Python {dev.get('python', '?')}.",
+    ]
+    if ceil.get("copy_tbps"):
+        out.append(
+            f"- **Ceilings, measured in the same run:** device-to-device "
+            f"copy {ceil['copy_tbps']:.2f} TB/s (bytes read + written, "
+            f"{ceil['copy_bytes'] / 2**30:.0f} GiB moved), bf16 matmul "
+            f"{ceil['bf16_tflops']:.0f} TFLOP/s "
+            f"({'×'.join(map(str, ceil.get('matmul_shape', [])))})."
+        )
+    elif ceil.get("error"):
+        out.append("- **Ceilings:** not measured (error).")
+    out += [
+        "- **Timing:** CUDA events around each call after warm-up; the "
+        "median of the timed calls. *PyTorch / kbm* is PyTorch's time "
+        "divided by kbm's (above 1: kbm is faster). *kbm rate* counts the "
+        "minimal bytes an op must move (TB/s) or its FLOPs (TFLOP/s); "
+        "*% of ceiling* divides it by the copy bandwidth or the bf16 "
+        "matmul rate above.",
+        "",
+    ]
+    failed = {
+        f: e
+        for f, e in (run.get("families") or {}).items()
+        if e.get("status") != "ok"
+    }
+    rows = gpu_rows(run)
+    if rows:
+        out += [markdown_table(GPU_COLUMNS, rows), ""]
+    for family, entry in failed.items():
+        error = (entry.get("error") or "").strip().splitlines()
+        last = error[-1] if error else entry.get("status", "?")
+        out.append(
+            f"- **{family}**: {entry.get('status', '?')}, "
+            f"{entry.get('cases', 0)} case(s) measured (`{last}`)."
+        )
+    if failed:
+        out.append("")
+    return out
+
+
 def render(results_dir=RESULTS_DIR):
     """The whole of BENCHMARKS.md, from the results in `results_dir`."""
     runs = load_results(results_dir)
+    gpu_runs = load_gpu_results(results_dir)
     if not runs:
         raise SystemExit(f"no results (*.json) in {results_dir}")
     runs = _order(
@@ -304,6 +448,8 @@ def render(results_dir=RESULTS_DIR):
     out = render_header(header_runs)
     for family, family_runs in families.items():
         out += render_family(family, family_runs)
+    for run in gpu_runs:
+        out += render_gpu(run)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -328,7 +474,11 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     text = render(args.results_dir)
-    quick = any(r.get("quick") for r in load_results(args.results_dir))
+    quick = any(
+        r.get("quick")
+        for r in load_results(args.results_dir)
+        + load_gpu_results(args.results_dir)
+    )
     if quick and not args.stdout and args.output.resolve() == OUTPUT:
         parser.error(
             "these are --quick results; they never go into BENCHMARKS.md "

@@ -1,0 +1,1 @@
+"""TensorFlow-free harness for kbm's CUDA launchers (ctypes + PyTorch)."""

@@ -20,7 +20,7 @@ HIDDEN = 2048
 TOKENS = 16384
 
 
-def _kbm_fns(q, k, v, d_o, causal):
+def _kbm_fns(q, k, v, d_o, causal, variant=0):
     """Closures for the kbm forward and backward with preallocated outputs."""
     lib = ops._lib()
     b, t, h, d = q.shape
@@ -33,7 +33,7 @@ def _kbm_fns(q, k, v, d_o, causal):
         device="cuda",
     )
     sizes = [b, t, t, h, h, d, d, 1]
-    attrs = [d**-0.5, int(causal), 0, 0.0, 0, 0]
+    attrs = [d**-0.5, int(causal), 0, 0.0, 0, 0, variant]
     code = kbm_gpu.DTYPE[q.dtype]
     p = kbm_gpu.ptr
 
@@ -115,6 +115,7 @@ def run(results, quick=False):
                     for _ in range(4)
                 )
                 kf, kb = _kbm_fns(q, k, v, d_o, causal)
+                pf, pb = _kbm_fns(q, k, v, d_o, causal, variant=1)
                 tf, tb = _torch_fns(q, k, v, d_o, causal)
                 flops = 4.0 * b * heads * t * t * d * (0.5 if causal else 1.0)
                 case = f"D{d}-T{t}-{'causal' if causal else 'full'}"
@@ -128,11 +129,12 @@ def run(results, quick=False):
                     torch.cuda.synchronize()
                     peak = torch.cuda.max_memory_allocated() - base
                     del o2, lse2
-                for op, kfn, tfn, f in (
-                    ("forward", kf, tf, flops),
-                    ("backward", kb, tb, 2.5 * flops),
+                for op, kfn, pfn, tfn, f in (
+                    ("forward", kf, pf, tf, flops),
+                    ("backward", kb, pb, tb, 2.5 * flops),
                 ):
                     kbm_ms = kbm_gpu.time_ms(kfn, warmup=2, iters=iters)
+                    plain_ms = kbm_gpu.time_ms(pfn, warmup=1, iters=3)
                     torch_ms = kbm_gpu.time_ms(tfn, warmup=2, iters=iters)
                     row = {
                         "family": "attention",
@@ -147,12 +149,13 @@ def run(results, quick=False):
                         "flops": f,
                         "kbm_tflops": f / kbm_ms / 1e9,
                         "torch_tflops": f / torch_ms / 1e9,
+                        "kbm_plain_ms": plain_ms,
                     }
                     if peak is not None and op == "forward":
                         row["peak_bytes"] = int(peak)
                         row["input_bytes"] = int(4 * q.numel() * 2)
                     results.append(row)
-                del q, k, v, d_o, kf, kb, tf, tb
+                del q, k, v, d_o, kf, kb, pf, pb, tf, tb
                 torch.cuda.empty_cache()
 
 
@@ -166,7 +169,8 @@ if __name__ == "__main__":
             f"{r['op']:8s} {r['case']:18s} kbm {r['kbm_ms']:8.3f} ms "
             f"{r['kbm_tflops']:6.1f} TFLOP/s | sdpa {r['torch_ms']:8.3f} ms "
             f"{r['torch_tflops']:6.1f} TFLOP/s | "
-            f"{r['torch_ms'] / r['kbm_ms']:.2f}x"
+            f"{r['torch_ms'] / r['kbm_ms']:.2f}x | plain kernels "
+            f"{r['flops'] / r['kbm_plain_ms'] / 1e9:6.1f} TFLOP/s"
         )
         if "peak_bytes" in r:
             line += f" | peak {r['peak_bytes'] / 2**20:.0f} MiB"

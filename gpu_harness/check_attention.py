@@ -127,8 +127,15 @@ def _check_lse(lse, ref_lse, dtype, what):
         ), f"{what}: lse max abs err {err:.3g}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_attention(case):
+# (case, variant): float16 / bfloat16 run both tensor-core variants (0 the
+# default kernels, 1 the plain ones); float32 has one kernel.
+RUNS = [(c, 0) for c in CASES] + [(c, 1) for c in CASES if c[0] != F32]
+
+
+@pytest.mark.parametrize(
+    "case,variant", RUNS, ids=[f"{_case_id(c)}-v{v}" for c, v in RUNS]
+)
+def test_attention(case, variant):
     dtype, b, tq, tk, hq = case[:5]
     rate = case[11]
     q, k, v, d_o, kw = _inputs(case)
@@ -136,17 +143,19 @@ def test_attention(case):
     keep = None
     if rate > 0:
         keep = ops.dropout_mask(seed, (b, hq, tq, tk), rate)
-    o, lse = ops.forward(q, k, v, seed=seed, **kw)
+    o, lse = ops.forward(q, k, v, seed=seed, variant=variant, **kw)
     torch.cuda.synchronize()
     ref_kw = {key: val for key, val in kw.items()}
     ref_o, ref_lse = ops.reference_forward(q, k, v, keep=keep, **ref_kw)
     tol_f, tol_b = TOL[dtype]
-    what = _case_id(case)
+    what = f"{_case_id(case)}-v{variant}"
     err, detail = _rel_err(o, ref_o)
     assert err <= tol_f, f"{what} forward o: rel err {err:.3g}; {detail}"
     _check_lse(lse, ref_lse, dtype, what)
 
-    dq, dk, dv = ops.backward(d_o, q, k, v, o, lse, seed=seed, **kw)
+    dq, dk, dv = ops.backward(
+        d_o, q, k, v, o, lse, seed=seed, variant=variant, **kw
+    )
     torch.cuda.synchronize()
     refs = ops.reference_backward(d_o, q, k, v, keep=keep, **ref_kw)
     for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):
@@ -154,14 +163,34 @@ def test_attention(case):
         assert err <= tol_b, f"{what} {name}: rel err {err:.3g}; {detail}"
 
 
-def test_backward_deterministic():
+@pytest.mark.parametrize("variant", [0, 1])
+def test_backward_deterministic(variant):
     case = (BF16, 2, 257, 129, 12, 4, 64, 64, True, False, "k", 0.1)
     q, k, v, d_o, kw = _inputs(case, seed=3)
-    o, lse = ops.forward(q, k, v, seed=(7, 8), **kw)
-    first = ops.backward(d_o, q, k, v, o, lse, seed=(7, 8), **kw)
-    second = ops.backward(d_o, q, k, v, o, lse, seed=(7, 8), **kw)
-    for a, b in zip(first, second):
+    o, lse = ops.forward(q, k, v, seed=(7, 8), variant=variant, **kw)
+    runs = [
+        ops.backward(d_o, q, k, v, o, lse, seed=(7, 8), variant=variant, **kw)
+        for _ in range(2)
+    ]
+    for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_variants_agree():
+    case = (F16, 2, 129, 257, 12, 4, 128, 128, True, False, "k", 0.2)
+    q, k, v, d_o, kw = _inputs(case, seed=5)
+    outs = []
+    for variant in (0, 1):
+        o, lse = ops.forward(q, k, v, seed=(1, 2), variant=variant, **kw)
+        grads = ops.backward(
+            d_o, q, k, v, o, lse, seed=(1, 2), variant=variant, **kw
+        )
+        outs.append((o, lse, *grads))
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), *outs):
+        err = (a.double() - b.double()).abs().max().item()
+        assert err <= 1e-2 * max(1.0, b.double().abs().max().item()), (
+            f"{name}: variants differ by {err:.3g}"
+        )
 
 
 @pytest.mark.parametrize(

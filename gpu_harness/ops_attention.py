@@ -30,7 +30,7 @@ def _lib():
     lib = kbm_gpu.lib()
     if _configured is not lib:
         sizes = [_I64] * 8  # B, Tq, Tk, Hq, Hkv, D, Dv, mask_batch
-        attrs = [_F32, _INT, _INT, _F32, _U64, _U64]
+        attrs = [_F32, _INT, _INT, _F32, _U64, _U64, _INT]
         lib.kbm_attention_forward.argtypes = (
             [_INT] + [_PTR] * 7 + sizes + attrs + [_PTR]
         )
@@ -63,9 +63,17 @@ def _sizes(q, k, v, mask):
     return [b, tq, tk, hq, hkv, d, dv, mask_batch]
 
 
-def _attrs(scale, causal, top_left, rate, seed):
+def _attrs(scale, causal, top_left, rate, seed, variant):
     s0, s1 = (int(x) & (2**64 - 1) for x in seed)
-    return [float(scale), int(causal), int(top_left), float(rate), s0, s1]
+    return [
+        float(scale),
+        int(causal),
+        int(top_left),
+        float(rate),
+        s0,
+        s1,
+        int(variant),
+    ]
 
 
 def _contig(*ts):
@@ -83,8 +91,13 @@ def forward(
     top_left=False,
     rate=0.0,
     seed=(0, 0),
+    variant=0,
 ):
-    """kbm flash attention forward: returns (o, lse)."""
+    """kbm flash attention forward: returns (o, lse).
+
+    variant 0: the default tensor-core kernels; 1: the plain ones (float16 /
+    bfloat16 only; float32 has one kernel).
+    """
     q, k, v, key_mask, mask = _contig(q, k, v, key_mask, mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -102,7 +115,7 @@ def forward(
         p(o),
         p(lse),
         *_sizes(q, k, v, mask),
-        *_attrs(scale, causal, top_left, rate, seed),
+        *_attrs(scale, causal, top_left, rate, seed, variant),
         kbm_gpu.stream(),
     )
     kbm_gpu.check(rc, "kbm_attention_forward")
@@ -123,6 +136,7 @@ def backward(
     top_left=False,
     rate=0.0,
     seed=(0, 0),
+    variant=0,
 ):
     """kbm flash attention backward: returns (dq, dk, dv)."""
     d_o, q, k, v, o, lse, key_mask, mask = _contig(
@@ -150,7 +164,7 @@ def backward(
         p(dk),
         p(dv),
         *_sizes(q, k, v, mask),
-        *_attrs(scale, causal, top_left, rate, seed),
+        *_attrs(scale, causal, top_left, rate, seed, variant),
         p(ws),
         kbm_gpu.stream(),
     )

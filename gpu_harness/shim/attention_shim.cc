@@ -1,5 +1,6 @@
 // C ABI over the flash-attention launchers for the TF-free harness (ctypes).
 // dtype: 0 float32, 1 float16, 2 bfloat16. Boolean masks may be null.
+// variant: AttentionParams::variant (0 default kernels, 1 plain kernels).
 #include <cstddef>
 #include <cstdint>
 
@@ -13,7 +14,7 @@ AttentionParams Params(int64_t batch, int64_t q_len, int64_t kv_len,
                        int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                        int64_t value_dim, int64_t mask_batch, float scale,
                        int causal, int causal_top_left, float dropout_rate,
-                       uint64_t seed0, uint64_t seed1) {
+                       uint64_t seed0, uint64_t seed1, int variant) {
   AttentionParams p;
   p.batch = batch;
   p.q_len = q_len;
@@ -29,6 +30,7 @@ AttentionParams Params(int64_t batch, int64_t q_len, int64_t kv_len,
   p.dropout_rate = dropout_rate;
   p.seed0 = seed0;
   p.seed1 = seed1;
+  p.variant = variant;
   return p;
 }
 
@@ -77,11 +79,12 @@ int kbm_attention_forward(int dtype, void* q, void* k, void* v,
                           int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                           int64_t value_dim, int64_t mask_batch, float scale,
                           int causal, int causal_top_left, float dropout_rate,
-                          uint64_t seed0, uint64_t seed1, void* stream) {
+                          uint64_t seed0, uint64_t seed1, int variant,
+                          void* stream) {
   const AttentionParams p =
       Params(batch, q_len, kv_len, q_heads, kv_heads, head_dim, value_dim,
              mask_batch, scale, causal, causal_top_left, dropout_rate, seed0,
-             seed1);
+             seed1, variant);
   switch (dtype) {
     case kbm::gpu::kFloat32:
       return Forward<float>(p, q, k, v, key_mask, mask, o, lse, stream);
@@ -112,12 +115,12 @@ int kbm_attention_backward(int dtype, void* d_o, void* q, void* k, void* v,
                            int64_t kv_heads, int64_t head_dim,
                            int64_t value_dim, int64_t mask_batch, float scale,
                            int causal, int causal_top_left, float dropout_rate,
-                           uint64_t seed0, uint64_t seed1, void* workspace,
-                           void* stream) {
+                           uint64_t seed0, uint64_t seed1, int variant,
+                           void* workspace, void* stream) {
   const AttentionParams p =
       Params(batch, q_len, kv_len, q_heads, kv_heads, head_dim, value_dim,
              mask_batch, scale, causal, causal_top_left, dropout_rate, seed0,
-             seed1);
+             seed1, variant);
   switch (dtype) {
     case kbm::gpu::kFloat32:
       return Backward<float>(p, d_o, q, k, v, key_mask, mask, o, lse, dq, dk,

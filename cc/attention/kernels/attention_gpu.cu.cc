@@ -316,8 +316,8 @@ int LaunchSimt(int kind, const KParams<float>& p, cudaStream_t stream) {
 
 // Launches kernel `kind` for element type T.
 template <typename T, typename E>
-int LaunchKind(int kind, const KParams<E>& p, const VecFlags& vf,
-               cudaStream_t stream) {
+int LaunchKind(int kind, int variant, const KParams<E>& p,
+               const VecFlags& vf, cudaStream_t stream) {
   // Grids with a zero dimension launch nothing.
   if (p.B == 0 || (kind == 2 ? p.Tk == 0 || p.Hkv == 0
                              : p.Tq == 0 || p.Hq == 0)) {
@@ -328,9 +328,9 @@ int LaunchKind(int kind, const KParams<E>& p, const VecFlags& vf,
   } else {
     const int pad = PadDim(p.D > p.Dv ? p.D : p.Dv);
     if constexpr (std::is_same_v<T, BFloat16>) {
-      return LaunchMmaBf16(kind, pad, p, vf, stream);
+      return LaunchMmaBf16(kind, pad, variant, p, vf, stream);
     } else {
-      return LaunchMmaF16(kind, pad, p, vf, stream);
+      return LaunchMmaF16(kind, pad, variant, p, vf, stream);
     }
   }
 }
@@ -369,7 +369,8 @@ int LaunchFlashAttention(const FlashAttentionArgs<T>& args, void* stream) {
   p.lse_out = args.lse;
   const VecFlags vf{Vec16(args.q, p.D), Vec16(args.k, p.D),
                     Vec16(args.v, p.Dv), false};
-  return LaunchKind<T>(0, p, vf, static_cast<cudaStream_t>(stream));
+  return LaunchKind<T>(0, args.p.variant, p, vf,
+                       static_cast<cudaStream_t>(stream));
 }
 
 size_t FlashAttentionGradWorkspaceBytes(const AttentionParams& p) {
@@ -418,8 +419,8 @@ int LaunchFlashAttentionGrad(const FlashAttentionGradArgs<T>& args,
   p.dv = Raw(args.dv);
   const VecFlags vf{Vec16(args.q, p.D), Vec16(args.k, p.D),
                     Vec16(args.v, p.Dv), Vec16(args.d_o, p.Dv)};
-  if (int err = LaunchKind<T>(2, p, vf, s)) return err;
-  return LaunchKind<T>(1, p, vf, s);
+  if (int err = LaunchKind<T>(2, a.variant, p, vf, s)) return err;
+  return LaunchKind<T>(1, a.variant, p, vf, s);
 }
 
 int LaunchAttentionDropoutMask(uint64_t seed0, uint64_t seed1, int64_t batch,

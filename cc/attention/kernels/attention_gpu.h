@@ -43,6 +43,9 @@ struct AttentionParams {
   float dropout_rate = 0.0f;  // 0 <= rate < 1
   uint64_t seed0 = 0;
   uint64_t seed1 = 0;
+  // Tensor-core kernel variant: 0 the default (ldmatrix, cp.async), 1 the
+  // plain kernels (kept as a cross-check and a fallback).
+  int variant = 0;
 };
 
 template <typename T>

@@ -57,10 +57,10 @@ struct VecFlags {
 
 // The tensor-core kernels of one 16-bit type (attention_f16_gpu.cu.cc,
 // attention_bf16_gpu.cu.cc). kind: 0 forward, 1 dQ, 2 dK/dV; pad: the padded
-// head dim (32, 64, 96, 128 or 256).
-int LaunchMmaF16(int kind, int pad, const KParams<uint16_t>& p,
+// head dim (32, 64, 96, 128 or 256); variant: AttentionParams::variant.
+int LaunchMmaF16(int kind, int pad, int variant, const KParams<uint16_t>& p,
                  const VecFlags& vf, cudaStream_t stream);
-int LaunchMmaBf16(int kind, int pad, const KParams<uint16_t>& p,
+int LaunchMmaBf16(int kind, int pad, int variant, const KParams<uint16_t>& p,
                   const VecFlags& vf, cudaStream_t stream);
 
 // Whether query i of batch b sees key j (bounds, masks, causal).
@@ -166,6 +166,90 @@ __device__ __forceinline__ void Mma(float c[4], uint32_t a0, uint32_t a1,
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   }
+}
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 16-bit matrices from shared memory; lane l gives the row address
+// of matrix l / 8, row l % 8 (16-byte aligned).
+__device__ __forceinline__ void LdMatrixX4(uint32_t r[4], const uint16_t* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(SmemAddr(p))
+      : "memory");
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t r[4],
+                                                const uint16_t* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(SmemAddr(p))
+      : "memory");
+}
+
+// 16 bytes global -> shared without staging in registers; zero-fill when
+// !pred (`g` must still be a valid address).
+__device__ __forceinline__ void CpAsync16(void* s, const void* g, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                   SmemAddr(s)),
+               "l"(g), "r"(pred ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// LoadTile through cp.async when `vec` (complete after CpAsyncCommit +
+// CpAsyncWaitAll + __syncthreads), else synchronously.
+template <int R, int P, int LD>
+__device__ __forceinline__ void LoadTileAsync(uint16_t* s, const uint16_t* g,
+                                              int64_t row_stride, int64_t r0,
+                                              int64_t n_rows, int64_t n_cols,
+                                              bool vec) {
+  if (vec) {
+    constexpr int kChunks = P / 8;
+    for (int idx = threadIdx.x; idx < R * kChunks; idx += blockDim.x) {
+      const int r = idx / kChunks, c = (idx % kChunks) * 8;
+      const bool in = r0 + r < n_rows && c < n_cols;
+      CpAsync16(s + r * LD + c, in ? g + (r0 + r) * row_stride + c : g, in);
+    }
+  } else {
+    LoadTile<R, P, LD>(s, g, row_stride, r0, n_rows, n_cols, false);
+  }
+}
+
+// mma fragments from a shared-memory tile with rows of LD elements.
+// A (16 x 16) at (r0, c0): a[0..3] as in attention_gpu_mma.cuh.
+template <int LD>
+__device__ __forceinline__ void FragA(uint32_t a[4], const uint16_t* s,
+                                      int r0, int c0) {
+  const int lane = threadIdx.x & 31;
+  LdMatrixX4(a, s + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + c0 +
+                    (lane >> 4) * 8);
+}
+// B fragments of two n-tiles from a tile stored [n][k] (rows n0..n0+15, k
+// columns k0..k0+15): b[0], b[1] of n-tile n0; b[2], b[3] of n-tile n0 + 8.
+template <int LD>
+__device__ __forceinline__ void FragBNK(uint32_t b[4], const uint16_t* s,
+                                        int n0, int k0) {
+  const int lane = threadIdx.x & 31;
+  LdMatrixX4(b, s + (n0 + (lane & 7) + (lane >> 4) * 8) * LD + k0 +
+                    ((lane >> 3) & 1) * 8);
+}
+// B fragments of two n-tiles from a tile stored [k][n] (rows k0..k0+15, n
+// columns n0..n0+15): b[0], b[1] of n-tile n0; b[2], b[3] of n-tile n0 + 8.
+template <int LD>
+__device__ __forceinline__ void FragBKN(uint32_t b[4], const uint16_t* s,
+                                        int k0, int n0) {
+  const int lane = threadIdx.x & 31;
+  LdMatrixX4Trans(b, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                         n0 + (lane >> 4) * 8);
 }
 
 // Max / sum over the 4 lanes that share a row of an mma C fragment.

@@ -460,67 +460,6 @@ __global__ void __launch_bounds__(128)
   }
 }
 
-// Kernel selector for one 16-bit type: 0 forward, 1 dQ, 2 dK/dV.
-template <bool kBf16, int P>
-int LaunchMmaKind(int kind, const KParams<uint16_t>& p, const VecFlags& vf,
-                  cudaStream_t stream) {
-  using Tiles = MmaTiles<P>;
-  const dim3 block(128);
-  if (kind == 0) {
-    const size_t smem = Tiles::FwdSmem();
-    auto kernel = MmaForwardKernel<kBf16, P>;
-    cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-    const dim3 grid(static_cast<unsigned>((p.Tq + 63) / 64),
-                    static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
-    kernel<<<grid, block, smem, stream>>>(p, vf);
-  } else if (kind == 1) {
-    const size_t smem = Tiles::DqSmem();
-    auto kernel = MmaDqKernel<kBf16, P>;
-    cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-    const dim3 grid(static_cast<unsigned>((p.Tq + 63) / 64),
-                    static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
-    kernel<<<grid, block, smem, stream>>>(p, vf);
-  } else {
-    const size_t smem = Tiles::DkvSmem();
-    auto kernel = MmaDkDvKernel<kBf16, P>;
-    cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-    const dim3 grid(static_cast<unsigned>((p.Tk + 63) / 64),
-                    static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B));
-    kernel<<<grid, block, smem, stream>>>(p, vf);
-  }
-  KBM_RETURN_IF_LAUNCH_ERROR();
-  return 0;
-}
-
-// Dispatches on the padded head dim `pad` (32, 64, 96, 128 or 256).
-template <bool kBf16>
-int LaunchMma(int kind, int pad, const KParams<uint16_t>& p,
-              const VecFlags& vf, cudaStream_t stream) {
-  switch (pad) {
-    case 32:
-      return LaunchMmaKind<kBf16, 32>(kind, p, vf, stream);
-    case 64:
-      return LaunchMmaKind<kBf16, 64>(kind, p, vf, stream);
-    case 96:
-      return LaunchMmaKind<kBf16, 96>(kind, p, vf, stream);
-    case 128:
-      return LaunchMmaKind<kBf16, 128>(kind, p, vf, stream);
-    case 256:
-      return LaunchMmaKind<kBf16, 256>(kind, p, vf, stream);
-    default:
-      return kErrorUnsupported;
-  }
-}
-
 }  // namespace attn
 }  // namespace gpu
 }  // namespace kbm

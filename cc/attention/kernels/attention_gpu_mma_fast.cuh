@@ -168,6 +168,7 @@ __global__ void __launch_bounds__(128)
     }
   }
 
+  CpAsyncWaitAll();  // no copy may be in flight at exit
   float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -299,6 +300,7 @@ __global__ void __launch_bounds__(128)
     }
   }
 
+  CpAsyncWaitAll();
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) {
 #pragma unroll
@@ -436,6 +438,7 @@ __global__ void __launch_bounds__(128)
     }
   }
 
+  CpAsyncWaitAll();
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) {
 #pragma unroll

@@ -6,7 +6,9 @@ timed separately. flops: 4 * B * H * Tq * Tk * D for the forward (half of it
 when causal), 2.5 times that for the backward. The layout is kbm's
 [B, T, H, D]; SDPA gets the [B, H, T, D] views of the same tensors. One
 T = 16k case also records the peak memory of the kbm forward + backward
-beyond its inputs (`peak_bytes`), to show memory linear in T.
+beyond its inputs (`peak_bytes`), to show memory linear in T. Besides the
+default kernels (`kbm_ms`), the plain tensor-core kernels (`kbm_plain_ms`)
+and the wide forward kernel (`kbm_wide_ms`) are timed, to pick the default.
 """
 
 import torch
@@ -116,6 +118,7 @@ def run(results, quick=False):
                 )
                 kf, kb = _kbm_fns(q, k, v, d_o, causal)
                 pf, pb = _kbm_fns(q, k, v, d_o, causal, variant=1)
+                wf, _ = _kbm_fns(q, k, v, d_o, causal, variant=3)
                 tf, tb = _torch_fns(q, k, v, d_o, causal)
                 flops = 4.0 * b * heads * t * t * d * (0.5 if causal else 1.0)
                 case = f"D{d}-T{t}-{'causal' if causal else 'full'}"
@@ -129,12 +132,15 @@ def run(results, quick=False):
                     torch.cuda.synchronize()
                     peak = torch.cuda.max_memory_allocated() - base
                     del o2, lse2
-                for op, kfn, pfn, tfn, f in (
-                    ("forward", kf, pf, tf, flops),
-                    ("backward", kb, pb, tb, 2.5 * flops),
+                for op, kfn, pfn, wfn, tfn, f in (
+                    ("forward", kf, pf, wf, tf, flops),
+                    ("backward", kb, pb, None, tb, 2.5 * flops),
                 ):
                     kbm_ms = kbm_gpu.time_ms(kfn, warmup=2, iters=iters)
                     plain_ms = kbm_gpu.time_ms(pfn, warmup=1, iters=3)
+                    wide_ms = (
+                        kbm_gpu.time_ms(wfn, warmup=1, iters=3) if wfn else None
+                    )
                     torch_ms = kbm_gpu.time_ms(tfn, warmup=2, iters=iters)
                     row = {
                         "family": "attention",
@@ -151,11 +157,13 @@ def run(results, quick=False):
                         "torch_tflops": f / torch_ms / 1e9,
                         "kbm_plain_ms": plain_ms,
                     }
+                    if wide_ms is not None:
+                        row["kbm_wide_ms"] = wide_ms
                     if peak is not None and op == "forward":
                         row["peak_bytes"] = int(peak)
                         row["input_bytes"] = int(4 * q.numel() * 2)
                     results.append(row)
-                del q, k, v, d_o, kf, kb, pf, pb, tf, tb
+                del q, k, v, d_o, kf, kb, pf, pb, wf, tf, tb
                 torch.cuda.empty_cache()
 
 
@@ -172,6 +180,11 @@ if __name__ == "__main__":
             f"{r['torch_ms'] / r['kbm_ms']:.2f}x | plain kernels "
             f"{r['flops'] / r['kbm_plain_ms'] / 1e9:6.1f} TFLOP/s"
         )
+        if "kbm_wide_ms" in r:
+            line += (
+                f" | wide forward "
+                f"{r['flops'] / r['kbm_wide_ms'] / 1e9:6.1f} TFLOP/s"
+            )
         if "peak_bytes" in r:
             line += f" | peak {r['peak_bytes'] / 2**20:.0f} MiB"
         print(line)

@@ -243,7 +243,8 @@ int ValidateParams(const AttentionParams& a) {
       a.value_dim > kMaxAttentionHeadDim ||
       (a.mask_batch != 1 && a.mask_batch != a.batch) ||
       !(a.dropout_rate >= 0.0f && a.dropout_rate < 1.0f) ||
-      a.q_heads > 65535 || a.batch > 65535) {
+      a.q_heads > 65535 || a.batch > 65535 || a.variant < 0 ||
+      a.variant > 3) {
     return kErrorInvalidArgument;
   }
   return 0;

@@ -43,8 +43,10 @@ struct AttentionParams {
   float dropout_rate = 0.0f;  // 0 <= rate < 1
   uint64_t seed0 = 0;
   uint64_t seed1 = 0;
-  // Tensor-core kernel variant: 0 the default (ldmatrix, cp.async), 1 the
-  // plain kernels (kept as a cross-check and a fallback).
+  // Tensor-core kernel variant, for tests and benchmarks: 0 the default,
+  // 1 the plain kernels (a cross-check), 2 ldmatrix + cp.async kernels,
+  // 3 as 2 with 32 query rows per warp in the forward pass (head dims 64
+  // and 128).
   int variant = 0;
 };
 

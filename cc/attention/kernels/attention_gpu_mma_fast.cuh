@@ -8,6 +8,7 @@
 #define KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_GPU_MMA_FAST_CUH_
 
 #include "cc/attention/kernels/attention_gpu_mma.cuh"
+#include "cc/attention/kernels/attention_gpu_mma_wide.cuh"
 
 namespace kbm {
 namespace gpu {
@@ -472,9 +473,20 @@ int LaunchWithSmem(Kernel kernel, dim3 grid, size_t smem,
 }
 
 template <bool kBf16, int P>
-int LaunchMmaKind(int kind, bool fast, const KParams<uint16_t>& p,
+int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
                   const VecFlags& vf, cudaStream_t stream) {
   using Tiles = MmaTiles<P>;
+  const bool fast = variant != 1;
+  if constexpr (P == 64 || P == 128) {
+    if (kind == 0 && variant == 3) {
+      const dim3 grid(
+          static_cast<unsigned>((p.Tq + WideTiles<P>::kBr - 1) /
+                                WideTiles<P>::kBr),
+          static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+      return LaunchWithSmem(MmaForwardWideKernel<kBf16, P>, grid,
+                            WideTiles<P>::Smem(), p, vf, stream);
+    }
+  }
   const dim3 q_grid(static_cast<unsigned>((p.Tq + 63) / 64),
                     static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
   const dim3 k_grid(static_cast<unsigned>((p.Tk + 63) / 64),
@@ -498,22 +510,23 @@ int LaunchMmaKind(int kind, bool fast, const KParams<uint16_t>& p,
 }
 
 // Dispatches on the padded head dim `pad` (32, 64, 96, 128 or 256).
-// variant 1: the plain kernels; otherwise the fast ones.
+// variant (AttentionParams::variant): 1 the plain kernels, 2 the fast ones,
+// 3 the fast ones with the wide forward kernel for head dims 64 and 128;
+// 0 the default.
 template <bool kBf16>
 int LaunchMma(int kind, int pad, int variant, const KParams<uint16_t>& p,
               const VecFlags& vf, cudaStream_t stream) {
-  const bool fast = variant != 1;
   switch (pad) {
     case 32:
-      return LaunchMmaKind<kBf16, 32>(kind, fast, p, vf, stream);
+      return LaunchMmaKind<kBf16, 32>(kind, variant, p, vf, stream);
     case 64:
-      return LaunchMmaKind<kBf16, 64>(kind, fast, p, vf, stream);
+      return LaunchMmaKind<kBf16, 64>(kind, variant, p, vf, stream);
     case 96:
-      return LaunchMmaKind<kBf16, 96>(kind, fast, p, vf, stream);
+      return LaunchMmaKind<kBf16, 96>(kind, variant, p, vf, stream);
     case 128:
-      return LaunchMmaKind<kBf16, 128>(kind, fast, p, vf, stream);
+      return LaunchMmaKind<kBf16, 128>(kind, variant, p, vf, stream);
     case 256:
-      return LaunchMmaKind<kBf16, 256>(kind, fast, p, vf, stream);
+      return LaunchMmaKind<kBf16, 256>(kind, variant, p, vf, stream);
     default:
       return kErrorUnsupported;
   }

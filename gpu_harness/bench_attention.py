@@ -101,6 +101,30 @@ def _torch_fns(q, k, v, d_o, causal):
     return fwd, bwd
 
 
+def kernel_times(fn, reps=3):
+    """{kernel name: mean ms per call} of `fn` from torch.profiler (CUPTI),
+    or {"error": text} where the profiler is unavailable."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        out = {}
+        for evt in prof.key_averages():
+            total = getattr(evt, "device_time_total", None)
+            if total is None:
+                total = getattr(evt, "cuda_time_total", 0.0)
+            if total > 0:
+                out[evt.key[:80]] = total / 1e3 / reps
+        return out
+    except Exception as e:  # noqa: BLE001 (diagnostics only)
+        return {"error": repr(e)[:200]}
+
+
 def run(results, quick=False):
     iters = 5 if quick else 10
     seqs = (1024, 4096) if quick else (1024, 4096, 16384)
@@ -159,32 +183,48 @@ def run(results, quick=False):
                     }
                     if wide_ms is not None:
                         row["kbm_wide_ms"] = wide_ms
+                    if t == 4096 and d == 128:
+                        # Where the time goes, kernel by kernel.
+                        row["kbm_kernels_ms"] = kernel_times(kfn)
+                        row["kbm_plain_kernels_ms"] = kernel_times(pfn)
                     if peak is not None and op == "forward":
                         row["peak_bytes"] = int(peak)
                         row["input_bytes"] = int(4 * q.numel() * 2)
                     results.append(row)
+                    print(describe(row), flush=True)
                 del q, k, v, d_o, kf, kb, pf, pb, wf, tf, tb
                 torch.cuda.empty_cache()
+
+
+def describe(r):
+    """One printable line (or a few) for result row `r`."""
+    line = (
+        f"{r['op']:8s} {r['case']:18s} kbm {r['kbm_ms']:8.3f} ms "
+        f"{r['kbm_tflops']:6.1f} TFLOP/s | sdpa {r['torch_ms']:8.3f} ms "
+        f"{r['torch_tflops']:6.1f} TFLOP/s | "
+        f"{r['torch_ms'] / r['kbm_ms']:.2f}x | plain kernels "
+        f"{r['flops'] / r['kbm_plain_ms'] / 1e9:6.1f} TFLOP/s"
+    )
+    if "kbm_wide_ms" in r:
+        line += (
+            f" | wide forward "
+            f"{r['flops'] / r['kbm_wide_ms'] / 1e9:6.1f} TFLOP/s"
+        )
+    for key in ("kbm_kernels_ms", "kbm_plain_kernels_ms"):
+        if key in r:
+            parts = ", ".join(
+                f"{name.split('(')[0]}: {ms:.3f} ms"
+                if isinstance(ms, float)
+                else f"{name}: {ms}"
+                for name, ms in r[key].items()
+            )
+            line += f"\n    {key}: {parts}"
+    if "peak_bytes" in r:
+        line += f" | peak {r['peak_bytes'] / 2**20:.0f} MiB"
+    return line
 
 
 if __name__ == "__main__":
     import sys
 
-    res = []
-    run(res, quick="--quick" in sys.argv)
-    for r in res:
-        line = (
-            f"{r['op']:8s} {r['case']:18s} kbm {r['kbm_ms']:8.3f} ms "
-            f"{r['kbm_tflops']:6.1f} TFLOP/s | sdpa {r['torch_ms']:8.3f} ms "
-            f"{r['torch_tflops']:6.1f} TFLOP/s | "
-            f"{r['torch_ms'] / r['kbm_ms']:.2f}x | plain kernels "
-            f"{r['flops'] / r['kbm_plain_ms'] / 1e9:6.1f} TFLOP/s"
-        )
-        if "kbm_wide_ms" in r:
-            line += (
-                f" | wide forward "
-                f"{r['flops'] / r['kbm_wide_ms'] / 1e9:6.1f} TFLOP/s"
-            )
-        if "peak_bytes" in r:
-            line += f" | peak {r['peak_bytes'] / 2**20:.0f} MiB"
-        print(line)
+    run([], quick="--quick" in sys.argv)

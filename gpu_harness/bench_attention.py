@@ -8,7 +8,8 @@ when causal), 2.5 times that for the backward. The layout is kbm's
 T = 16k case also records the peak memory of the kbm forward + backward
 beyond its inputs (`peak_bytes`), to show memory linear in T. Besides the
 default kernels (`kbm_ms`), the plain tensor-core kernels (`kbm_plain_ms`)
-and the wide forward kernel (`kbm_wide_ms`) are timed, to pick the default.
+and variant 4 (wide forward, double-buffered backward: `kbm_v4_ms`) are
+timed, to pick the default.
 """
 
 import torch
@@ -142,7 +143,7 @@ def run(results, quick=False):
                 )
                 kf, kb = _kbm_fns(q, k, v, d_o, causal)
                 pf, pb = _kbm_fns(q, k, v, d_o, causal, variant=1)
-                wf, _ = _kbm_fns(q, k, v, d_o, causal, variant=3)
+                wf, wb = _kbm_fns(q, k, v, d_o, causal, variant=4)
                 tf, tb = _torch_fns(q, k, v, d_o, causal)
                 flops = 4.0 * b * heads * t * t * d * (0.5 if causal else 1.0)
                 case = f"D{d}-T{t}-{'causal' if causal else 'full'}"
@@ -158,13 +159,11 @@ def run(results, quick=False):
                     del o2, lse2
                 for op, kfn, pfn, wfn, tfn, f in (
                     ("forward", kf, pf, wf, tf, flops),
-                    ("backward", kb, pb, None, tb, 2.5 * flops),
+                    ("backward", kb, pb, wb, tb, 2.5 * flops),
                 ):
                     kbm_ms = kbm_gpu.time_ms(kfn, warmup=2, iters=iters)
                     plain_ms = kbm_gpu.time_ms(pfn, warmup=1, iters=3)
-                    wide_ms = (
-                        kbm_gpu.time_ms(wfn, warmup=1, iters=3) if wfn else None
-                    )
+                    wide_ms = kbm_gpu.time_ms(wfn, warmup=1, iters=3)
                     torch_ms = kbm_gpu.time_ms(tfn, warmup=2, iters=iters)
                     row = {
                         "family": "attention",
@@ -181,18 +180,18 @@ def run(results, quick=False):
                         "torch_tflops": f / torch_ms / 1e9,
                         "kbm_plain_ms": plain_ms,
                     }
-                    if wide_ms is not None:
-                        row["kbm_wide_ms"] = wide_ms
+                    row["kbm_v4_ms"] = wide_ms
                     if t == 4096 and d == 128:
                         # Where the time goes, kernel by kernel.
                         row["kbm_kernels_ms"] = kernel_times(kfn)
                         row["kbm_plain_kernels_ms"] = kernel_times(pfn)
+                        row["kbm_v4_kernels_ms"] = kernel_times(wfn)
                     if peak is not None and op == "forward":
                         row["peak_bytes"] = int(peak)
                         row["input_bytes"] = int(4 * q.numel() * 2)
                     results.append(row)
                     print(describe(row), flush=True)
-                del q, k, v, d_o, kf, kb, pf, pb, wf, tf, tb
+                del q, k, v, d_o, kf, kb, pf, pb, wf, wb, tf, tb
                 torch.cuda.empty_cache()
 
 
@@ -205,12 +204,9 @@ def describe(r):
         f"{r['torch_ms'] / r['kbm_ms']:.2f}x | plain kernels "
         f"{r['flops'] / r['kbm_plain_ms'] / 1e9:6.1f} TFLOP/s"
     )
-    if "kbm_wide_ms" in r:
-        line += (
-            f" | wide forward "
-            f"{r['flops'] / r['kbm_wide_ms'] / 1e9:6.1f} TFLOP/s"
-        )
-    for key in ("kbm_kernels_ms", "kbm_plain_kernels_ms"):
+    if "kbm_v4_ms" in r:
+        line += f" | variant 4 {r['flops'] / r['kbm_v4_ms'] / 1e9:6.1f} TFLOP/s"
+    for key in ("kbm_kernels_ms", "kbm_plain_kernels_ms", "kbm_v4_kernels_ms"):
         if key in r:
             parts = ", ".join(
                 f"{name.split('(')[0]}: {ms:.3f} ms"

@@ -128,9 +128,10 @@ def _check_lse(lse, ref_lse, dtype, what):
 
 
 # Kernel variants per dtype (AttentionParams::variant): 16-bit types run the
-# default (0), the plain (1), the ldmatrix/cp.async (2) and the wide-forward
-# (3) tensor-core kernels, all against the same reference; float32 has one.
-VARIANTS = {F32: [0], F16: [0, 1, 2, 3], BF16: [0, 1, 2, 3]}
+# default (0), the plain (1), the ldmatrix/cp.async (2), the wide-forward (3)
+# and the double-buffered backward (4) tensor-core kernels, all against the
+# same reference; float32 has one.
+VARIANTS = {F32: [0], F16: [0, 1, 2, 3, 4], BF16: [0, 1, 2, 3, 4]}
 
 
 def _check_lse_msg(lse, ref_lse, dtype):
@@ -181,7 +182,7 @@ def test_attention(case):
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("variant", [1, 2])
+@pytest.mark.parametrize("variant", [1, 2, 4])
 def test_backward_deterministic(variant):
     case = (BF16, 2, 257, 129, 12, 4, 64, 64, True, False, "k", 0.1)
     q, k, v, d_o, kw = _inputs(case, seed=3)
@@ -198,7 +199,7 @@ def test_variants_agree():
     case = (F16, 2, 129, 257, 12, 4, 128, 128, True, False, "k", 0.2)
     q, k, v, d_o, kw = _inputs(case, seed=5)
     outs = []
-    for variant in (1, 2, 3):
+    for variant in (1, 2, 3, 4):
         o, lse = ops.forward(q, k, v, seed=(1, 2), variant=variant, **kw)
         grads = ops.backward(
             d_o, q, k, v, o, lse, seed=(1, 2), variant=variant, **kw

@@ -244,7 +244,7 @@ int ValidateParams(const AttentionParams& a) {
       (a.mask_batch != 1 && a.mask_batch != a.batch) ||
       !(a.dropout_rate >= 0.0f && a.dropout_rate < 1.0f) ||
       a.q_heads > 65535 || a.batch > 65535 || a.variant < 0 ||
-      a.variant > 3) {
+      a.variant > 4) {
     return kErrorInvalidArgument;
   }
   return 0;

@@ -46,7 +46,7 @@ struct AttentionParams {
   // Tensor-core kernel variant, for tests and benchmarks: 0 the default,
   // 1 the plain kernels (a cross-check), 2 ldmatrix + cp.async kernels,
   // 3 as 2 with 32 query rows per warp in the forward pass (head dims 64
-  // and 128).
+  // and 128), 4 as 3 with double-buffered backward kernels (64 and 128).
   int variant = 0;
 };
 

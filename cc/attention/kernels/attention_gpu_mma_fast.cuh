@@ -8,6 +8,7 @@
 #define KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_GPU_MMA_FAST_CUH_
 
 #include "cc/attention/kernels/attention_gpu_mma.cuh"
+#include "cc/attention/kernels/attention_gpu_mma_pipe.cuh"
 #include "cc/attention/kernels/attention_gpu_mma_wide.cuh"
 
 namespace kbm {
@@ -477,8 +478,20 @@ int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
                   const VecFlags& vf, cudaStream_t stream) {
   using Tiles = MmaTiles<P>;
   const bool fast = variant != 1;
+  const dim3 q_grid(static_cast<unsigned>((p.Tq + 63) / 64),
+                    static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+  const dim3 k_grid(static_cast<unsigned>((p.Tk + 63) / 64),
+                    static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B));
   if constexpr (P == 64 || P == 128) {
-    if (kind == 0 && variant == 3) {
+    if (variant == 4 && kind == 1) {
+      return LaunchWithSmem(MmaDqPipeKernel<kBf16, P>, q_grid,
+                            PipeTiles<P>::DqSmem(), p, vf, stream);
+    }
+    if (variant == 4 && kind == 2) {
+      return LaunchWithSmem(MmaDkDvPipeKernel<kBf16, P>, k_grid,
+                            PipeTiles<P>::DkvSmem(), p, vf, stream);
+    }
+    if (kind == 0 && (variant == 3 || variant == 4)) {
       const dim3 grid(
           static_cast<unsigned>((p.Tq + WideTiles<P>::kBr - 1) /
                                 WideTiles<P>::kBr),
@@ -487,10 +500,6 @@ int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
                             WideTiles<P>::Smem(), p, vf, stream);
     }
   }
-  const dim3 q_grid(static_cast<unsigned>((p.Tq + 63) / 64),
-                    static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
-  const dim3 k_grid(static_cast<unsigned>((p.Tk + 63) / 64),
-                    static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B));
   if (kind == 0) {
     return fast ? LaunchWithSmem(MmaForwardFastKernel<kBf16, P>, q_grid,
                                  Tiles::FwdSmem(), p, vf, stream)
@@ -511,7 +520,8 @@ int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
 
 // Dispatches on the padded head dim `pad` (32, 64, 96, 128 or 256).
 // variant (AttentionParams::variant): 1 the plain kernels, 2 the fast ones,
-// 3 the fast ones with the wide forward kernel for head dims 64 and 128;
+// 3 the fast ones with the wide forward kernel for head dims 64 and 128,
+// 4 as 3 with the double-buffered backward kernels (head dims 64, 128);
 // 0 the default.
 template <bool kBf16>
 int LaunchMma(int kind, int pad, int variant, const KParams<uint16_t>& p,

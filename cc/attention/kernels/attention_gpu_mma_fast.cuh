@@ -473,10 +473,14 @@ int LaunchWithSmem(Kernel kernel, dim3 grid, size_t smem,
   return 0;
 }
 
+// The variant that variant 0 (the default) runs, per kernel kind.
+constexpr int kDefaultVariant[3] = {2, 2, 2};  // forward, dQ, dK/dV
+
 template <bool kBf16, int P>
 int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
                   const VecFlags& vf, cudaStream_t stream) {
   using Tiles = MmaTiles<P>;
+  if (variant == 0) variant = kDefaultVariant[kind];
   const bool fast = variant != 1;
   const dim3 q_grid(static_cast<unsigned>((p.Tq + 63) / 64),
                     static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));

@@ -21,8 +21,12 @@ FAMILIES = (
     "optimizers",
 )
 
-# Relative tolerance of the float32 comparisons (max |error| / max(1, |ref|)).
+# Relative tolerance of the comparisons (max |error| / max(1, |ref|)):
+# float32 kernels against the float32 reference, and 16-bit kernels (the
+# tensor-core attention, the vectorised normalisation) against the reference
+# on the same 16-bit inputs. A wrong layout or index gives errors of order 1.
 TOLERANCE = 1e-4
+TOLERANCE_16BIT = 5e-2
 
 
 def family_of(op_name):
@@ -41,8 +45,9 @@ def family_of(op_name):
     return None
 
 
-def _random(rng, *shape):
-    return tf.constant(rng.standard_normal(shape).astype(np.float32))
+def _random(rng, *shape, dtype=tf.float32):
+    x = tf.constant(rng.standard_normal(shape).astype(np.float32))
+    return tf.cast(x, dtype)
 
 
 def _values_and_grads(fn, inputs, rng):
@@ -59,17 +64,17 @@ def _values_and_grads(fn, inputs, rng):
     return [y, *tape.gradient(loss, inputs)]
 
 
-def _compare(name, got, want):
+def _compare(name, got, want, tolerance=TOLERANCE):
     """A mismatch description, or None when `got` matches `want`."""
-    got = np.asarray(got, np.float64)
-    want = np.asarray(want, np.float64)
+    got = np.asarray(tf.cast(got, tf.float64))
+    want = np.asarray(tf.cast(want, tf.float64))
     if got.shape != want.shape:
         return f"{name}: shape {got.shape}, expected {want.shape}"
     if not np.all(np.isfinite(got)):
         return f"{name}: non-finite values"
     err = float(np.max(np.abs(got - want), initial=0.0))
     scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
-    if err > TOLERANCE * scale:
+    if err > tolerance * scale:
         return f"{name}: max |error| {err:.3g} vs the reference"
     return None
 
@@ -77,13 +82,16 @@ def _compare(name, got, want):
 def _check_differentiable(cases):
     """cases: (name, fn(use_fused_kernel) -> f(*inputs), inputs)."""
     for name, make, inputs in cases:
+        tolerance = (
+            TOLERANCE if inputs[0].dtype == tf.float32 else (TOLERANCE_16BIT)
+        )
         got = _values_and_grads(make(True), inputs, np.random.default_rng(1))
         want = _values_and_grads(make(False), inputs, np.random.default_rng(1))
         labels = ["output"] + [f"gradient {i}" for i in range(len(inputs))]
         for label, g, w in zip(labels, got, want):
             if g is None and w is None:
                 continue
-            problem = _compare(f"{name} {label}", g, w)
+            problem = _compare(f"{name} {label}", g, w, tolerance)
             if problem:
                 return problem
     return None
@@ -93,8 +101,23 @@ def _normalization(rng):
     from keras_bigmodels.ops import normalization as norm
 
     x, g, b = _random(rng, 3, 37), _random(rng, 37), _random(rng, 37)
+    # bfloat16 rows of 64: the 16-byte vector path (parameters stay float32).
+    x16, g64, b64 = (
+        _random(rng, 5, 64, dtype=tf.bfloat16),
+        _random(rng, 64),
+        _random(rng, 64),
+    )
     return _check_differentiable(
         [
+            (
+                "layer_norm(bfloat16)",
+                lambda fused: (
+                    lambda x, g, b: norm.layer_norm(
+                        x, g, b, use_fused_kernel=fused
+                    )
+                ),
+                [x16, g64, b64],
+            ),
             (
                 "layer_norm",
                 lambda fused: (
@@ -157,12 +180,20 @@ def _distillation(rng):
 def _attention(rng):
     from keras_bigmodels.ops import attention as att
 
-    q = _random(rng, 1, 5, 4, 32)
-    k, v = _random(rng, 1, 7, 2, 32), _random(rng, 1, 7, 2, 32)
-    return _check_differentiable(
-        [
+    cases = []
+    # float32 (the SIMT kernel) and the tensor-core kernels of float16 and
+    # bfloat16, over more than one key tile, GQA, both causal settings.
+    for dtype, tq, tk, d in (
+        (tf.float32, 5, 7, 32),
+        (tf.float16, 70, 90, 64),
+        (tf.bfloat16, 70, 90, 64),
+    ):
+        q = _random(rng, 1, tq, 4, d, dtype=dtype)
+        k = _random(rng, 1, tk, 2, d, dtype=dtype)
+        v = _random(rng, 1, tk, 2, d, dtype=dtype)
+        cases += [
             (
-                f"flash_attention(causal={causal})",
+                f"flash_attention({dtype.name}, causal={causal})",
                 lambda fused, c=causal: (
                     lambda q, k, v: att.flash_attention(
                         q, k, v, causal=c, use_fused_kernel=fused
@@ -172,7 +203,7 @@ def _attention(rng):
             )
             for causal in (False, True)
         ]
-    )
+    return _check_differentiable(cases)
 
 
 def _optimizers(rng):

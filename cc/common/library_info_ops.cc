@@ -21,8 +21,8 @@ class LibraryInfoOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<tstring>()() = absl::StrCat(
-        "active_isa=", IsaName(ActiveIsa()), ";compiled_isas=", CompiledIsas());
+    out->scalar<tstring>()() = absl::StrCat("active_isa=", IsaName(ActiveIsa()),
+                                            ";compiled_isas=", CompiledIsas());
   }
 };
 

@@ -71,10 +71,9 @@ KBM_HOST_DEVICE uint32_t DropoutThreshold(float rate) {
 // The four draws of the group of flat indices [4 * group, 4 * group + 3].
 KBM_HOST_DEVICE Uint4 DropoutGroup(uint64_t seed0, uint64_t seed1,
                                    uint64_t group) {
-  const Uint4 ctr{static_cast<uint32_t>(group),
-                  static_cast<uint32_t>(group >> 32),
-                  static_cast<uint32_t>(seed1),
-                  static_cast<uint32_t>(seed1 >> 32)};
+  const Uint4 ctr{
+      static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32),
+      static_cast<uint32_t>(seed1), static_cast<uint32_t>(seed1 >> 32)};
   return Philox4x32_10(ctr, static_cast<uint32_t>(seed0),
                        static_cast<uint32_t>(seed0 >> 32));
 }

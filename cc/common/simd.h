@@ -120,8 +120,8 @@ static inline VecF Exp(VecF x) {
   x = Min(Max(x, Splat(-87.0f)), Splat(88.0f));
   const VecF shifter = Splat(12582912.0f);  // 1.5 * 2^23: round to nearest.
   const VecF n = (x * Splat(1.44269504088896341f) + shifter) - shifter;
-  VecF r = x - n * Splat(0.693145751953125f);   // ln2, high bits (exact n*hi).
-  r = r - n * Splat(1.428606765330187e-06f);    // ln2, low bits.
+  VecF r = x - n * Splat(0.693145751953125f);  // ln2, high bits (exact n*hi).
+  r = r - n * Splat(1.428606765330187e-06f);   // ln2, low bits.
   VecF p = Splat(0.008312525375007119f);
   p = p * r + Splat(0.041890113925588175f);
   p = p * r + Splat(0.16667114462219923f);

@@ -9,8 +9,8 @@
 
 #include <string>
 
-#include "cc/common/gpu/gpu_types.h"
 #include "absl/strings/str_cat.h"
+#include "cc/common/gpu/gpu_types.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "xla/stream_executor/stream.h"

@@ -84,10 +84,10 @@ struct AttentionBackwardIO {
   const F* k;
   const F* v;
   const bool* key_mask;
-  const bool* mask;  // [Bm, Tq, Tk]; nullptr: no mask.
+  const bool* mask;           // [Bm, Tq, Tk]; nullptr: no mask.
   const uint8_t* mask_tiles;  // As in AttentionForwardIO.
-  const F* d_o;    // [B, Tq, Hq, Dv]
-  const F* lse;    // [B, Hq, Tq]
+  const F* d_o;               // [B, Tq, Hq, Dv]
+  const F* lse;               // [B, Hq, Tq]
   const F* delta;  // [B, Hq, Tq]: rowsum(dO * O), see AttentionDelta.
   F* dq_partial;   // [kv_chunks, B, Hq, Tq, D], zeroed by the caller.
   F* dk;           // [B, Tk, Hkv, D]
@@ -99,11 +99,11 @@ struct AttentionBackwardIO {
 // zero, with key_bias -inf.
 template <typename F>
 struct PackedKV {
-  F* kt = nullptr;        // [D x kKT] per tile (K transposed).
-  F* k = nullptr;         // [kKT x Dp] per tile (backward).
-  F* v = nullptr;         // [kKT x Dvp] per tile (forward).
-  F* vt = nullptr;        // [Dv x kKT] per tile (backward).
-  F* key_bias = nullptr;  // [B, n_kt, kKT]: 0 (attend) or -inf.
+  F* kt = nullptr;                    // [D x kKT] per tile (K transposed).
+  F* k = nullptr;                     // [kKT x Dp] per tile (backward).
+  F* v = nullptr;                     // [kKT x Dvp] per tile (forward).
+  F* vt = nullptr;                    // [Dv x kKT] per tile (backward).
+  F* key_bias = nullptr;              // [B, n_kt, kKT]: 0 (attend) or -inf.
   uint8_t* has_masked_key = nullptr;  // [B, n_kt]
 };
 

@@ -5,9 +5,8 @@ namespace kbm {
 namespace gpu {
 namespace attn {
 
-int LaunchMmaBf16(int kind, int pad, int variant,
-                 const KParams<uint16_t>& p,
-                 const VecFlags& vf, cudaStream_t stream) {
+int LaunchMmaBf16(int kind, int pad, int variant, const KParams<uint16_t>& p,
+                  const VecFlags& vf, cudaStream_t stream) {
   return LaunchMma<true>(kind, pad, variant, p, vf, stream);
 }
 

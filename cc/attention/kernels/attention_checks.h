@@ -19,16 +19,19 @@ namespace kbm {
 
 // Validates q, k, v, key_mask, the dense mask, seed and the attributes; fills
 // the launcher parameters `p`.
-inline absl::Status ReadAttentionParams(
-    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask,
-    const Tensor& mask, const Tensor& seed, float scale, bool causal,
-    bool top_left, float rate, ::kbm::gpu::AttentionParams* p) {
+inline absl::Status ReadAttentionParams(const Tensor& q, const Tensor& k,
+                                        const Tensor& v, const Tensor& key_mask,
+                                        const Tensor& mask, const Tensor& seed,
+                                        float scale, bool causal, bool top_left,
+                                        float rate,
+                                        ::kbm::gpu::AttentionParams* p) {
   for (const auto& [name, t] :
        {std::pair<const char*, const Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
     if (t->dims() != 4) {
       return absl::InvalidArgumentError(absl::StrCat(
-          name, " must have rank 4 ([batch, length, heads, head_dim]), got "
-                "shape ",
+          name,
+          " must have rank 4 ([batch, length, heads, head_dim]), got "
+          "shape ",
           ShapeString(*t)));
     }
   }
@@ -48,20 +51,20 @@ inline absl::Status ReadAttentionParams(
         ", k ", ShapeString(k), ", v ", ShapeString(v)));
   }
   if (k.dim_size(3) != p->head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "k must have the head_dim of q (", p->head_dim, "), got k ",
-        ShapeString(k), " and q ", ShapeString(q)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k must have the head_dim of q (", p->head_dim,
+                     "), got k ", ShapeString(k), " and q ", ShapeString(q)));
   }
   if (v.dim_size(1) != p->kv_len || v.dim_size(2) != p->kv_heads) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "v must have the length and heads of k, got v ", ShapeString(v),
-        " and k ", ShapeString(k)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("v must have the length and heads of k, got v ",
+                     ShapeString(v), " and k ", ShapeString(k)));
   }
   if (p->kv_heads == 0 || p->q_heads % p->kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the number of query heads (", p->q_heads,
-        ") must be a multiple of the number of key/value heads (",
-        p->kv_heads, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the number of query heads (", p->q_heads,
+                     ") must be a multiple of the number of key/value heads (",
+                     p->kv_heads, ")"));
   }
   if (key_mask.NumElements() != 0 &&
       (key_mask.dims() != 2 || key_mask.dim_size(0) != p->batch ||
@@ -93,9 +96,9 @@ inline absl::Status ReadAttentionParams(
   p->dropout_rate = rate;
   if (rate > 0.f) {
     if (seed.dims() != 1 || seed.NumElements() != 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "seed must have shape [2] when dropout_rate > 0, got ",
-          ShapeString(seed)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("seed must have shape [2] when dropout_rate > 0, got ",
+                       ShapeString(seed)));
     }
     p->seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
     p->seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));

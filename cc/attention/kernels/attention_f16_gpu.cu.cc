@@ -5,8 +5,7 @@ namespace kbm {
 namespace gpu {
 namespace attn {
 
-int LaunchMmaF16(int kind, int pad, int variant,
-                 const KParams<uint16_t>& p,
+int LaunchMmaF16(int kind, int pad, int variant, const KParams<uint16_t>& p,
                  const VecFlags& vf, cudaStream_t stream) {
   return LaunchMma<false>(kind, pad, variant, p, vf, stream);
 }

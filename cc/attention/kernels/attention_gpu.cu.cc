@@ -228,8 +228,7 @@ __global__ void __launch_bounds__(256)
 __global__ void DropoutMaskKernel(uint64_t seed0, uint64_t seed1, int64_t n,
                                   uint32_t threshold, bool* keep) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t f = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                   threadIdx.x;
+  for (int64_t f = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        f < n; f += stride) {
     keep[f] = kbm_philox::AttentionDropoutKeep(
         seed0, seed1, static_cast<uint64_t>(f), threshold);
@@ -242,9 +241,8 @@ int ValidateParams(const AttentionParams& a) {
       a.q_heads % a.kv_heads != 0 || a.head_dim > kMaxAttentionHeadDim ||
       a.value_dim > kMaxAttentionHeadDim ||
       (a.mask_batch != 1 && a.mask_batch != a.batch) ||
-      !(a.dropout_rate >= 0.0f && a.dropout_rate < 1.0f) ||
-      a.q_heads > 65535 || a.batch > 65535 || a.variant < 0 ||
-      a.variant > 4) {
+      !(a.dropout_rate >= 0.0f && a.dropout_rate < 1.0f) || a.q_heads > 65535 ||
+      a.batch > 65535 || a.variant < 0 || a.variant > 4) {
     return kErrorInvalidArgument;
   }
   return 0;
@@ -317,11 +315,11 @@ int LaunchSimt(int kind, const KParams<float>& p, cudaStream_t stream) {
 
 // Launches kernel `kind` for element type T.
 template <typename T, typename E>
-int LaunchKind(int kind, int variant, const KParams<E>& p,
-               const VecFlags& vf, cudaStream_t stream) {
+int LaunchKind(int kind, int variant, const KParams<E>& p, const VecFlags& vf,
+               cudaStream_t stream) {
   // Grids with a zero dimension launch nothing.
-  if (p.B == 0 || (kind == 2 ? p.Tk == 0 || p.Hkv == 0
-                             : p.Tq == 0 || p.Hq == 0)) {
+  if (p.B == 0 ||
+      (kind == 2 ? p.Tk == 0 || p.Hkv == 0 : p.Tq == 0 || p.Hq == 0)) {
     return 0;
   }
   if constexpr (std::is_same_v<T, float>) {
@@ -368,8 +366,8 @@ int LaunchFlashAttention(const FlashAttentionArgs<T>& args, void* stream) {
   p.mask = args.mask;
   p.out = Raw(args.o);
   p.lse_out = args.lse;
-  const VecFlags vf{Vec16(args.q, p.D), Vec16(args.k, p.D),
-                    Vec16(args.v, p.Dv), false};
+  const VecFlags vf{Vec16(args.q, p.D), Vec16(args.k, p.D), Vec16(args.v, p.Dv),
+                    false};
   return LaunchKind<T>(0, args.p.variant, p, vf,
                        static_cast<cudaStream_t>(stream));
 }
@@ -386,9 +384,9 @@ int LaunchFlashAttentionGrad(const FlashAttentionGradArgs<T>& args,
   if (int err = ValidateParams(args.p)) return err;
   const AttentionParams& a = args.p;
   const int64_t rows = a.batch * a.q_heads * a.q_len;
-  if (rows > 0 && (args.d_o == nullptr || args.q == nullptr ||
-                   args.o == nullptr || args.lse == nullptr ||
-                   args.dq == nullptr || workspace == nullptr)) {
+  if (rows > 0 &&
+      (args.d_o == nullptr || args.q == nullptr || args.o == nullptr ||
+       args.lse == nullptr || args.dq == nullptr || workspace == nullptr)) {
     return kErrorInvalidArgument;
   }
   if (a.batch * a.kv_heads * a.kv_len > 0 &&
@@ -418,8 +416,8 @@ int LaunchFlashAttentionGrad(const FlashAttentionGradArgs<T>& args,
   p.dq = Raw(args.dq);
   p.dk = Raw(args.dk);
   p.dv = Raw(args.dv);
-  const VecFlags vf{Vec16(args.q, p.D), Vec16(args.k, p.D),
-                    Vec16(args.v, p.Dv), Vec16(args.d_o, p.Dv)};
+  const VecFlags vf{Vec16(args.q, p.D), Vec16(args.k, p.D), Vec16(args.v, p.Dv),
+                    Vec16(args.d_o, p.Dv)};
   if (int err = LaunchKind<T>(2, a.variant, p, vf, s)) return err;
   return LaunchKind<T>(1, a.variant, p, vf, s);
 }
@@ -441,11 +439,10 @@ int LaunchAttentionDropoutMask(uint64_t seed0, uint64_t seed1, int64_t batch,
   return 0;
 }
 
-#define KBM_INSTANTIATE_ATTENTION(T)                                    \
-  template int LaunchFlashAttention<T>(const FlashAttentionArgs<T>&,    \
-                                       void*);                          \
-  template int LaunchFlashAttentionGrad<T>(                             \
-      const FlashAttentionGradArgs<T>&, void*, void*);
+#define KBM_INSTANTIATE_ATTENTION(T)                                         \
+  template int LaunchFlashAttention<T>(const FlashAttentionArgs<T>&, void*); \
+  template int LaunchFlashAttentionGrad<T>(const FlashAttentionGradArgs<T>&, \
+                                           void*, void*);
 KBM_INSTANTIATE_ATTENTION(float)
 KBM_INSTANTIATE_ATTENTION(Half)
 KBM_INSTANTIATE_ATTENTION(BFloat16)

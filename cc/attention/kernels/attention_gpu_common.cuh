@@ -82,10 +82,9 @@ template <typename E>
 __device__ __forceinline__ float KeepScale(const KParams<E>& p, int64_t b,
                                            int64_t h, int64_t i, int64_t j) {
   if (!(p.rate > 0.0f)) return 1.0f;
-  const uint64_t flat = static_cast<uint64_t>(
-      ((b * p.Hq + h) * p.Tq + i) * p.Tk + j);
-  return kbm_philox::AttentionDropoutKeep(p.seed0, p.seed1, flat,
-                                          p.threshold)
+  const uint64_t flat =
+      static_cast<uint64_t>(((b * p.Hq + h) * p.Tq + i) * p.Tk + j);
+  return kbm_philox::AttentionDropoutKeep(p.seed0, p.seed1, flat, p.threshold)
              ? p.keep_scale
              : 0.0f;
 }
@@ -105,8 +104,8 @@ __device__ __forceinline__ void LoadTile(uint16_t* s, const uint16_t* g,
       const int r = idx / kChunks, c = (idx % kChunks) * 8;
       uint4 val = make_uint4(0u, 0u, 0u, 0u);
       if (r0 + r < n_rows && c < n_cols) {
-        val = __ldg(reinterpret_cast<const uint4*>(g + (r0 + r) * row_stride +
-                                                   c));
+        val = __ldg(
+            reinterpret_cast<const uint4*>(g + (r0 + r) * row_stride + c));
       }
       *reinterpret_cast<uint4*>(s + r * LD + c) = val;
     }
@@ -175,11 +174,10 @@ __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
 // Four 8x8 16-bit matrices from shared memory; lane l gives the row address
 // of matrix l / 8, row l % 8 (16-byte aligned).
 __device__ __forceinline__ void LdMatrixX4(uint32_t r[4], const uint16_t* p) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(SmemAddr(p))
-      : "memory");
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(p))
+               : "memory");
 }
 __device__ __forceinline__ void LdMatrixX4Trans(uint32_t r[4],
                                                 const uint16_t* p) {
@@ -193,10 +191,10 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t r[4],
 // 16 bytes global -> shared without staging in registers; zero-fill when
 // !pred (`g` must still be a valid address).
 __device__ __forceinline__ void CpAsync16(void* s, const void* g, bool pred) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
-                   SmemAddr(s)),
-               "l"(g), "r"(pred ? 16 : 0)
-               : "memory");
+  asm volatile(
+      "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(s)),
+      "l"(g), "r"(pred ? 16 : 0)
+      : "memory");
 }
 __device__ __forceinline__ void CpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -227,8 +225,8 @@ __device__ __forceinline__ void LoadTileAsync(uint16_t* s, const uint16_t* g,
 // mma fragments from a shared-memory tile with rows of LD elements.
 // A (16 x 16) at (r0, c0): a[0..3] as in attention_gpu_mma.cuh.
 template <int LD>
-__device__ __forceinline__ void FragA(uint32_t a[4], const uint16_t* s,
-                                      int r0, int c0) {
+__device__ __forceinline__ void FragA(uint32_t a[4], const uint16_t* s, int r0,
+                                      int c0) {
   const int lane = threadIdx.x & 31;
   LdMatrixX4(a, s + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + c0 +
                     (lane >> 4) * 8);
@@ -248,8 +246,8 @@ template <int LD>
 __device__ __forceinline__ void FragBKN(uint32_t b[4], const uint16_t* s,
                                         int k0, int n0) {
   const int lane = threadIdx.x & 31;
-  LdMatrixX4Trans(b, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
-                         n0 + (lane >> 4) * 8);
+  LdMatrixX4Trans(b, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 +
+                         (lane >> 4) * 8);
 }
 
 // Max / sum over the 4 lanes that share a row of an mma C fragment.

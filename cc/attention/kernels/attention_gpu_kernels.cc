@@ -54,19 +54,19 @@ class FlashAttentionGpuOp : public OpKernel {
     const Tensor& mask = ctx->input(4);
     const Tensor& seed = ctx->input(5);
     ::kbm::gpu::AttentionParams p;
-    OP_REQUIRES_OK(ctx,
-                   ReadAttentionParams(q, k, v, key_mask, mask, seed, scale_,
-                                       causal_, top_left_, rate_, &p));
+    OP_REQUIRES_OK(
+        ctx, ReadAttentionParams(q, k, v, key_mask, mask, seed, scale_, causal_,
+                                 top_left_, rate_, &p));
     OP_REQUIRES_OK(ctx, CheckHeadDims(p));
     Tensor* o = nullptr;
     Tensor* lse = nullptr;
     OP_REQUIRES_OK(
-        ctx, ctx->allocate_output(
-                 0, TensorShape({p.batch, p.q_len, p.q_heads, p.value_dim}),
-                 &o));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            1, TensorShape({p.batch, p.q_heads, p.q_len}),
-                            &lse));
+        ctx,
+        ctx->allocate_output(
+            0, TensorShape({p.batch, p.q_len, p.q_heads, p.value_dim}), &o));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(1, TensorShape({p.batch, p.q_heads, p.q_len}),
+                                  &lse));
     if (o->NumElements() == 0 && lse->NumElements() == 0) return;
     ::kbm::gpu::FlashAttentionArgs<GpuTagT<T>> args;
     args.p = p;
@@ -92,8 +92,7 @@ class FlashAttentionGpuOp : public OpKernel {
 template <typename T>
 class FlashAttentionGradGpuOp : public OpKernel {
  public:
-  explicit FlashAttentionGradGpuOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx) {
+  explicit FlashAttentionGradGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &scale_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("causal", &causal_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("causal_top_left", &top_left_));
@@ -111,9 +110,9 @@ class FlashAttentionGradGpuOp : public OpKernel {
     const Tensor& o = ctx->input(7);
     const Tensor& lse = ctx->input(8);
     ::kbm::gpu::AttentionParams p;
-    OP_REQUIRES_OK(ctx,
-                   ReadAttentionParams(q, k, v, key_mask, mask, seed, scale_,
-                                       causal_, top_left_, rate_, &p));
+    OP_REQUIRES_OK(
+        ctx, ReadAttentionParams(q, k, v, key_mask, mask, seed, scale_, causal_,
+                                 top_left_, rate_, &p));
     OP_REQUIRES_OK(ctx, CheckHeadDims(p));
     const TensorShape o_shape({p.batch, p.q_len, p.q_heads, p.value_dim});
     const TensorShape lse_shape({p.batch, p.q_heads, p.q_len});
@@ -124,8 +123,8 @@ class FlashAttentionGradGpuOp : public OpKernel {
           {"lse", &lse, &lse_shape}}) {
       OP_REQUIRES(ctx, t->shape() == *want,
                   absl::InvalidArgumentError(absl::StrCat(
-                      name, " must have shape ", want->DebugString(),
-                      ", got ", ShapeString(*t))));
+                      name, " must have shape ", want->DebugString(), ", got ",
+                      ShapeString(*t))));
     }
     Tensor* dq = nullptr;
     Tensor* dk = nullptr;
@@ -140,9 +139,9 @@ class FlashAttentionGradGpuOp : public OpKernel {
     Tensor workspace;
     void* ws = nullptr;
     OP_REQUIRES_OK(
-        ctx, AllocateWorkspace(
-                 ctx, ::kbm::gpu::FlashAttentionGradWorkspaceBytes(p),
-                 &workspace, &ws));
+        ctx,
+        AllocateWorkspace(ctx, ::kbm::gpu::FlashAttentionGradWorkspaceBytes(p),
+                          &workspace, &ws));
     ::kbm::gpu::FlashAttentionGradArgs<GpuTagT<T>> args;
     args.p = p;
     args.d_o = GpuPtr<T>(d_o);
@@ -213,18 +212,18 @@ class AttentionDropoutMaskGpuOp : public OpKernel {
   float rate_;
 };
 
-#define KBM_REGISTER_ATTENTION_GPU(T)                          \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttention")           \
-                              .Device(DEVICE_GPU)              \
-                              .TypeConstraint<T>("T")          \
-                              .TypeConstraint<float>("U")      \
-                              .HostMemory("seed"),             \
-                          FlashAttentionGpuOp<T>);             \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttentionGrad")       \
-                              .Device(DEVICE_GPU)              \
-                              .TypeConstraint<T>("T")          \
-                              .TypeConstraint<float>("U")      \
-                              .HostMemory("seed"),             \
+#define KBM_REGISTER_ATTENTION_GPU(T)                     \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttention")      \
+                              .Device(DEVICE_GPU)         \
+                              .TypeConstraint<T>("T")     \
+                              .TypeConstraint<float>("U") \
+                              .HostMemory("seed"),        \
+                          FlashAttentionGpuOp<T>);        \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttentionGrad")  \
+                              .Device(DEVICE_GPU)         \
+                              .TypeConstraint<T>("T")     \
+                              .TypeConstraint<float>("U") \
+                              .HostMemory("seed"),        \
                           FlashAttentionGradGpuOp<T>);
 
 KBM_REGISTER_ATTENTION_GPU(float)

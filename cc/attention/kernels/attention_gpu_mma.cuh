@@ -28,10 +28,10 @@ namespace attn {
 // Tile shapes per padded head dim P.
 template <int P>
 struct MmaTiles {
-  static constexpr int kFwdBc = P <= 128 ? 64 : 32;   // keys per forward tile
-  static constexpr int kDqBc = P <= 128 ? 64 : 32;    // keys per dQ tile
-  static constexpr int kDkvBr = P <= 128 ? 32 : 16;   // queries per dK/dV tile
-  static constexpr int kLd = P + 8;                   // smem row (elements)
+  static constexpr int kFwdBc = P <= 128 ? 64 : 32;  // keys per forward tile
+  static constexpr int kDqBc = P <= 128 ? 64 : 32;   // keys per dQ tile
+  static constexpr int kDkvBr = P <= 128 ? 32 : 16;  // queries per dK/dV tile
+  static constexpr int kLd = P + 8;                  // smem row (elements)
   static constexpr size_t FwdSmem() {
     return static_cast<size_t>(64 + 2 * kFwdBc) * kLd * 2;
   }
@@ -110,7 +110,8 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = s[nt][e] * p.scale_log2;
-        if (edge && !Visible(p, b, rows[e >> 1], k0 + nt * 8 + 2 * t + (e & 1))) {
+        if (edge &&
+            !Visible(p, b, rows[e >> 1], k0 + nt * 8 + 2 * t + (e & 1))) {
           x = -INFINITY;
         }
         s[nt][e] = x;

@@ -95,8 +95,7 @@ __global__ void __launch_bounds__(128)
     CpAsyncWaitAll();
     __syncthreads();
     if (kt + 1 < n_kt) {
-      LoadTileAsync<BC, P, LD>(sK, kg, p.Hkv * p.D, k0 + BC, p.Tk, p.D,
-                               vf.k);
+      LoadTileAsync<BC, P, LD>(sK, kg, p.Hkv * p.D, k0 + BC, p.Tk, p.D, vf.k);
     }
     CpAsyncCommit();
 
@@ -108,7 +107,8 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = s[nt][e] * p.scale_log2;
-        if (edge && !Visible(p, b, rows[e >> 1], k0 + nt * 8 + 2 * t + (e & 1))) {
+        if (edge &&
+            !Visible(p, b, rows[e >> 1], k0 + nt * 8 + 2 * t + (e & 1))) {
           x = -INFINITY;
         }
         s[nt][e] = x;
@@ -363,8 +363,7 @@ __global__ void __launch_bounds__(128)
       const int64_t q0 = qt * BR;
       __syncthreads();
       LoadTileAsync<BR, P, LD>(sQ, qg, p.Hq * p.D, q0, p.Tq, p.D, vf.q);
-      LoadTileAsync<BR, P, LD>(sdO, dog, p.Hq * p.Dv, q0, p.Tq, p.Dv,
-                               vf.d_o);
+      LoadTileAsync<BR, P, LD>(sdO, dog, p.Hq * p.Dv, q0, p.Tq, p.Dv, vf.d_o);
       CpAsyncCommit();
       for (int i = threadIdx.x; i < BR; i += blockDim.x) {
         const bool in = q0 + i < p.Tq;
@@ -464,9 +463,9 @@ template <typename Kernel>
 int LaunchWithSmem(Kernel kernel, dim3 grid, size_t smem,
                    const KParams<uint16_t>& p, const VecFlags& vf,
                    cudaStream_t stream) {
-  const cudaError_t err = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(smem));
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   kernel<<<grid, dim3(128), smem, stream>>>(p, vf);
   KBM_RETURN_IF_LAUNCH_ERROR();
@@ -496,10 +495,9 @@ int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
                             PipeTiles<P>::DkvSmem(), p, vf, stream);
     }
     if (kind == 0 && (variant == 3 || variant == 4)) {
-      const dim3 grid(
-          static_cast<unsigned>((p.Tq + WideTiles<P>::kBr - 1) /
-                                WideTiles<P>::kBr),
-          static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+      const dim3 grid(static_cast<unsigned>((p.Tq + WideTiles<P>::kBr - 1) /
+                                            WideTiles<P>::kBr),
+                      static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
       return LaunchWithSmem(MmaForwardWideKernel<kBf16, P>, grid,
                             WideTiles<P>::Smem(), p, vf, stream);
     }
@@ -513,8 +511,8 @@ int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
   if (kind == 1) {
     return fast ? LaunchWithSmem(MmaDqFastKernel<kBf16, P>, q_grid,
                                  Tiles::DqSmem(), p, vf, stream)
-                : LaunchWithSmem(MmaDqKernel<kBf16, P>, q_grid,
-                                 Tiles::DqSmem(), p, vf, stream);
+                : LaunchWithSmem(MmaDqKernel<kBf16, P>, q_grid, Tiles::DqSmem(),
+                                 p, vf, stream);
   }
   return fast ? LaunchWithSmem(MmaDkDvFastKernel<kBf16, P>, k_grid,
                                Tiles::DkvSmem(), p, vf, stream)

@@ -20,8 +20,9 @@ struct PipeTiles {
     return static_cast<size_t>(2 * 64 + 4 * kDqBc) * kLd * 2;
   }
   static constexpr size_t DkvSmem() {
-    return static_cast<size_t>(2 * 64 * kLd + 2 * (2 * kDkvBr * kLd +
-                                                   4 * kDkvBr)) * 2;
+    return static_cast<size_t>(2 * 64 * kLd +
+                               2 * (2 * kDkvBr * kLd + 4 * kDkvBr)) *
+           2;
   }
 };
 
@@ -202,8 +203,8 @@ __global__ void __launch_bounds__(128)
     uint16_t* sdo_ = sq_ + BR * LD;
     float* sl_ = reinterpret_cast<float*>(sdo_ + BR * LD);
     float* sdel_ = sl_ + BR;
-    LoadTileAsync<BR, P, LD>(sq_, p.q + (b * p.Tq * p.Hq + h) * p.D,
-                             p.Hq * p.D, q0, p.Tq, p.D, vf.q);
+    LoadTileAsync<BR, P, LD>(sq_, p.q + (b * p.Tq * p.Hq + h) * p.D, p.Hq * p.D,
+                             q0, p.Tq, p.D, vf.q);
     LoadTileAsync<BR, P, LD>(sdo_, p.d_o + (b * p.Tq * p.Hq + h) * p.Dv,
                              p.Hq * p.Dv, q0, p.Tq, p.Dv, vf.d_o);
     const float* lse_h = p.lse_in + (b * p.Hq + h) * p.Tq;

@@ -98,8 +98,8 @@ __global__ void __launch_bounds__(128)
         for (int mt = 0; mt < MT; ++mt) {
           Mma<kBf16>(s[mt][2 * np], a[mt][0], a[mt][1], a[mt][2], a[mt][3],
                      bb[0], bb[1]);
-          Mma<kBf16>(s[mt][2 * np + 1], a[mt][0], a[mt][1], a[mt][2],
-                     a[mt][3], bb[2], bb[3]);
+          Mma<kBf16>(s[mt][2 * np + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3],
+                     bb[2], bb[3]);
         }
       }
     }
@@ -107,8 +107,7 @@ __global__ void __launch_bounds__(128)
     CpAsyncWaitAll();
     __syncthreads();
     if (kt + 1 < n_kt) {
-      LoadTileAsync<BC, P, LD>(sK, kg, p.Hkv * p.D, k0 + BC, p.Tk, p.D,
-                               vf.k);
+      LoadTileAsync<BC, P, LD>(sK, kg, p.Hkv * p.D, k0 + BC, p.Tk, p.D, vf.k);
     }
     CpAsyncCommit();
 
@@ -122,8 +121,8 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float x = s[mt][nt][e] * p.scale_log2;
-          if (edge && !Visible(p, b, rows[mt][e >> 1],
-                               k0 + nt * 8 + 2 * t + (e & 1))) {
+          if (edge &&
+              !Visible(p, b, rows[mt][e >> 1], k0 + nt * 8 + 2 * t + (e & 1))) {
             x = -INFINITY;
           }
           s[mt][nt][e] = x;
@@ -189,8 +188,8 @@ __global__ void __launch_bounds__(128)
         for (int mt = 0; mt < MT; ++mt) {
           Mma<kBf16>(o[mt][2 * np], a[mt][0], a[mt][1], a[mt][2], a[mt][3],
                      bb[0], bb[1]);
-          Mma<kBf16>(o[mt][2 * np + 1], a[mt][0], a[mt][1], a[mt][2],
-                     a[mt][3], bb[2], bb[3]);
+          Mma<kBf16>(o[mt][2 * np + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3],
+                     bb[2], bb[3]);
         }
       }
     }

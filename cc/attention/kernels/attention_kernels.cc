@@ -15,8 +15,8 @@
 #include "cc/attention/kernels/attention.h"
 #include "cc/attention/kernels/attention_tiles.h"
 #include "cc/common/cpu_isa.h"
-#include "cc/common/philox.h"
 #include "cc/common/kernel_utils.h"
+#include "cc/common/philox.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -41,8 +41,9 @@ absl::Status ReadShape(const Tensor& q, const Tensor& k, const Tensor& v,
        {std::pair<const char*, const Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
     if (t->dims() != 4) {
       return absl::InvalidArgumentError(absl::StrCat(
-          name, " must have rank 4 ([batch, length, heads, head_dim]), got "
-                "shape ",
+          name,
+          " must have rank 4 ([batch, length, heads, head_dim]), got "
+          "shape ",
           ShapeString(*t)));
     }
   }
@@ -62,20 +63,20 @@ absl::Status ReadShape(const Tensor& q, const Tensor& k, const Tensor& v,
         ", k ", ShapeString(k), ", v ", ShapeString(v)));
   }
   if (k.dim_size(3) != s->head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "k must have the head_dim of q (", s->head_dim, "), got k ",
-        ShapeString(k), " and q ", ShapeString(q)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k must have the head_dim of q (", s->head_dim,
+                     "), got k ", ShapeString(k), " and q ", ShapeString(q)));
   }
   if (v.dim_size(1) != s->kv_len || v.dim_size(2) != s->kv_heads) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "v must have the length and heads of k, got v ", ShapeString(v),
-        " and k ", ShapeString(k)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("v must have the length and heads of k, got v ",
+                     ShapeString(v), " and k ", ShapeString(k)));
   }
   if (s->kv_heads == 0 || s->q_heads % s->kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the number of query heads (", s->q_heads,
-        ") must be a multiple of the number of key/value heads (",
-        s->kv_heads, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the number of query heads (", s->q_heads,
+                     ") must be a multiple of the number of key/value heads (",
+                     s->kv_heads, ")"));
   }
   if (key_mask.NumElements() != 0 &&
       (key_mask.dims() != 2 || key_mask.dim_size(0) != s->batch ||
@@ -103,18 +104,17 @@ absl::Status ReadMaskAndDropout(const Tensor& mask, const Tensor& seed,
           s->kv_len, "] ([batch, query length, key length]) or be empty, got ",
           ShapeString(mask)));
     }
-    s->mask_batch_stride =
-        mask.dim_size(0) == 1 ? 0 : s->q_len * s->kv_len;
+    s->mask_batch_stride = mask.dim_size(0) == 1 ? 0 : s->q_len * s->kv_len;
   }
   if (!(rate >= 0.f && rate < 1.f)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dropout_rate must be in [0, 1), got ", rate));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dropout_rate must be in [0, 1), got ", rate));
   }
   if (rate > 0.f) {
     if (seed.dims() != 1 || seed.NumElements() != 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "seed must have shape [2] when dropout_rate > 0, got ",
-          ShapeString(seed)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("seed must have shape [2] when dropout_rate > 0, got ",
+                       ShapeString(seed)));
     }
     s->dropout = true;
     s->dropout_threshold = kbm_philox::DropoutThreshold(rate);
@@ -136,8 +136,8 @@ absl::Status ClassifyMask(OpKernelContext* ctx, const AttentionShape& s,
                           const uint8_t** tiles) {
   *tiles = nullptr;
   if (mask.NumElements() == 0) return absl::OkStatus();
-  const int64_t units = mask.dim_size(0) * AttnNumQueryTiles(s) *
-                        AttnNumKeyTiles(s);
+  const int64_t units =
+      mask.dim_size(0) * AttnNumQueryTiles(s) * AttnNumKeyTiles(s);
   TF_RETURN_IF_ERROR(
       ctx->allocate_temp(DT_UINT8, TensorShape({units}), tiles_t));
   uint8_t* out = tiles_t->flat<uint8_t>().data();
@@ -227,15 +227,19 @@ struct KVPacker {
   Tensor kt_t, k_t, v_t, vt_t, bias_t, flags_t;
   PackedKV<F> kv;
 
-  absl::Status Run(OpKernelContext* ctx, const AttentionShape& s,
-                   const F* kin, const F* vin, const bool* key_mask,
-                   bool want_kt, bool want_k, bool want_v, bool want_vt) {
+  absl::Status Run(OpKernelContext* ctx, const AttentionShape& s, const F* kin,
+                   const F* vin, const bool* key_mask, bool want_kt,
+                   bool want_k, bool want_v, bool want_vt) {
     const AttnDims d(s);
     const int64_t tiles = s.batch * s.kv_heads * d.n_kt;
-    if (want_kt) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.KtSize(), &kt_t, &kv.kt));
-    if (want_k) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.KSize(), &k_t, &kv.k));
-    if (want_v) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.VSize(), &v_t, &kv.v));
-    if (want_vt) TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.VtSize(), &vt_t, &kv.vt));
+    if (want_kt)
+      TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.KtSize(), &kt_t, &kv.kt));
+    if (want_k)
+      TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.KSize(), &k_t, &kv.k));
+    if (want_v)
+      TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.VSize(), &v_t, &kv.v));
+    if (want_vt)
+      TF_RETURN_IF_ERROR(TempBuffer(ctx, tiles * d.VtSize(), &vt_t, &kv.vt));
     TF_RETURN_IF_ERROR(
         TempBuffer(ctx, s.batch * d.n_kt * kKT, &bias_t, &kv.key_bias));
     TF_RETURN_IF_ERROR(TempBuffer(ctx, std::max<int64_t>(1, s.batch * d.n_kt),
@@ -276,17 +280,18 @@ class FlashAttentionOp : public OpKernel {
     const Tensor& dense_mask = ctx->input(4);
     const Tensor& seed = ctx->input(5);
     AttentionShape s;
-    OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
+    OP_REQUIRES_OK(
+        ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
     OP_REQUIRES_OK(ctx, ReadMaskAndDropout(dense_mask, seed, rate_, &s));
     Tensor* o = nullptr;
     Tensor* lse = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({s.batch, s.q_len, s.q_heads,
-                                            s.value_dim}),
-                            &o));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            1, TensorShape({s.batch, s.q_heads, s.q_len}),
-                            &lse));
+    OP_REQUIRES_OK(
+        ctx,
+        ctx->allocate_output(
+            0, TensorShape({s.batch, s.q_len, s.q_heads, s.value_dim}), &o));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(1, TensorShape({s.batch, s.q_heads, s.q_len}),
+                                  &lse));
     if (o->NumElements() == 0 && lse->NumElements() == 0) return;
     Widened<T> wq, wk, wv;
     OP_REQUIRES_OK(ctx, wq.Init(ctx, q));
@@ -302,10 +307,14 @@ class FlashAttentionOp : public OpKernel {
     Tensor tiles_t;
     const uint8_t* tiles = nullptr;
     OP_REQUIRES_OK(ctx, ClassifyMask(ctx, s, dense_mask, &tiles_t, &tiles));
-    AttentionForwardIO<F> io{wq.data(),  wk.data(),
-                             wv.data(),  mask,
-                             MaskData(dense_mask), tiles,
-                             out.data(), lse->flat<F>().data()};
+    AttentionForwardIO<F> io{wq.data(),
+                             wk.data(),
+                             wv.data(),
+                             mask,
+                             MaskData(dense_mask),
+                             tiles,
+                             out.data(),
+                             lse->flat<F>().data()};
     const int64_t units = s.batch * s.q_heads * AttnNumQueryTiles(s);
     ParallelFor(ctx, units, UnitCost(s, kAttnQueryTile, s.kv_len),
                 [&](int64_t begin, int64_t end) {
@@ -352,7 +361,8 @@ class FlashAttentionGradOp : public OpKernel {
     const Tensor& o = ctx->input(7);
     const Tensor& lse = ctx->input(8);
     AttentionShape s;
-    OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
+    OP_REQUIRES_OK(
+        ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
     OP_REQUIRES_OK(ctx, ReadMaskAndDropout(dense_mask, seed, rate_, &s));
     const TensorShape o_shape({s.batch, s.q_len, s.q_heads, s.value_dim});
     const TensorShape lse_shape({s.batch, s.q_heads, s.q_len});
@@ -363,8 +373,8 @@ class FlashAttentionGradOp : public OpKernel {
           {"lse", &lse, &lse_shape}}) {
       OP_REQUIRES(ctx, t->shape() == *want,
                   absl::InvalidArgumentError(absl::StrCat(
-                      name, " must have shape ", want->DebugString(),
-                      ", got ", ShapeString(*t))));
+                      name, " must have shape ", want->DebugString(), ", got ",
+                      ShapeString(*t))));
     }
     Tensor* dq = nullptr;
     Tensor* dk = nullptr;
@@ -390,8 +400,8 @@ class FlashAttentionGradOp : public OpKernel {
 
     // delta = rowsum(dO * O), [B, Hq, Tq].
     Tensor delta;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DataTypeToEnum<F>::value,
-                                           lse_shape, &delta));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_temp(DataTypeToEnum<F>::value, lse_shape, &delta));
     F* pdelta = delta.flat<F>().data();
     const F* pdo = wdo.data();
     const F* po = wo.data();
@@ -418,11 +428,11 @@ class FlashAttentionGradOp : public OpKernel {
         1, std::min<int64_t>(n_kt, (want + base_units - 1) / base_units));
     const int64_t dp = AttnRoundUp(s.head_dim, kAttnCols);
     Tensor dq_partial;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
-                            DataTypeToEnum<F>::value,
-                            TensorShape({s.kv_chunks, s.batch, s.q_heads,
-                                         s.q_len, dp}),
-                            &dq_partial));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_temp(
+                 DataTypeToEnum<F>::value,
+                 TensorShape({s.kv_chunks, s.batch, s.q_heads, s.q_len, dp}),
+                 &dq_partial));
     dq_partial.flat<F>().setZero();
     F* pdq_part = dq_partial.flat<F>().data();
     const bool* mask =
@@ -486,24 +496,23 @@ class FlashAttentionGradOp : public OpKernel {
     F* pdq = out_dq.data();
     const int64_t chunk_stride = s.batch * s.q_heads * s.q_len * dp;
     const F scale = s.scale;
-    ParallelFor(ctx, rows, s.head_dim * s.kv_chunks,
-                [&](int64_t begin, int64_t end) {
-                  for (int64_t r = begin; r < end; ++r) {
-                    const int64_t h = r % s.q_heads;
-                    const int64_t i = (r / s.q_heads) % s.q_len;
-                    const int64_t b = r / s.q_heads / s.q_len;
-                    const F* src =
-                        pdq_part + ((b * s.q_heads + h) * s.q_len + i) * dp;
-                    F* dst = pdq + r * s.head_dim;
-                    for (int64_t d = 0; d < s.head_dim; ++d) {
-                      F sum = 0;
-                      for (int64_t c = 0; c < s.kv_chunks; ++c) {
-                        sum += src[c * chunk_stride + d];
-                      }
-                      dst[d] = scale * sum;
-                    }
-                  }
-                });
+    ParallelFor(
+        ctx, rows, s.head_dim * s.kv_chunks, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const int64_t h = r % s.q_heads;
+            const int64_t i = (r / s.q_heads) % s.q_len;
+            const int64_t b = r / s.q_heads / s.q_len;
+            const F* src = pdq_part + ((b * s.q_heads + h) * s.q_len + i) * dp;
+            F* dst = pdq + r * s.head_dim;
+            for (int64_t d = 0; d < s.head_dim; ++d) {
+              F sum = 0;
+              for (int64_t c = 0; c < s.kv_chunks; ++c) {
+                sum += src[c * chunk_stride + d];
+              }
+              dst[d] = scale * sum;
+            }
+          }
+        });
     out_dq.Commit();
   }
 
@@ -570,16 +579,16 @@ REGISTER_KERNEL_BUILDER(Name("Kbm>AttentionDropoutMask")
                             .HostMemory("shape"),
                         AttentionDropoutMaskOp);
 
-#define KBM_REGISTER_ATTENTION(T, U)                        \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttention")        \
-                              .Device(DEVICE_CPU)           \
-                              .TypeConstraint<T>("T")       \
-                              .TypeConstraint<U>("U"),      \
-                          FlashAttentionOp<T, U>);          \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttentionGrad")    \
-                              .Device(DEVICE_CPU)           \
-                              .TypeConstraint<T>("T")       \
-                              .TypeConstraint<U>("U"),      \
+#define KBM_REGISTER_ATTENTION(T, U)                     \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttention")     \
+                              .Device(DEVICE_CPU)        \
+                              .TypeConstraint<T>("T")    \
+                              .TypeConstraint<U>("U"),   \
+                          FlashAttentionOp<T, U>);       \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FlashAttentionGrad") \
+                              .Device(DEVICE_CPU)        \
+                              .TypeConstraint<T>("T")    \
+                              .TypeConstraint<U>("U"),   \
                           FlashAttentionGradOp<T, U>);
 
 KBM_REGISTER_ATTENTION(Eigen::half, float)

@@ -106,9 +106,8 @@ inline void StoreInterleaved(const VecU c[4], uint32_t* out) {
 
 // C[R x 8V] (+)= A[R x k] B[k x 8V]: R * V vector accumulators.
 template <int R, int V>
-inline void MicroTile(const float* a, int64_t lda, const float* b,
-                      int64_t ldb, float* c, int64_t ldc, int64_t k,
-                      bool accumulate) {
+inline void MicroTile(const float* a, int64_t lda, const float* b, int64_t ldb,
+                      float* c, int64_t ldc, int64_t k, bool accumulate) {
   VecF acc[R][V];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
@@ -142,12 +141,10 @@ inline void ColumnBlock(const float* a, int64_t lda, const float* b,
                         int64_t k, bool accumulate) {
   int64_t i = 0;
   for (; i + R <= m; i += R) {
-    MicroTile<R, V>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, k,
-                    accumulate);
+    MicroTile<R, V>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, k, accumulate);
   }
   for (; i < m; ++i) {
-    MicroTile<1, V>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, k,
-                    accumulate);
+    MicroTile<1, V>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, k, accumulate);
   }
 }
 

@@ -267,8 +267,7 @@ inline uint8_t MaskTileState(const AttentionShape& s, const uint8_t* tiles,
 // The dense mask's rows [q0, ...) of batch b from key k0 when its block is
 // kMaskSome, else nullptr (nothing to apply element by element).
 inline const bool* MaskRows(const AttentionShape& s, const bool* mask,
-                            uint8_t state, int64_t b, int64_t q0,
-                            int64_t k0) {
+                            uint8_t state, int64_t b, int64_t q0, int64_t k0) {
   if (mask == nullptr || state != kMaskSome) return nullptr;
   return mask + b * s.mask_batch_stride + q0 * s.kv_len + k0;
 }
@@ -355,8 +354,8 @@ void AttentionForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
     const int64_t tile = (b * s.kv_heads + g) * d.n_kt + t;
     const uint8_t state = MaskTileState(s, io.mask_tiles, b, qt, t);
     if (state == kMaskNone) continue;
-    M::Gemm(qs.data(), d.Dp, kv.kt + tile * d.KtSize(), kKT, scores.data(),
-            nkp, rows, nkp, d.D, false);
+    M::Gemm(qs.data(), d.Dp, kv.kt + tile * d.KtSize(), kKT, scores.data(), nkp,
+            rows, nkp, d.D, false);
     MaskTile<F, M>(s, scores.data(), rows, nkp, q0, k0,
                    kv.key_bias + (b * d.n_kt + t) * kKT,
                    kv.has_masked_key[b * d.n_kt + t],
@@ -481,8 +480,7 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
                 dq_part + ((b * s.q_heads + h) * s.q_len + q0) * d.Dp, d.Dp,
                 rows, d.Dp, nkp, true);
         // dK^T += Qs^T dS (Qs carries the scale).
-        M::Gemm(qst, kQT, p.data(), nkp, dkt.data(), kKT, d.D, nkp, rows,
-                true);
+        M::Gemm(qst, kQT, p.data(), nkp, dkt.data(), kKT, d.D, nkp, rows, true);
       }
     }
     for (int64_t j = 0; j < nk; ++j) {

@@ -15,7 +15,8 @@ namespace tensorflow {
 namespace kbm {
 
 // Checks x: [..., C] and bias: [C]. Returns C.
-inline absl::Status CheckBiasInputs(const Tensor& x, const Tensor& bias, int64_t* c) {
+inline absl::Status CheckBiasInputs(const Tensor& x, const Tensor& bias,
+                                    int64_t* c) {
   if (x.dims() < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "x must have rank >= 1 (bias is added over its last axis), got shape ",
@@ -23,9 +24,9 @@ inline absl::Status CheckBiasInputs(const Tensor& x, const Tensor& bias, int64_t
   }
   *c = x.dim_size(x.dims() - 1);
   if (bias.dims() != 1 || bias.dim_size(0) != *c) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "bias must have shape [", *c, "] (the last axis of x ", ShapeString(x),
-        "), got ", ShapeString(bias)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("bias must have shape [", *c, "] (the last axis of x ",
+                     ShapeString(x), "), got ", ShapeString(bias)));
   }
   return absl::OkStatus();
 }

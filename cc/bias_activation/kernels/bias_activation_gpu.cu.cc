@@ -99,7 +99,8 @@ __global__ void __launch_bounds__(kThreads)
     BiasGeluFwdKernel(BiasGeluFwdArgs<T> a) {
   using NT = NativeT<T>;
   const int64_t cols = a.cols;
-  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  const int64_t j =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (j >= cols) return;
   float b[V];
   LoadVec<NT, V>(reinterpret_cast<const NT*>(a.bias) + j, b);
@@ -121,7 +122,8 @@ __global__ void __launch_bounds__(kThreads)
       if (r < a.rows) {
         float out[V];
 #pragma unroll
-        for (int e = 0; e < V; ++e) out[e] = Gelu(v[u][e] + b[e], a.approximate);
+        for (int e = 0; e < V; ++e)
+          out[e] = Gelu(v[u][e] + b[e], a.approximate);
         StoreVec<NT, V>(y + r * cols + j, out);
       }
     }
@@ -135,7 +137,8 @@ __global__ void __launch_bounds__(kThreads)
     BiasGeluBwdKernel(BiasGeluBwdArgs<T> a, float* partials) {
   using NT = NativeT<T>;
   const int64_t cols = a.cols;
-  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  const int64_t j =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (j >= cols) return;
   float b[V], acc[V];
   LoadVec<NT, V>(reinterpret_cast<const NT*>(a.bias) + j, b);
@@ -173,7 +176,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  const int64_t slot = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
+  const int64_t slot =
+      static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
 #pragma unroll
   for (int e = 0; e < V; ++e) partials[slot * cols + j + e] = acc[e];
 }
@@ -253,9 +257,9 @@ int LaunchBiasGeluBwd(const BiasGeluBwdArgs<T>& a, void* workspace,
   return LaunchColumnSum<NT>(partials, parts, a.cols, dbias, dbias, 1, stream);
 }
 
-#define KBM_INSTANTIATE_BIAS_GELU(T)                                       \
-  template int LaunchBiasGeluFwd<T>(const BiasGeluFwdArgs<T>&, void*);     \
-  template size_t BiasGeluBwdWorkspaceBytes<T>(int64_t, int64_t);          \
+#define KBM_INSTANTIATE_BIAS_GELU(T)                                   \
+  template int LaunchBiasGeluFwd<T>(const BiasGeluFwdArgs<T>&, void*); \
+  template size_t BiasGeluBwdWorkspaceBytes<T>(int64_t, int64_t);      \
   template int LaunchBiasGeluBwd<T>(const BiasGeluBwdArgs<T>&, void*, void*);
 
 KBM_INSTANTIATE_BIAS_GELU(float)

@@ -31,14 +31,15 @@ class BiasGeluGpuOp : public OpKernel {
     int64_t c = 0;
     OP_REQUIRES_OK(ctx, CheckBiasInputs(x, bias, &c));
     Tensor* y = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &y));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     if (x.NumElements() == 0) return;
     const gpu::BiasGeluFwdArgs<GpuTagT<T>> args{
         GpuPtr<T>(x), GpuPtr<T>(bias), GpuPtr<T>(y), x.NumElements() / c, c,
         approximate_};
-    OP_REQUIRES_OK(ctx, FromGpuCode(gpu::LaunchBiasGeluFwd(args, GpuStream(ctx)),
-                                    "Kbm>BiasGelu"));
+    OP_REQUIRES_OK(ctx,
+                   FromGpuCode(gpu::LaunchBiasGeluFwd(args, GpuStream(ctx)),
+                               "Kbm>BiasGelu"));
   }
 
  private:
@@ -61,20 +62,25 @@ class BiasGeluGradGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckBiasGradInputs(dy, x));
     Tensor* dx = nullptr;
     Tensor* dbias = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &dx));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, bias.shape(), &dbias));
     if (c == 0) return;
     const int64_t rows = x.NumElements() / c;
     Tensor scratch;
     void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(
-                            ctx,
-                            gpu::BiasGeluBwdWorkspaceBytes<GpuTagT<T>>(rows, c),
-                            &scratch, &workspace));
-    const gpu::BiasGeluBwdArgs<GpuTagT<T>> args{
-        GpuPtr<T>(dy), GpuPtr<T>(x),     GpuPtr<T>(bias), GpuPtr<T>(dx),
-        GpuPtr<T>(dbias), rows,          c,               approximate_};
+    OP_REQUIRES_OK(ctx,
+                   AllocateWorkspace(
+                       ctx, gpu::BiasGeluBwdWorkspaceBytes<GpuTagT<T>>(rows, c),
+                       &scratch, &workspace));
+    const gpu::BiasGeluBwdArgs<GpuTagT<T>> args{GpuPtr<T>(dy),
+                                                GpuPtr<T>(x),
+                                                GpuPtr<T>(bias),
+                                                GpuPtr<T>(dx),
+                                                GpuPtr<T>(dbias),
+                                                rows,
+                                                c,
+                                                approximate_};
     OP_REQUIRES_OK(ctx, FromGpuCode(gpu::LaunchBiasGeluBwd(args, workspace,
                                                            GpuStream(ctx)),
                                     "Kbm>BiasGeluGrad"));

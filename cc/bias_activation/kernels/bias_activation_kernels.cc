@@ -48,8 +48,8 @@ class BiasGeluOp : public OpKernel {
     int64_t c = 0;
     OP_REQUIRES_OK(ctx, CheckBiasInputs(x, bias, &c));
     Tensor* y = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &y));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     if (x.NumElements() == 0) return;
     const int64_t rows = x.NumElements() / c;
     const T* px = x.flat<T>().data();
@@ -60,8 +60,8 @@ class BiasGeluOp : public OpKernel {
     FloatRows<T> bias_io(c, 1);
     const float* bias_f = nullptr;
     if constexpr (!std::is_same_v<T, double>) bias_f = bias_io.In(pb, 0);
-    const bool stream = std::is_same_v<T, float> &&
-                        UseStreamingStores(y->TotalBytes());
+    const bool stream =
+        std::is_same_v<T, float> && UseStreamingStores(y->TotalBytes());
     ParallelFor(ctx, rows, c * kFwdCost, [&](int64_t begin, int64_t end) {
       if constexpr (std::is_same_v<T, double>) {
         for (int64_t i = begin; i < end; ++i) {
@@ -102,8 +102,8 @@ class BiasGeluGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckBiasGradInputs(dy, x));
     Tensor* dx = nullptr;
     Tensor* dbias = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &dx));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, bias.shape(), &dbias));
     const int64_t rows = c == 0 ? 0 : x.NumElements() / c;
     const int64_t blocks = NumRowBlocks(ctx, rows);
@@ -113,9 +113,9 @@ class BiasGeluGradOp : public OpKernel {
     }
     using Acc = AccT<T>;
     Tensor partials;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DataTypeToEnum<Acc>::value,
-                                           TensorShape({blocks, c}),
-                                           &partials));
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_temp(DataTypeToEnum<Acc>::value,
+                                      TensorShape({blocks, c}), &partials));
     const T* pdy = dy.flat<T>().data();
     const T* px = x.flat<T>().data();
     const T* pb = bias.flat<T>().data();
@@ -126,8 +126,8 @@ class BiasGeluGradOp : public OpKernel {
     const float* bias_f = nullptr;
     if constexpr (!std::is_same_v<T, double>) bias_f = bias_io.In(pb, 0);
     const int64_t block_cost = (rows / blocks + 1) * c * kBwdCost;
-    const bool stream = std::is_same_v<T, float> &&
-                        UseStreamingStores(dx->TotalBytes());
+    const bool stream =
+        std::is_same_v<T, float> && UseStreamingStores(dx->TotalBytes());
     ParallelFor(ctx, blocks, block_cost, [&](int64_t b0, int64_t b1) {
       FloatRows<T> rows_io(c, 2);
       for (int64_t b = b0; b < b1; ++b) {
@@ -161,12 +161,12 @@ class BiasGeluGradOp : public OpKernel {
   bool approximate_;
 };
 
-#define KBM_REGISTER_BIAS_GELU(T)                                           \
-  REGISTER_KERNEL_BUILDER(                                                  \
-      Name("Kbm>BiasGelu").Device(DEVICE_CPU).TypeConstraint<T>("T"),       \
-      BiasGeluOp<T>);                                                       \
-  REGISTER_KERNEL_BUILDER(                                                  \
-      Name("Kbm>BiasGeluGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),   \
+#define KBM_REGISTER_BIAS_GELU(T)                                         \
+  REGISTER_KERNEL_BUILDER(                                                \
+      Name("Kbm>BiasGelu").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      BiasGeluOp<T>);                                                     \
+  REGISTER_KERNEL_BUILDER(                                                \
+      Name("Kbm>BiasGeluGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
       BiasGeluGradOp<T>);
 
 KBM_REGISTER_BIAS_GELU(Eigen::half)

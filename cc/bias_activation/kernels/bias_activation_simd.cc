@@ -76,9 +76,9 @@ void FwdRow(const float* x, const float* bias, int64_t c, float* y,
   }
   if (j < c) {
     const int64_t n = c - j;
-    StorePartial(y + j,
-                 Gelu<kApprox>(LoadPartial(x + j, n) + LoadPartial(bias + j, n)),
-                 n);
+    StorePartial(
+        y + j, Gelu<kApprox>(LoadPartial(x + j, n) + LoadPartial(bias + j, n)),
+        n);
   }
 }
 

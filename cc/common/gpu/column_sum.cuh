@@ -22,7 +22,8 @@ __global__ void __launch_bounds__(kColumnSumX* kColumnSumY)
     ColumnSumKernel(const float* __restrict__ partials, int64_t parts,
                     int64_t cols, O* __restrict__ out0, O* __restrict__ out1) {
   __shared__ float tile[kColumnSumY][kColumnSumX + 1];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColumnSumX + threadIdx.x;
+  const int64_t c =
+      static_cast<int64_t>(blockIdx.x) * kColumnSumX + threadIdx.x;
   const float* base = partials + blockIdx.y * parts * cols;
   float acc = 0.0f;
   if (c < cols) {
@@ -43,13 +44,13 @@ __global__ void __launch_bounds__(kColumnSumX* kColumnSumY)
 
 // Enqueues ColumnSumKernel for `outputs` (1 or 2) reductions.
 template <typename O>
-int LaunchColumnSum(const float* partials, int64_t parts, int64_t cols,
-                    O* out0, O* out1, int outputs, cudaStream_t stream) {
+int LaunchColumnSum(const float* partials, int64_t parts, int64_t cols, O* out0,
+                    O* out1, int outputs, cudaStream_t stream) {
   if (cols <= 0) return 0;
   const dim3 grid(static_cast<unsigned>(CeilDiv(cols, kColumnSumX)), outputs);
   const dim3 block(kColumnSumX, kColumnSumY);
-  ColumnSumKernel<O><<<grid, block, 0, stream>>>(partials, parts, cols, out0,
-                                                 out1);
+  ColumnSumKernel<O>
+      <<<grid, block, 0, stream>>>(partials, parts, cols, out0, out1);
   KBM_RETURN_IF_LAUNCH_ERROR();
   return 0;
 }

@@ -132,10 +132,10 @@ inline int GridSize(int64_t work_items, int per_block, int waves = 8) {
 }  // namespace kbm
 
 // Returns the launch error of the previous kernel, if any, from a launcher.
-#define KBM_RETURN_IF_LAUNCH_ERROR()               \
-  do {                                             \
+#define KBM_RETURN_IF_LAUNCH_ERROR()                \
+  do {                                              \
     const cudaError_t kbm_err = cudaGetLastError(); \
-    if (kbm_err != cudaSuccess) return kbm_err;    \
+    if (kbm_err != cudaSuccess) return kbm_err;     \
   } while (0)
 
 #endif  // KERAS_BIGMODELS_CC_COMMON_GPU_DEVICE_UTILS_CUH_

@@ -58,8 +58,8 @@ KLRow<U> KLForwardScalar(const U* t, const U* s, int64_t c, U inv_t) {
 }
 
 template <typename U>
-void KLBackwardScalar(const U* t, const U* s, int64_t c, U inv_t,
-                      KLRow<U> row, U g, U* dteacher, U* dstudent) {
+void KLBackwardScalar(const U* t, const U* s, int64_t c, U inv_t, KLRow<U> row,
+                      U g, U* dteacher, U* dstudent) {
   const U neg_inf = -std::numeric_limits<U>::infinity();
   for (int64_t j = 0; j < c; ++j) {
     const U lp = t[j] * inv_t - row.teacher_lse;

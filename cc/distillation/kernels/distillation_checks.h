@@ -24,9 +24,9 @@ inline absl::Status CheckLogits(const Tensor& t, const Tensor& s, int64_t* c) {
         ShapeString(t)));
   }
   if (t.shape() != s.shape()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "student_logits must have the shape of teacher_logits ",
-        ShapeString(t), ", got ", ShapeString(s)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("student_logits must have the shape of teacher_logits ",
+                     ShapeString(t), ", got ", ShapeString(s)));
   }
   *c = t.dim_size(t.dims() - 1);
   if (*c == 0 && LeadingShape(t).num_elements() > 0) {

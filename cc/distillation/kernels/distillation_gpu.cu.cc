@@ -222,15 +222,14 @@ __global__ void __launch_bounds__(kMaxThreads)
 }
 
 bool SizesOk(int64_t rows, int64_t cols, float temperature) {
-  return rows >= 0 && cols >= 0 && temperature > 0.0f &&
-         temperature < INFINITY;
+  return rows >= 0 && cols >= 0 && temperature > 0.0f && temperature < INFINITY;
 }
 
 // Threads per row block: about kUnroll vectors per thread per sweep.
 int RowThreads(int64_t nvec) {
   const int64_t t = CeilDiv(CeilDiv(nvec, kUnroll), 32) * 32;
-  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(t, 32),
-                                            kMaxThreads));
+  return static_cast<int>(
+      std::min<int64_t>(std::max<int64_t>(t, 32), kMaxThreads));
 }
 
 int RowGrid(int64_t rows) {
@@ -280,8 +279,8 @@ int LaunchSoftmaxKLBwd(const SoftmaxKLBwdArgs<T>& a, void* stream_ptr) {
   return 0;
 }
 
-#define KBM_INSTANTIATE_KL(T)                                               \
-  template int LaunchSoftmaxKLFwd<T>(const SoftmaxKLFwdArgs<T>&, void*);    \
+#define KBM_INSTANTIATE_KL(T)                                            \
+  template int LaunchSoftmaxKLFwd<T>(const SoftmaxKLFwdArgs<T>&, void*); \
   template int LaunchSoftmaxKLBwd<T>(const SoftmaxKLBwdArgs<T>&, void*);
 
 KBM_INSTANTIATE_KL(float)

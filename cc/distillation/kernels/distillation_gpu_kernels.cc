@@ -39,15 +39,14 @@ class SoftmaxKLGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, LeadingShape(t), &lse_s));
     const int64_t rows = loss->NumElements();
     if (rows == 0) return;
-    const gpu::SoftmaxKLFwdArgs<GpuTagT<T>> args{
-        GpuPtr<T>(t),
-        GpuPtr<T>(s),
-        loss->flat<float>().data(),
-        lse_t->flat<float>().data(),
-        lse_s->flat<float>().data(),
-        rows,
-        c,
-        temperature_};
+    const gpu::SoftmaxKLFwdArgs<GpuTagT<T>> args{GpuPtr<T>(t),
+                                                 GpuPtr<T>(s),
+                                                 loss->flat<float>().data(),
+                                                 lse_t->flat<float>().data(),
+                                                 lse_s->flat<float>().data(),
+                                                 rows,
+                                                 c,
+                                                 temperature_};
     OP_REQUIRES_OK(ctx,
                    FromGpuCode(gpu::LaunchSoftmaxKLFwd(args, GpuStream(ctx)),
                                "Kbm>SoftmaxKLDivergence"));
@@ -76,11 +75,11 @@ class SoftmaxKLGradGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckKLGradRowInputs(ctx, rows_shape));
     Tensor* dteacher = nullptr;
     Tensor* dstudent = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, teacher_grad_ ? t.shape() : TensorShape({0}),
-                            &dteacher));
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output(
-                            {2}, 1, s.shape(), &dstudent));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(
+                 0, teacher_grad_ ? t.shape() : TensorShape({0}), &dteacher));
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({2}, 1, s.shape(),
+                                                              &dstudent));
     const int64_t rows = rows_shape.num_elements();
     if (rows == 0 || c == 0) return;
     const gpu::SoftmaxKLBwdArgs<GpuTagT<T>> args{
@@ -105,16 +104,16 @@ class SoftmaxKLGradGpuOp : public OpKernel {
   bool teacher_grad_;
 };
 
-#define KBM_REGISTER_KL_GPU(T)                                  \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergence")       \
-                              .Device(DEVICE_GPU)               \
-                              .TypeConstraint<T>("T")           \
-                              .TypeConstraint<float>("U"),      \
-                          SoftmaxKLGpuOp<T>);                   \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergenceGrad")   \
-                              .Device(DEVICE_GPU)               \
-                              .TypeConstraint<T>("T")           \
-                              .TypeConstraint<float>("U"),      \
+#define KBM_REGISTER_KL_GPU(T)                                \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergence")     \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .TypeConstraint<float>("U"),    \
+                          SoftmaxKLGpuOp<T>);                 \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergenceGrad") \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .TypeConstraint<float>("U"),    \
                           SoftmaxKLGradGpuOp<T>);
 
 KBM_REGISTER_KL_GPU(Eigen::half)

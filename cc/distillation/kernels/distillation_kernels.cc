@@ -103,11 +103,11 @@ class SoftmaxKLGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckKLGradRowInputs(ctx, rows_shape));
     Tensor* dteacher = nullptr;
     Tensor* dstudent = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, teacher_grad_ ? t.shape() : TensorShape({0}),
-                            &dteacher));
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output(
-                            {2}, 1, s.shape(), &dstudent));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output(
+                 0, teacher_grad_ ? t.shape() : TensorShape({0}), &dteacher));
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({2}, 1, s.shape(),
+                                                              &dstudent));
     const int64_t rows = rows_shape.num_elements();
     if (rows == 0 || c == 0) return;
     const U* pg = dloss.flat<U>().data();
@@ -119,8 +119,8 @@ class SoftmaxKLGradOp : public OpKernel {
     T* pdt = teacher_grad_ ? dteacher->flat<T>().data() : nullptr;
     T* pds = dstudent->flat<T>().data();
     const U inv_t = U(1) / U(temperature_);
-    const bool stream = std::is_same_v<T, float> &&
-                        UseStreamingStores(dstudent->TotalBytes());
+    const bool stream =
+        std::is_same_v<T, float> && UseStreamingStores(dstudent->TotalBytes());
     ParallelFor(ctx, rows, c * kBwdCost, [&](int64_t begin, int64_t end) {
       FloatRows<T> io(c, 4);
       for (int64_t i = begin; i < end; ++i) {
@@ -147,16 +147,16 @@ class SoftmaxKLGradOp : public OpKernel {
   bool teacher_grad_;
 };
 
-#define KBM_REGISTER_KL(T, U)                                   \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergence")       \
-                              .Device(DEVICE_CPU)               \
-                              .TypeConstraint<T>("T")           \
-                              .TypeConstraint<U>("U"),          \
-                          SoftmaxKLOp<T>);                      \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergenceGrad")   \
-                              .Device(DEVICE_CPU)               \
-                              .TypeConstraint<T>("T")           \
-                              .TypeConstraint<U>("U"),          \
+#define KBM_REGISTER_KL(T, U)                                 \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergence")     \
+                              .Device(DEVICE_CPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .TypeConstraint<U>("U"),        \
+                          SoftmaxKLOp<T>);                    \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>SoftmaxKLDivergenceGrad") \
+                              .Device(DEVICE_CPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .TypeConstraint<U>("U"),        \
                           SoftmaxKLGradOp<T>);
 
 KBM_REGISTER_KL(Eigen::half, float)

@@ -38,8 +38,7 @@ inline float MaxOf(VecF v) {
   return m;
 }
 
-KLRow<float> KLForward(const float* t, const float* s, int64_t c,
-                       float inv_t) {
+KLRow<float> KLForward(const float* t, const float* s, int64_t c, float inv_t) {
   VecF mt = Splat(kNegInf), ms = Splat(kNegInf);
   ForEachVector(c, [&](int64_t j, int64_t n) {
     mt = Max(mt, LoadN(t + j, n));

@@ -46,8 +46,8 @@ extern const NormRowKernels kNormRowKernels;
 // Scalar reference rows in any floating type (the float64 kernels), same
 // contract as NormRowKernels.
 template <typename U>
-void LayerNormFwdRowScalar(const U* x, const U* gamma, const U* beta,
-                           int64_t c, U epsilon, U* y, U* mean, U* rstd) {
+void LayerNormFwdRowScalar(const U* x, const U* gamma, const U* beta, int64_t c,
+                           U epsilon, U* y, U* mean, U* rstd) {
   U sum = 0;
   for (int64_t j = 0; j < c; ++j) sum += x[j];
   const U m = sum / static_cast<U>(c);
@@ -79,8 +79,8 @@ void LayerNormBwdRowScalar(const U* dy, const U* x, const U* gamma, U mean,
 }
 
 template <typename U>
-void RmsNormFwdRowScalar(const U* x, const U* gamma, int64_t c, U epsilon,
-                         U* y, U* rstd) {
+void RmsNormFwdRowScalar(const U* x, const U* gamma, int64_t c, U epsilon, U* y,
+                         U* rstd) {
   U sq = 0;
   for (int64_t j = 0; j < c; ++j) sq += x[j] * x[j];
   const U r = U(1) / std::sqrt(sq / static_cast<U>(c) + epsilon);

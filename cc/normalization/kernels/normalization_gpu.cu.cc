@@ -210,7 +210,8 @@ __global__ void __launch_bounds__(kFwdMaxThreads)
         float b[V];
         LoadF<V>(a.beta + j, b);
 #pragma unroll
-        for (int e = 0; e < V; ++e) out[e] = (v[k][e] - mean) * rstd * g[e] + b[e];
+        for (int e = 0; e < V; ++e)
+          out[e] = (v[k][e] - mean) * rstd * g[e] + b[e];
       }
       StoreVec<NT, V>(y + j, out);
     }
@@ -288,8 +289,8 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
           float out[V];
 #pragma unroll
           for (int e = 0; e < V; ++e) {
-            out[e] = rstd * (g[k][e] * vdy[k][e] -
-                             (s1 + xhat[k][e] * s2) * inv_cols);
+            out[e] = rstd *
+                     (g[k][e] * vdy[k][e] - (s1 + xhat[k][e] * s2) * inv_cols);
           }
           StoreVec<NT, V>(dx + j, out);
         }
@@ -385,7 +386,8 @@ __global__ void __launch_bounds__(kGeneralThreads)
       const float xhat = (ToFloat(x[j]) - mean) * rstd;
       pg[j] += d * xhat;
       if constexpr (!kRms) pb[j] += d;
-      dx[j] = FromFloat<NT>(rstd * (a.gamma[j] * d - (s1 + xhat * s2) * inv_cols));
+      dx[j] =
+          FromFloat<NT>(rstd * (a.gamma[j] * d - (s1 + xhat * s2) * inv_cols));
     }
   }
 }
@@ -463,8 +465,9 @@ int LaunchFwd(const NormFwdArgs<T>& a, void* stream_ptr) {
   if (p.fast) {
     const int64_t blocks = CeilDiv(a.rows, p.rpb);
     if (blocks > 0x7fffffff) return kErrorInvalidArgument;
-    PickFwd<T, kRms>(p)<<<static_cast<unsigned>(blocks), p.tpr * p.rpb, 0,
-                          stream>>>(a, p.tpr, p.rpb);
+    PickFwd<T, kRms>(
+        p)<<<static_cast<unsigned>(blocks), p.tpr * p.rpb, 0, stream>>>(
+        a, p.tpr, p.rpb);
   } else {
     const int grid = GridSize(a.rows, 1, 4);
     NormFwdGeneral<T, kRms><<<grid, kGeneralThreads, 0, stream>>>(a);
@@ -486,7 +489,8 @@ int64_t BwdParts(const RowPlan& p, int64_t rows, int* grid_out) {
       per_sm = 1;
     }
     const int64_t groups = std::max<int64_t>(1, CeilDiv(rows, p.rpb));
-    const int64_t cap = static_cast<int64_t>(std::max(1, MultiProcessorCount())) * per_sm;
+    const int64_t cap =
+        static_cast<int64_t>(std::max(1, MultiProcessorCount())) * per_sm;
     grid = static_cast<int>(std::min(groups, cap));
     if (grid_out) *grid_out = grid;
     return static_cast<int64_t>(grid) * p.rpb;
@@ -564,12 +568,12 @@ int LaunchRmsNormBwd(const NormBwdArgs<T>& args, void* workspace,
   return LaunchBwd<T, true>(args, workspace, stream);
 }
 
-#define KBM_INSTANTIATE_NORM(T)                                              \
-  template int LaunchLayerNormFwd<T>(const NormFwdArgs<T>&, void*);          \
-  template int LaunchRmsNormFwd<T>(const NormFwdArgs<T>&, void*);            \
-  template size_t LayerNormBwdWorkspaceBytes<T>(int64_t, int64_t);           \
-  template size_t RmsNormBwdWorkspaceBytes<T>(int64_t, int64_t);             \
-  template int LaunchLayerNormBwd<T>(const NormBwdArgs<T>&, void*, void*);   \
+#define KBM_INSTANTIATE_NORM(T)                                            \
+  template int LaunchLayerNormFwd<T>(const NormFwdArgs<T>&, void*);        \
+  template int LaunchRmsNormFwd<T>(const NormFwdArgs<T>&, void*);          \
+  template size_t LayerNormBwdWorkspaceBytes<T>(int64_t, int64_t);         \
+  template size_t RmsNormBwdWorkspaceBytes<T>(int64_t, int64_t);           \
+  template int LaunchLayerNormBwd<T>(const NormBwdArgs<T>&, void*, void*); \
   template int LaunchRmsNormBwd<T>(const NormBwdArgs<T>&, void*, void*);
 
 KBM_INSTANTIATE_NORM(float)

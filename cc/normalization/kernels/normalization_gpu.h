@@ -66,8 +66,7 @@ template <typename T>
 int LaunchLayerNormBwd(const NormBwdArgs<T>& args, void* workspace,
                        void* stream);
 template <typename T>
-int LaunchRmsNormBwd(const NormBwdArgs<T>& args, void* workspace,
-                     void* stream);
+int LaunchRmsNormBwd(const NormBwdArgs<T>& args, void* workspace, void* stream);
 
 }  // namespace gpu
 }  // namespace kbm

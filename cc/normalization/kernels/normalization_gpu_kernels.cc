@@ -40,24 +40,27 @@ class FusedLayerNormGpuOp : public OpKernel {
     const Tensor& gamma = ctx->input(1);
     const Tensor& beta = ctx->input(2);
     int64_t c = 0;
-    OP_REQUIRES_OK(ctx, CheckNormInputs(x, "x", {{"gamma", &gamma},
-                                                 {"beta", &beta}},
-                                        &c));
+    OP_REQUIRES_OK(
+        ctx, CheckNormInputs(x, "x", {{"gamma", &gamma}, {"beta", &beta}}, &c));
     Tensor* y = nullptr;
     Tensor* mean = nullptr;
     Tensor* rstd = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &y));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, LeadingShape(x), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, LeadingShape(x), &rstd));
-    const gpu::NormFwdArgs<GpuTagT<T>> args{
-        GpuPtr<T>(x),          gamma.flat<float>().data(),
-        beta.flat<float>().data(), GpuPtr<T>(y),
-        mean->flat<float>().data(), rstd->flat<float>().data(),
-        x.NumElements() / c,   c,
-        epsilon_};
-    OP_REQUIRES_OK(ctx, FromGpuCode(gpu::LaunchLayerNormFwd(args, GpuStream(ctx)),
-                                    "Kbm>FusedLayerNorm"));
+    const gpu::NormFwdArgs<GpuTagT<T>> args{GpuPtr<T>(x),
+                                            gamma.flat<float>().data(),
+                                            beta.flat<float>().data(),
+                                            GpuPtr<T>(y),
+                                            mean->flat<float>().data(),
+                                            rstd->flat<float>().data(),
+                                            x.NumElements() / c,
+                                            c,
+                                            epsilon_};
+    OP_REQUIRES_OK(ctx,
+                   FromGpuCode(gpu::LaunchLayerNormFwd(args, GpuStream(ctx)),
+                               "Kbm>FusedLayerNorm"));
   }
 
  private:
@@ -67,8 +70,7 @@ class FusedLayerNormGpuOp : public OpKernel {
 template <typename T>
 class FusedLayerNormGradGpuOp : public OpKernel {
  public:
-  explicit FusedLayerNormGradGpuOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx) {}
+  explicit FusedLayerNormGradGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
@@ -86,8 +88,8 @@ class FusedLayerNormGradGpuOp : public OpKernel {
     Tensor* dx = nullptr;
     Tensor* dgamma = nullptr;
     Tensor* dbeta = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &dx));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, gamma.shape(), &dbeta));
     const int64_t rows = x.NumElements() / c;
@@ -97,12 +99,16 @@ class FusedLayerNormGradGpuOp : public OpKernel {
         ctx, AllocateWorkspace(
                  ctx, gpu::LayerNormBwdWorkspaceBytes<GpuTagT<T>>(rows, c),
                  &scratch, &workspace));
-    const gpu::NormBwdArgs<GpuTagT<T>> args{
-        GpuPtr<T>(dy),              GpuPtr<T>(x),
-        gamma.flat<float>().data(), mean.flat<float>().data(),
-        rstd.flat<float>().data(),  GpuPtr<T>(dx),
-        dgamma->flat<float>().data(), dbeta->flat<float>().data(),
-        rows,                       c};
+    const gpu::NormBwdArgs<GpuTagT<T>> args{GpuPtr<T>(dy),
+                                            GpuPtr<T>(x),
+                                            gamma.flat<float>().data(),
+                                            mean.flat<float>().data(),
+                                            rstd.flat<float>().data(),
+                                            GpuPtr<T>(dx),
+                                            dgamma->flat<float>().data(),
+                                            dbeta->flat<float>().data(),
+                                            rows,
+                                            c};
     OP_REQUIRES_OK(ctx, FromGpuCode(gpu::LaunchLayerNormBwd(args, workspace,
                                                             GpuStream(ctx)),
                                     "Kbm>FusedLayerNormGrad"));
@@ -123,8 +129,8 @@ class FusedRmsNormGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckNormInputs(x, "x", {{"gamma", &gamma}}, &c));
     Tensor* y = nullptr;
     Tensor* rstd = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &y));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, LeadingShape(x), &rstd));
     const gpu::NormFwdArgs<GpuTagT<T>> args{GpuPtr<T>(x),
                                             gamma.flat<float>().data(),
@@ -160,16 +166,16 @@ class FusedRmsNormGradGpuOp : public OpKernel {
                                        "x's shape without the last axis"));
     Tensor* dx = nullptr;
     Tensor* dgamma = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &dx));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
     const int64_t rows = x.NumElements() / c;
     Tensor scratch;
     void* workspace = nullptr;
-    OP_REQUIRES_OK(
-        ctx, AllocateWorkspace(
-                 ctx, gpu::RmsNormBwdWorkspaceBytes<GpuTagT<T>>(rows, c),
-                 &scratch, &workspace));
+    OP_REQUIRES_OK(ctx,
+                   AllocateWorkspace(
+                       ctx, gpu::RmsNormBwdWorkspaceBytes<GpuTagT<T>>(rows, c),
+                       &scratch, &workspace));
     const gpu::NormBwdArgs<GpuTagT<T>> args{GpuPtr<T>(dy),
                                             GpuPtr<T>(x),
                                             gamma.flat<float>().data(),
@@ -180,32 +186,32 @@ class FusedRmsNormGradGpuOp : public OpKernel {
                                             nullptr,
                                             rows,
                                             c};
-    OP_REQUIRES_OK(ctx, FromGpuCode(gpu::LaunchRmsNormBwd(args, workspace,
-                                                          GpuStream(ctx)),
-                                    "Kbm>FusedRmsNormGrad"));
+    OP_REQUIRES_OK(
+        ctx, FromGpuCode(gpu::LaunchRmsNormBwd(args, workspace, GpuStream(ctx)),
+                         "Kbm>FusedRmsNormGrad"));
   }
 };
 
-#define KBM_REGISTER_NORM_GPU(T)                                        \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNorm")                    \
-                              .Device(DEVICE_GPU)                       \
-                              .TypeConstraint<T>("T")                   \
-                              .TypeConstraint<float>("U"),              \
-                          FusedLayerNormGpuOp<T>);                      \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNormGrad")                \
-                              .Device(DEVICE_GPU)                       \
-                              .TypeConstraint<T>("T")                   \
-                              .TypeConstraint<float>("U"),              \
-                          FusedLayerNormGradGpuOp<T>);                  \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedRmsNorm")                      \
-                              .Device(DEVICE_GPU)                       \
-                              .TypeConstraint<T>("T")                   \
-                              .TypeConstraint<float>("U"),              \
-                          FusedRmsNormGpuOp<T>);                        \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedRmsNormGrad")                  \
-                              .Device(DEVICE_GPU)                       \
-                              .TypeConstraint<T>("T")                   \
-                              .TypeConstraint<float>("U"),              \
+#define KBM_REGISTER_NORM_GPU(T)                           \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNorm")       \
+                              .Device(DEVICE_GPU)          \
+                              .TypeConstraint<T>("T")      \
+                              .TypeConstraint<float>("U"), \
+                          FusedLayerNormGpuOp<T>);         \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNormGrad")   \
+                              .Device(DEVICE_GPU)          \
+                              .TypeConstraint<T>("T")      \
+                              .TypeConstraint<float>("U"), \
+                          FusedLayerNormGradGpuOp<T>);     \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedRmsNorm")         \
+                              .Device(DEVICE_GPU)          \
+                              .TypeConstraint<T>("T")      \
+                              .TypeConstraint<float>("U"), \
+                          FusedRmsNormGpuOp<T>);           \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedRmsNormGrad")     \
+                              .Device(DEVICE_GPU)          \
+                              .TypeConstraint<T>("T")      \
+                              .TypeConstraint<float>("U"), \
                           FusedRmsNormGradGpuOp<T>);
 
 KBM_REGISTER_NORM_GPU(Eigen::half)

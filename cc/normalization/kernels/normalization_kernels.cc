@@ -37,8 +37,8 @@ class FusedLayerNormOp : public OpKernel {
   explicit FusedLayerNormOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
     OP_REQUIRES(ctx, epsilon_ >= 0.f,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "epsilon must be >= 0, got ", epsilon_)));
+                absl::InvalidArgumentError(
+                    absl::StrCat("epsilon must be >= 0, got ", epsilon_)));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -46,14 +46,13 @@ class FusedLayerNormOp : public OpKernel {
     const Tensor& gamma = ctx->input(1);
     const Tensor& beta = ctx->input(2);
     int64_t c = 0;
-    OP_REQUIRES_OK(ctx, CheckNormInputs(x, "x", {{"gamma", &gamma},
-                                                 {"beta", &beta}},
-                                        &c));
+    OP_REQUIRES_OK(
+        ctx, CheckNormInputs(x, "x", {{"gamma", &gamma}, {"beta", &beta}}, &c));
     Tensor* y = nullptr;
     Tensor* mean = nullptr;
     Tensor* rstd = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &y));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, LeadingShape(x), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, LeadingShape(x), &rstd));
     const int64_t rows = x.NumElements() / c;
@@ -64,8 +63,8 @@ class FusedLayerNormOp : public OpKernel {
     U* pm = mean->flat<U>().data();
     U* pr = rstd->flat<U>().data();
     const float eps = epsilon_;
-    const bool stream = std::is_same_v<T, float> &&
-                        UseStreamingStores(y->TotalBytes());
+    const bool stream =
+        std::is_same_v<T, float> && UseStreamingStores(y->TotalBytes());
     ParallelFor(ctx, rows, c * kFwdCost, [&](int64_t begin, int64_t end) {
       if constexpr (std::is_same_v<U, double>) {
         for (int64_t i = begin; i < end; ++i) {
@@ -111,8 +110,8 @@ class FusedLayerNormGradOp : public OpKernel {
     Tensor* dx = nullptr;
     Tensor* dgamma = nullptr;
     Tensor* dbeta = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &dx));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, gamma.shape(), &dbeta));
     const int64_t rows = x.NumElements() / c;
@@ -123,9 +122,9 @@ class FusedLayerNormGradOp : public OpKernel {
       return;
     }
     Tensor partials;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DataTypeToEnum<U>::value,
-                                           TensorShape({blocks, 2, c}),
-                                           &partials));
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_temp(DataTypeToEnum<U>::value,
+                                      TensorShape({blocks, 2, c}), &partials));
     const T* pdy = dy.flat<T>().data();
     const T* px = x.flat<T>().data();
     T* pdx = dx->flat<T>().data();
@@ -134,8 +133,8 @@ class FusedLayerNormGradOp : public OpKernel {
     const U* pr = rstd.flat<U>().data();
     U* pp = partials.flat<U>().data();
     const int64_t block_cost = (rows / blocks + 1) * c * kBwdCost;
-    const bool stream = std::is_same_v<T, float> &&
-                        UseStreamingStores(dx->TotalBytes());
+    const bool stream =
+        std::is_same_v<T, float> && UseStreamingStores(dx->TotalBytes());
     ParallelFor(ctx, blocks, block_cost, [&](int64_t b0, int64_t b1) {
       FloatRows<T> rows_io(c, 2);
       for (int64_t b = b0; b < b1; ++b) {
@@ -172,8 +171,8 @@ class FusedRmsNormOp : public OpKernel {
   explicit FusedRmsNormOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
     OP_REQUIRES(ctx, epsilon_ >= 0.f,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "epsilon must be >= 0, got ", epsilon_)));
+                absl::InvalidArgumentError(
+                    absl::StrCat("epsilon must be >= 0, got ", epsilon_)));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -183,8 +182,8 @@ class FusedRmsNormOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckNormInputs(x, "x", {{"gamma", &gamma}}, &c));
     Tensor* y = nullptr;
     Tensor* rstd = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &y));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, LeadingShape(x), &rstd));
     const int64_t rows = x.NumElements() / c;
     const T* px = x.flat<T>().data();
@@ -192,8 +191,8 @@ class FusedRmsNormOp : public OpKernel {
     const U* pg = gamma.flat<U>().data();
     U* pr = rstd->flat<U>().data();
     const float eps = epsilon_;
-    const bool stream = std::is_same_v<T, float> &&
-                        UseStreamingStores(y->TotalBytes());
+    const bool stream =
+        std::is_same_v<T, float> && UseStreamingStores(y->TotalBytes());
     ParallelFor(ctx, rows, c * kFwdCost, [&](int64_t begin, int64_t end) {
       if constexpr (std::is_same_v<U, double>) {
         for (int64_t i = begin; i < end; ++i) {
@@ -235,8 +234,8 @@ class FusedRmsNormGradOp : public OpKernel {
                                        "x's shape without the last axis"));
     Tensor* dx = nullptr;
     Tensor* dgamma = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0,
-                                                               x.shape(), &dx));
+    OP_REQUIRES_OK(
+        ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
     const int64_t rows = x.NumElements() / c;
     const int64_t blocks = NumRowBlocks(ctx, rows);
@@ -245,9 +244,9 @@ class FusedRmsNormGradOp : public OpKernel {
       return;
     }
     Tensor partials;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DataTypeToEnum<U>::value,
-                                           TensorShape({blocks, 1, c}),
-                                           &partials));
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_temp(DataTypeToEnum<U>::value,
+                                      TensorShape({blocks, 1, c}), &partials));
     const T* pdy = dy.flat<T>().data();
     const T* px = x.flat<T>().data();
     T* pdx = dx->flat<T>().data();
@@ -255,8 +254,8 @@ class FusedRmsNormGradOp : public OpKernel {
     const U* pr = rstd.flat<U>().data();
     U* pp = partials.flat<U>().data();
     const int64_t block_cost = (rows / blocks + 1) * c * kBwdCost;
-    const bool stream = std::is_same_v<T, float> &&
-                        UseStreamingStores(dx->TotalBytes());
+    const bool stream =
+        std::is_same_v<T, float> && UseStreamingStores(dx->TotalBytes());
     ParallelFor(ctx, blocks, block_cost, [&](int64_t b0, int64_t b1) {
       FloatRows<T> rows_io(c, 2);
       for (int64_t b = b0; b < b1; ++b) {
@@ -282,25 +281,26 @@ class FusedRmsNormGradOp : public OpKernel {
   }
 };
 
-#define KBM_REGISTER_NORM(T, U)                                          \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNorm")                     \
-                              .Device(DEVICE_CPU)                        \
-                              .TypeConstraint<T>("T")                    \
-                              .TypeConstraint<U>("U"),                   \
-                          FusedLayerNormOp<T, U>);                       \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNormGrad")                 \
-                              .Device(DEVICE_CPU)                        \
-                              .TypeConstraint<T>("T")                    \
-                              .TypeConstraint<U>("U"),                   \
-                          FusedLayerNormGradOp<T, U>);                   \
-  REGISTER_KERNEL_BUILDER(                                               \
-      Name("Kbm>FusedRmsNorm").Device(DEVICE_CPU).TypeConstraint<T>("T") \
-          .TypeConstraint<U>("U"),                                       \
-      FusedRmsNormOp<T, U>);                                             \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedRmsNormGrad")                   \
-                              .Device(DEVICE_CPU)                        \
-                              .TypeConstraint<T>("T")                    \
-                              .TypeConstraint<U>("U"),                   \
+#define KBM_REGISTER_NORM(T, U)                          \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNorm")     \
+                              .Device(DEVICE_CPU)        \
+                              .TypeConstraint<T>("T")    \
+                              .TypeConstraint<U>("U"),   \
+                          FusedLayerNormOp<T, U>);       \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedLayerNormGrad") \
+                              .Device(DEVICE_CPU)        \
+                              .TypeConstraint<T>("T")    \
+                              .TypeConstraint<U>("U"),   \
+                          FusedLayerNormGradOp<T, U>);   \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedRmsNorm")       \
+                              .Device(DEVICE_CPU)        \
+                              .TypeConstraint<T>("T")    \
+                              .TypeConstraint<U>("U"),   \
+                          FusedRmsNormOp<T, U>);         \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>FusedRmsNormGrad")   \
+                              .Device(DEVICE_CPU)        \
+                              .TypeConstraint<T>("T")    \
+                              .TypeConstraint<U>("U"),   \
                           FusedRmsNormGradOp<T, U>);
 
 KBM_REGISTER_NORM(Eigen::half, float)

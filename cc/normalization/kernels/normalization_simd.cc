@@ -31,7 +31,9 @@ inline float RowSum(const float* x, int64_t c, float pad, F f) {
   return HorizontalSum((a0 + a1) + (a2 + a3));
 }
 
-inline float InvSqrt(double v) { return static_cast<float>(1.0 / std::sqrt(v)); }
+inline float InvSqrt(double v) {
+  return static_cast<float>(1.0 / std::sqrt(v));
+}
 
 void LayerNormFwd(const float* x, const float* gamma, const float* beta,
                   int64_t c, float epsilon, float* y, float* mean_out,
@@ -122,8 +124,8 @@ void RmsNormFwd(const float* x, const float* gamma, int64_t c, float epsilon,
   *rstd_out = rstd;
 }
 
-void RmsNormBwd(const float* dy, const float* x, const float* gamma,
-                float rstd, int64_t c, float* dx, float* dgamma, bool stream) {
+void RmsNormBwd(const float* dy, const float* x, const float* gamma, float rstd,
+                int64_t c, float* dx, float* dgamma, bool stream) {
   const VecF r = Splat(rstd);
   VecF s2 = Splat(0.f);
   int64_t j = 0;
@@ -148,8 +150,7 @@ void RmsNormBwd(const float* dy, const float* x, const float* gamma,
     const VecF xhat = LoadPartial(x + j, n) * r;
     StorePartial(
         dx + j,
-        r * (LoadPartial(gamma + j, n) * LoadPartial(dy + j, n) - xhat * k),
-        n);
+        r * (LoadPartial(gamma + j, n) * LoadPartial(dy + j, n) - xhat * k), n);
   }
 }
 

@@ -46,8 +46,7 @@ struct OptimizerKernels {
                        double* w2, double* u2);
   // LAMB pass 2: p = (p - p*decay) - ratio_lr * u.
   void (*lamb_apply)(float* p, const float* m, const float* v, int64_t n,
-                     const LambScalars<float>& s, float decay,
-                     float ratio_lr);
+                     const LambScalars<float>& s, float decay, float ratio_lr);
   void (*lion)(float* p, float* m, const float* g, int64_t n,
                const LionScalars<float>& s, float decay);
 };

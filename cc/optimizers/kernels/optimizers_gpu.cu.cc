@@ -9,11 +9,12 @@
 // it with 4-element vector loads (16 bytes for float32) when every pointer
 // of the table is aligned, scalar loads otherwise. Scalars are read from
 // device memory by each block.
+#include "cc/optimizers/kernels/optimizers_gpu.h"
+
 #include <algorithm>
 #include <climits>
 
 #include "cc/common/gpu/device_utils.cuh"
-#include "cc/optimizers/kernels/optimizers_gpu.h"
 
 namespace kbm {
 namespace gpu {
@@ -57,8 +58,13 @@ struct AdamOp {
   static constexpr bool kReduce = false;
   float omb1, omb2, coef_a, bias2, coef_sgd, eps, decay;
   __device__ AdamOp(const Params& s, int t)
-      : omb1(*s.omb1), omb2(*s.omb2), coef_a(*s.coef_a), bias2(*s.bias2),
-        coef_sgd(*s.coef_sgd), eps(*s.eps), decay(s.decay[t]) {}
+      : omb1(*s.omb1),
+        omb2(*s.omb2),
+        coef_a(*s.coef_a),
+        bias2(*s.bias2),
+        coef_sgd(*s.coef_sgd),
+        eps(*s.eps),
+        decay(s.decay[t]) {}
   __device__ __forceinline__ void operator()(float* x, float&, float&) const {
     const float g = x[3];
     const float m = x[1] + (g - x[1]) * omb1;
@@ -82,8 +88,12 @@ struct LambMomentsOp {
   static constexpr bool kReduce = true;
   float omb1, omb2, bias1, bias2, eps, decay;
   __device__ LambMomentsOp(const Params& s, int t)
-      : omb1(*s.omb1), omb2(*s.omb2), bias1(*s.bias1), bias2(*s.bias2),
-        eps(*s.eps), decay(s.decay[t]) {}
+      : omb1(*s.omb1),
+        omb2(*s.omb2),
+        bias1(*s.bias1),
+        bias2(*s.bias2),
+        eps(*s.eps),
+        decay(s.decay[t]) {}
   __device__ __forceinline__ void operator()(float* x, float& w2,
                                              float& u2) const {
     const float g = x[3];
@@ -105,7 +115,10 @@ struct LambApplyOp {
   static constexpr bool kReduce = false;
   float bias1, bias2, eps, decay, ratio_lr;
   __device__ LambApplyOp(const Params& s, int t)
-      : bias1(*s.bias1), bias2(*s.bias2), eps(*s.eps), decay(s.decay[t]),
+      : bias1(*s.bias1),
+        bias2(*s.bias2),
+        eps(*s.eps),
+        decay(s.decay[t]),
         ratio_lr(s.ratio_lr[t]) {}
   __device__ __forceinline__ void operator()(float* x, float&, float&) const {
     const float u = (x[1] / bias1) / (sqrtf(x[2] / bias2) + eps);
@@ -124,8 +137,12 @@ struct LionOp {
   static constexpr bool kReduce = false;
   float lr, b1, b2, omb1, omb2, decay;
   __device__ LionOp(const Params& s, int t)
-      : lr(*s.lr), b1(*s.b1), b2(*s.b2), omb1(1.f - *s.b1),
-        omb2(1.f - *s.b2), decay(s.decay[t]) {}
+      : lr(*s.lr),
+        b1(*s.b1),
+        b2(*s.b2),
+        omb1(1.f - *s.b1),
+        omb2(1.f - *s.b2),
+        decay(s.decay[t]) {}
   __device__ __forceinline__ void operator()(float* x, float&, float&) const {
     const float g = x[2], m = x[1];
     const float c = m * b1 + g * omb1;
@@ -353,16 +370,15 @@ const void* const* Untyped(const T* const* p) {
 template <typename T>
 int LaunchMultiAdam(const MultiAdamArgs<T>& a, void* stream) {
   using N = NativeT<T>;
-  const AdamParams params{a.one_minus_beta_1, a.one_minus_beta_2,
-                          a.coef_adaptive,    a.bias_2,
-                          a.coef_sgd,         a.epsilon,
-                          a.decay,            nullptr};
+  const AdamParams params{
+      a.one_minus_beta_1, a.one_minus_beta_2, a.coef_adaptive, a.bias_2,
+      a.coef_sgd,         a.epsilon,          a.decay,         nullptr};
   if (a.num_tensors > 0 &&
       (a.params == nullptr || a.m == nullptr || a.v == nullptr ||
-       a.grads == nullptr || params.omb1 == nullptr ||
-       params.omb2 == nullptr || params.coef_a == nullptr ||
-       params.bias2 == nullptr || params.coef_sgd == nullptr ||
-       params.eps == nullptr || params.decay == nullptr)) {
+       a.grads == nullptr || params.omb1 == nullptr || params.omb2 == nullptr ||
+       params.coef_a == nullptr || params.bias2 == nullptr ||
+       params.coef_sgd == nullptr || params.eps == nullptr ||
+       params.decay == nullptr)) {
     return kErrorInvalidArgument;
   }
   const void* const* const lists[4] = {Untyped(a.params), Untyped(a.m),
@@ -386,16 +402,14 @@ size_t MultiLambWorkspaceBytes(int num_tensors, const int64_t* sizes) {
 }
 
 template <typename T>
-int LaunchMultiLamb(const MultiLambArgs<T>& a, void* workspace,
-                    void* stream) {
+int LaunchMultiLamb(const MultiLambArgs<T>& a, void* workspace, void* stream) {
   using N = NativeT<T>;
   if (a.num_tensors <= 0) return a.num_tensors == 0 ? 0 : kErrorInvalidArgument;
   if (a.params == nullptr || a.m == nullptr || a.v == nullptr ||
-      a.grads == nullptr || a.sizes == nullptr ||
-      a.learning_rate == nullptr || a.one_minus_beta_1 == nullptr ||
-      a.one_minus_beta_2 == nullptr || a.bias_1 == nullptr ||
-      a.bias_2 == nullptr || a.epsilon == nullptr || a.decay == nullptr ||
-      workspace == nullptr) {
+      a.grads == nullptr || a.sizes == nullptr || a.learning_rate == nullptr ||
+      a.one_minus_beta_1 == nullptr || a.one_minus_beta_2 == nullptr ||
+      a.bias_1 == nullptr || a.bias_2 == nullptr || a.epsilon == nullptr ||
+      a.decay == nullptr || workspace == nullptr) {
     return kErrorInvalidArgument;
   }
   int64_t total_chunks = 0;
@@ -406,10 +420,14 @@ int LaunchMultiLamb(const MultiLambArgs<T>& a, void* workspace,
   float* ratio_lr = reinterpret_cast<float*>(
       static_cast<char*>(workspace) +
       AlignUp(static_cast<size_t>(total_chunks) * sizeof(float2)));
-  const LambParams params{a.learning_rate, a.one_minus_beta_1,
-                          a.one_minus_beta_2, a.bias_1,
-                          a.bias_2,          a.epsilon,
-                          a.decay,           ratio_lr};
+  const LambParams params{a.learning_rate,
+                          a.one_minus_beta_1,
+                          a.one_minus_beta_2,
+                          a.bias_1,
+                          a.bias_2,
+                          a.epsilon,
+                          a.decay,
+                          ratio_lr};
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const void* const* const lists[4] = {Untyped(a.params), Untyped(a.m),
                                        Untyped(a.v), Untyped(a.grads)};
@@ -447,8 +465,8 @@ int LaunchMultiLion(const MultiLionArgs<T>& a, void* stream) {
       });
 }
 
-#define KBM_INSTANTIATE(T)                                              \
-  template int LaunchMultiAdam<T>(const MultiAdamArgs<T>&, void*);      \
+#define KBM_INSTANTIATE(T)                                                \
+  template int LaunchMultiAdam<T>(const MultiAdamArgs<T>&, void*);        \
   template int LaunchMultiLamb<T>(const MultiLambArgs<T>&, void*, void*); \
   template int LaunchMultiLion<T>(const MultiLionArgs<T>&, void*);
 

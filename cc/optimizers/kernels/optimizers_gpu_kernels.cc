@@ -149,8 +149,8 @@ class MultiApplyAdamGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms", "vs"}, "grads"));
     const float* sc[6];
     const float* decay;
-    OP_REQUIRES_OK(ctx, DeviceScalars(ctx, kAdamScalarNames, groups.size(),
-                                      sc, &decay));
+    OP_REQUIRES_OK(
+        ctx, DeviceScalars(ctx, kAdamScalarNames, groups.size(), sc, &decay));
     auto p = groups.slot(0), m = groups.slot(1), v = groups.slot(2);
     const auto g = groups.grads();
     const auto sizes = groups.sizes();
@@ -168,9 +168,9 @@ class MultiApplyAdamGpuOp : public OpKernel {
     a.coef_sgd = sc[4];
     a.epsilon = sc[5];
     a.decay = decay;
-    OP_REQUIRES_OK(ctx, FromGpuCode(::kbm::gpu::LaunchMultiAdam(
-                                        a, GpuStream(ctx)),
-                                    "Kbm>MultiApplyAdam"));
+    OP_REQUIRES_OK(ctx,
+                   FromGpuCode(::kbm::gpu::LaunchMultiAdam(a, GpuStream(ctx)),
+                               "Kbm>MultiApplyAdam"));
   }
 };
 
@@ -184,8 +184,8 @@ class MultiApplyLambGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms", "vs"}, "grads"));
     const float* sc[6];
     const float* decay;
-    OP_REQUIRES_OK(ctx, DeviceScalars(ctx, kLambScalarNames, groups.size(),
-                                      sc, &decay));
+    OP_REQUIRES_OK(
+        ctx, DeviceScalars(ctx, kLambScalarNames, groups.size(), sc, &decay));
     auto p = groups.slot(0), m = groups.slot(1), v = groups.slot(2);
     const auto g = groups.grads();
     const auto sizes = groups.sizes();
@@ -205,13 +205,12 @@ class MultiApplyLambGpuOp : public OpKernel {
     a.decay = decay;
     Tensor holder;
     void* workspace;
-    OP_REQUIRES_OK(
-        ctx, AllocateWorkspace(ctx,
-                               ::kbm::gpu::MultiLambWorkspaceBytes(
-                                   groups.size(), sizes.data()),
-                               &holder, &workspace));
-    OP_REQUIRES_OK(ctx, FromGpuCode(::kbm::gpu::LaunchMultiLamb(
-                                        a, workspace, GpuStream(ctx)),
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx,
+                                          ::kbm::gpu::MultiLambWorkspaceBytes(
+                                              groups.size(), sizes.data()),
+                                          &holder, &workspace));
+    OP_REQUIRES_OK(ctx, FromGpuCode(::kbm::gpu::LaunchMultiLamb(a, workspace,
+                                                                GpuStream(ctx)),
                                     "Kbm>MultiApplyLamb"));
   }
 };
@@ -226,8 +225,8 @@ class MultiApplyLionGpuOp : public OpKernel {
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms"}, "grads"));
     const float* sc[3];
     const float* decay;
-    OP_REQUIRES_OK(ctx, DeviceScalars(ctx, kLionScalarNames, groups.size(),
-                                      sc, &decay));
+    OP_REQUIRES_OK(
+        ctx, DeviceScalars(ctx, kLionScalarNames, groups.size(), sc, &decay));
     auto p = groups.slot(0), m = groups.slot(1);
     const auto g = groups.grads();
     const auto sizes = groups.sizes();
@@ -241,26 +240,26 @@ class MultiApplyLionGpuOp : public OpKernel {
     a.beta_1 = sc[1];
     a.beta_2 = sc[2];
     a.decay = decay;
-    OP_REQUIRES_OK(ctx, FromGpuCode(::kbm::gpu::LaunchMultiLion(
-                                        a, GpuStream(ctx)),
-                                    "Kbm>MultiApplyLion"));
+    OP_REQUIRES_OK(ctx,
+                   FromGpuCode(::kbm::gpu::LaunchMultiLion(a, GpuStream(ctx)),
+                               "Kbm>MultiApplyLion"));
   }
 };
 
-#define KBM_REGISTER_OPTIMIZERS_GPU(T)                    \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyAdam")      \
-                              .Device(DEVICE_GPU)         \
-                              .TypeConstraint<T>("T")     \
+#define KBM_REGISTER_OPTIMIZERS_GPU(T)                     \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyAdam")       \
+                              .Device(DEVICE_GPU)          \
+                              .TypeConstraint<T>("T")      \
                               .TypeConstraint<float>("U"), \
-                          MultiApplyAdamGpuOp<T>);        \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLamb")      \
-                              .Device(DEVICE_GPU)         \
-                              .TypeConstraint<T>("T")     \
+                          MultiApplyAdamGpuOp<T>);         \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLamb")       \
+                              .Device(DEVICE_GPU)          \
+                              .TypeConstraint<T>("T")      \
                               .TypeConstraint<float>("U"), \
-                          MultiApplyLambGpuOp<T>);        \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLion")      \
-                              .Device(DEVICE_GPU)         \
-                              .TypeConstraint<T>("T")     \
+                          MultiApplyLambGpuOp<T>);         \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLion")       \
+                              .Device(DEVICE_GPU)          \
+                              .TypeConstraint<T>("T")      \
                               .TypeConstraint<float>("U"), \
                           MultiApplyLionGpuOp<T>);
 

@@ -57,10 +57,10 @@ inline absl::Status DecayInput(OpKernelContext* ctx, int n,
 // `slot_lists[s]`, variable i; list 0 holds the variables) against each
 // other and against the gradients: initialized, of dtype `dtype`, all of
 // the variable's shape.
-inline absl::Status CheckGroups(
-    const std::vector<const char*>& slot_lists,
-    const std::vector<std::vector<Tensor>>& tensors, const char* grads_name,
-    const OpInputList& grads, DataType dtype) {
+inline absl::Status CheckGroups(const std::vector<const char*>& slot_lists,
+                                const std::vector<std::vector<Tensor>>& tensors,
+                                const char* grads_name,
+                                const OpInputList& grads, DataType dtype) {
   const int n = grads.size();
   for (size_t s = 0; s < slot_lists.size(); ++s) {
     for (int i = 0; i < n; ++i) {

@@ -135,7 +135,8 @@ void ForChunkAsFloat(VariableGroups<T>& groups, const Chunk& c, Fn fn) {
       for (int s = 0; s < K; ++s) {
         slots[s] = buf + s * kBlock;
         const T* src = groups.slot(s, c.var) + b;
-        for (int64_t i = 0; i < n; ++i) slots[s][i] = static_cast<float>(src[i]);
+        for (int64_t i = 0; i < n; ++i)
+          slots[s][i] = static_cast<float>(src[i]);
       }
       float* g = buf + K * kBlock;
       const T* gsrc = groups.grad(c.var) + b;
@@ -165,8 +166,8 @@ class MultiApplyAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms", "vs"}, "grads"));
     U sc[6];
     const U* decay;
-    OP_REQUIRES_OK(ctx, ReadScalars(ctx, kAdamScalarNames, groups.size(), sc,
-                                    &decay));
+    OP_REQUIRES_OK(
+        ctx, ReadScalars(ctx, kAdamScalarNames, groups.size(), sc, &decay));
     const AdamScalars<U> s{sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]};
     const auto& chunks = groups.chunks();
     ParallelFor(ctx, chunks.size(), kChunk * 6, [&](int64_t b0, int64_t b1) {
@@ -174,15 +175,15 @@ class MultiApplyAdamOp : public OpKernel {
         const Chunk& c = chunks[ci];
         if constexpr (std::is_same_v<T, double>) {
           const int64_t o = c.begin;
-          AdamScalar<double>(groups.slot(0, c.var) + o, groups.slot(1, c.var) + o,
+          AdamScalar<double>(groups.slot(0, c.var) + o,
+                             groups.slot(1, c.var) + o,
                              groups.slot(2, c.var) + o, groups.grad(c.var) + o,
                              c.end - c.begin, s, decay[c.var]);
         } else {
-          ForChunkAsFloat<T, 3>(groups, c,
-                                [&](float** x, const float* g, int64_t n) {
-                                  SimdKernels().adam(x[0], x[1], x[2], g, n, s,
-                                                     decay[c.var]);
-                                });
+          ForChunkAsFloat<T, 3>(
+              groups, c, [&](float** x, const float* g, int64_t n) {
+                SimdKernels().adam(x[0], x[1], x[2], g, n, s, decay[c.var]);
+              });
         }
       }
     });
@@ -202,8 +203,8 @@ class MultiApplyLambOp : public OpKernel {
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms", "vs"}, "grads"));
     U sc[6];
     const U* decay;
-    OP_REQUIRES_OK(ctx, ReadScalars(ctx, kLambScalarNames, groups.size(), sc,
-                                    &decay));
+    OP_REQUIRES_OK(
+        ctx, ReadScalars(ctx, kLambScalarNames, groups.size(), sc, &decay));
     const LambScalars<U> s{sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]};
     const auto& chunks = groups.chunks();
     // Pass 1: moments, and per-chunk squared norms of p and of the update.
@@ -247,8 +248,8 @@ class MultiApplyLambOp : public OpKernel {
           const int64_t o = c.begin;
           LambApplyScalar<double>(groups.slot(0, c.var) + o,
                                   groups.slot(1, c.var) + o,
-                                  groups.slot(2, c.var) + o, c.end - c.begin,
-                                  s, decay[c.var], ratio_lr[c.var]);
+                                  groups.slot(2, c.var) + o, c.end - c.begin, s,
+                                  decay[c.var], ratio_lr[c.var]);
         } else {
           ForChunkAsFloat<T, 3>(
               groups, c, [&](float** x, const float*, int64_t n) {
@@ -274,8 +275,8 @@ class MultiApplyLionOp : public OpKernel {
     OP_REQUIRES_OK(ctx, groups.Init(ctx, {"vars", "ms"}, "grads"));
     U sc[3];
     const U* decay;
-    OP_REQUIRES_OK(ctx, ReadScalars(ctx, kLionScalarNames, groups.size(), sc,
-                                    &decay));
+    OP_REQUIRES_OK(
+        ctx, ReadScalars(ctx, kLionScalarNames, groups.size(), sc, &decay));
     const LionScalars<U> s{sc[0], sc[1], sc[2]};
     const auto& chunks = groups.chunks();
     ParallelFor(ctx, chunks.size(), kChunk * 4, [&](int64_t b0, int64_t b1) {
@@ -287,32 +288,31 @@ class MultiApplyLionOp : public OpKernel {
                              groups.slot(1, c.var) + o, groups.grad(c.var) + o,
                              c.end - c.begin, s, decay[c.var]);
         } else {
-          ForChunkAsFloat<T, 2>(groups, c,
-                                [&](float** x, const float* g, int64_t n) {
-                                  SimdKernels().lion(x[0], x[1], g, n, s,
-                                                     decay[c.var]);
-                                });
+          ForChunkAsFloat<T, 2>(
+              groups, c, [&](float** x, const float* g, int64_t n) {
+                SimdKernels().lion(x[0], x[1], g, n, s, decay[c.var]);
+              });
         }
       }
     });
   }
 };
 
-#define KBM_REGISTER_OPTIMIZERS(T, U)                     \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyAdam")      \
-                              .Device(DEVICE_CPU)         \
-                              .TypeConstraint<T>("T")     \
-                              .TypeConstraint<U>("U"),    \
-                          MultiApplyAdamOp<T>);           \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLamb")      \
-                              .Device(DEVICE_CPU)         \
-                              .TypeConstraint<T>("T")     \
-                              .TypeConstraint<U>("U"),    \
-                          MultiApplyLambOp<T>);           \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLion")      \
-                              .Device(DEVICE_CPU)         \
-                              .TypeConstraint<T>("T")     \
-                              .TypeConstraint<U>("U"),    \
+#define KBM_REGISTER_OPTIMIZERS(T, U)                  \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyAdam")   \
+                              .Device(DEVICE_CPU)      \
+                              .TypeConstraint<T>("T")  \
+                              .TypeConstraint<U>("U"), \
+                          MultiApplyAdamOp<T>);        \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLamb")   \
+                              .Device(DEVICE_CPU)      \
+                              .TypeConstraint<T>("T")  \
+                              .TypeConstraint<U>("U"), \
+                          MultiApplyLambOp<T>);        \
+  REGISTER_KERNEL_BUILDER(Name("Kbm>MultiApplyLion")   \
+                              .Device(DEVICE_CPU)      \
+                              .TypeConstraint<T>("T")  \
+                              .TypeConstraint<U>("U"), \
                           MultiApplyLionOp<T>);
 
 KBM_REGISTER_OPTIMIZERS(Eigen::half, float)

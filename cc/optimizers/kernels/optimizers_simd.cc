@@ -56,9 +56,9 @@ inline VecF LambU(VecF mv, VecF vv, VecF bias1, VecF bias2, VecF eps) {
   return (mv / bias1) / (Sqrt(vv / bias2) + eps);
 }
 
-void LambMoments(const float* p, float* m, float* v, const float* g,
-                 int64_t n, const LambScalars<float>& s, float decay,
-                 double* w2, double* u2) {
+void LambMoments(const float* p, float* m, float* v, const float* g, int64_t n,
+                 const LambScalars<float>& s, float decay, double* w2,
+                 double* u2) {
   const VecF omb1 = Splat(s.omb1), omb2 = Splat(s.omb2);
   const VecF bias1 = Splat(s.bias1), bias2 = Splat(s.bias2);
   const VecF eps = Splat(s.eps), dec = Splat(decay);
@@ -122,8 +122,7 @@ void Lion(float* p, float* m, const float* g, int64_t n,
 
 }  // namespace
 
-const OptimizerKernels kOptimizerKernels = {Adam, LambMoments, LambApply,
-                                            Lion};
+const OptimizerKernels kOptimizerKernels = {Adam, LambMoments, LambApply, Lion};
 
 }  // namespace KBM_ISA
 }  // namespace kbm

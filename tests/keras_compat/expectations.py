@@ -48,6 +48,7 @@ QUANTIZATION = {
     )
 }
 
+
 def _lookup(table, key):
     for pattern, reason in table.items():
         if fnmatch.fnmatchcase(key, pattern):

@@ -9,9 +9,9 @@ from keras_bigmodels.backend import IS_LEGACY_KERAS
 from keras_bigmodels.ops import _loader
 from keras_bigmodels.testing import (
     assert_close,
-    check_model_contract,
     kbm_ops_in,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -194,11 +194,40 @@ def test_symbolic_call_with_scores(keras):
     assert scores.shape == (2, 4, 7, 5)
 
 
-def test_contract(keras, tmp_path):
-    inputs = keras.Input((7, 12))
-    h = kbm.layers.GroupedQueryAttention(8, 4, 2)(
-        inputs, inputs, use_causal_mask=True
+# A [B, T, S] mask in which every query sees a key.
+_MASK = np.random.default_rng(8).random((2, 5, 7)) > 0.4
+_MASK[..., 0] = True
+
+
+@pytest.mark.parametrize(
+    "input_shape,init_kwargs,call_kwargs",
+    [
+        (((2, 5, 12), (2, 7, 12)), {}, {}),
+        (((2, 5, 12), (2, 7, 12)), {}, {"attention_mask": _MASK}),
+        (((2, 7, 12), (2, 7, 12)), {}, {"use_causal_mask": True}),
+        (((2, 5, 12), (2, 7, 12)), {"dropout": 0.1, "seed": 3}, {}),
+        (
+            ((2, 7, 12), (2, 7, 12)),
+            {"num_key_value_heads": 1, "sliding_window": 3},
+            {"use_causal_mask": True},
+        ),
+    ],
+    ids=["cross", "mask", "causal", "dropout", "mqa_sliding_window"],
+)
+def test_layer_contract(tmp_path, input_shape, init_kwargs, call_kwargs):
+    run_layer_test(
+        kbm.layers.GroupedQueryAttention,
+        {
+            "head_dim": 8,
+            "num_query_heads": 4,
+            "num_key_value_heads": 2,
+            **init_kwargs,
+        },
+        input_shape,
+        expected_output_shape=input_shape[0],
+        expected_num_trainable_weights=8,
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        call_kwargs=call_kwargs,
+        tmp_dir=tmp_path,
     )
-    model = keras.Model(inputs, keras.layers.Dense(1)(h))
-    x = random_tensor((16, 7, 12), tf.float32, 5).numpy()
-    check_model_contract(model, x, x[..., :1], tmp_path)

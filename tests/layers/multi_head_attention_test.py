@@ -8,9 +8,9 @@ import keras_bigmodels as kbm
 from keras_bigmodels.backend import IS_LEGACY_KERAS
 from keras_bigmodels.testing import (
     assert_close,
-    check_model_contract,
     kbm_ops_in,
     random_tensor,
+    run_layer_test,
 )
 
 
@@ -213,11 +213,31 @@ def test_rotary_embedding_is_applied(keras):
     assert_close(y_fused, y, 1e-5, 1e-5)
 
 
-def test_contract(keras, tmp_path):
-    inputs = keras.Input((7, 16))
-    h = kbm.layers.MultiHeadAttention(num_heads=2, key_dim=8)(
-        inputs, inputs, use_causal_mask=True
+# A [B, T, S] mask in which every query sees a key.
+_MASK = np.random.default_rng(8).random((2, 5, 7)) > 0.4
+_MASK[..., 0] = True
+
+
+@pytest.mark.parametrize(
+    "input_shape,init_kwargs,call_kwargs",
+    [
+        (((2, 5, 8), (2, 7, 8)), {}, {}),
+        (((2, 5, 8), (2, 7, 8)), {"value_dim": 6}, {"attention_mask": _MASK}),
+        (((2, 7, 8), (2, 7, 8)), {}, {"use_causal_mask": True}),
+        (((2, 5, 8), (2, 7, 8)), {"dropout": 0.1}, {}),
+        (((2, 7, 8), (2, 7, 8)), {"rope_max_wavelength": 100}, {}),
+    ],
+    ids=["cross", "mask", "causal", "dropout", "rope"],
+)
+def test_layer_contract(tmp_path, input_shape, init_kwargs, call_kwargs):
+    run_layer_test(
+        kbm.layers.MultiHeadAttention,
+        {"num_heads": 2, "key_dim": 4, **init_kwargs},
+        input_shape,
+        expected_output_shape=input_shape[0],
+        expected_num_trainable_weights=8,
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        call_kwargs=call_kwargs,
+        tmp_dir=tmp_path,
     )
-    model = keras.Model(inputs, keras.layers.Dense(1)(h))
-    x = random_tensor((16, 7, 16), tf.float32, 5).numpy()
-    check_model_contract(model, x, x[..., :1], tmp_path)

@@ -56,6 +56,9 @@ from keras_bigmodels.backend import KERAS_LINE, keras  # noqa: E402
 
 STUDENT_LAYERS = (2, 5)  # Teacher blocks copied into the 2-layer student.
 LATENCY_BATCHES = (1, 32)  # Latency (one request) and throughput.
+# Timed calls per model and batch size: batch-1 calls take milliseconds, so
+# more of them steady the median for about a second more.
+LATENCY_RUNS = {1: 25, 32: 9}
 
 
 class TokenIdsToBertInputs(keras.layers.Layer):
@@ -433,6 +436,7 @@ def main(argv=None):
             batch: kbm.utils.measure_latencies(
                 {name: model for name, (model, _, _) in results.items()},
                 np.resize(x_test, (batch, x_test.shape[1])),
+                runs=LATENCY_RUNS[batch],
             )
             for batch in LATENCY_BATCHES
         }
@@ -548,15 +552,17 @@ def latency_headers():
 def latency_note(results, latency, load):
     """How the latencies were measured, and whether the two models of one
     architecture agree."""
-    first = next(iter(latency.values()))
-    some = next(iter(first.values()))
+    runs = " and ".join(
+        f"{len(next(iter(latency[b].values())).times_ms)} (batch {b})"
+        for b in LATENCY_BATCHES
+    )
     note = (
         "Inference: each model called as a `tf.function` (`training=False`) "
         "on a batch of 1 (latency) and of "
         f"{', '.join(str(b) for b in LATENCY_BATCHES if b > 1)} "
         f"(throughput) test examples; {kbm.utils.latency.WARMUP} untimed "
-        "warm-up calls, then the median of "
-        f"{len(some.times_ms)} timed calls, the models interleaved call by "
+        f"warm-up calls, then the median of {runs} timed calls, the "
+        "models interleaved call by "
         "call; (min-max) is the spread of those calls. Load average "
         f"{load} after the timing: the busier the machine, the slower the "
         "calls, batch 32's most."

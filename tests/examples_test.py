@@ -137,7 +137,7 @@ def test_demo_quick(tmp_path):
     for row in rows:
         assert len(row) == 6
         assert timing.fullmatch(row[4]) and timing.fullmatch(row[5][:-2])
-    assert "the median of 9 timed calls" in report
+    assert "the median of 25 (batch 1) and 9 (batch 32) timed calls" in report
     assert "Same architecture: fine-tuned MiniLM (teacher) and same " in report
 
 

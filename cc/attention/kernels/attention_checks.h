@@ -1,5 +1,5 @@
-// Input validation of the flash-attention ops, for the GPU kernels
-// (attention_gpu_kernels.cc); the messages are those of the CPU kernel.
+// Input validation of the flash-attention ops, shared by the CPU kernel
+// (attention_kernels.cc) and the GPU kernels (attention_gpu_kernels.cc).
 // TensorFlow headers, no CUDA headers.
 #ifndef KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_CHECKS_H_
 #define KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_CHECKS_H_

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cc/attention/kernels/attention.h"
+#include "cc/attention/kernels/attention_checks.h"
 #include "cc/attention/kernels/attention_tiles.h"
 #include "cc/common/cpu_isa.h"
 #include "cc/common/kernel_utils.h"
@@ -33,94 +34,34 @@ const AttentionKernels& SimdKernels() {
 #endif
 }
 
-// Validates q, k, v and key_mask; fills the shape.
+// Validates the inputs and attributes (attention_checks.h, shared with the
+// GPU kernels); fills the CPU kernel's shape.
 absl::Status ReadShape(const Tensor& q, const Tensor& k, const Tensor& v,
-                       const Tensor& key_mask, float scale, bool causal,
-                       bool top_left, AttentionShape* s) {
-  for (const auto& [name, t] :
-       {std::pair<const char*, const Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
-    if (t->dims() != 4) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name,
-          " must have rank 4 ([batch, length, heads, head_dim]), got "
-          "shape ",
-          ShapeString(*t)));
-    }
-  }
-  s->batch = q.dim_size(0);
-  s->q_len = q.dim_size(1);
-  s->q_heads = q.dim_size(2);
-  s->head_dim = q.dim_size(3);
-  s->kv_len = k.dim_size(1);
-  s->kv_heads = k.dim_size(2);
-  s->value_dim = v.dim_size(3);
-  s->scale = scale;
-  s->causal = causal;
+                       const Tensor& key_mask, const Tensor& mask,
+                       const Tensor& seed, float scale, bool causal,
+                       bool top_left, float rate, AttentionShape* s) {
+  ::kbm::gpu::AttentionParams p;
+  TF_RETURN_IF_ERROR(ReadAttentionParams(q, k, v, key_mask, mask, seed, scale,
+                                         causal, top_left, rate, &p));
+  s->batch = p.batch;
+  s->q_len = p.q_len;
+  s->q_heads = p.q_heads;
+  s->head_dim = p.head_dim;
+  s->kv_len = p.kv_len;
+  s->kv_heads = p.kv_heads;
+  s->value_dim = p.value_dim;
+  s->scale = p.scale;
+  s->causal = p.causal;
   s->causal_offset = top_left ? 0 : s->kv_len - s->q_len;
-  if (k.dim_size(0) != s->batch || v.dim_size(0) != s->batch) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "q, k and v must have the same batch size, got q ", ShapeString(q),
-        ", k ", ShapeString(k), ", v ", ShapeString(v)));
-  }
-  if (k.dim_size(3) != s->head_dim) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("k must have the head_dim of q (", s->head_dim,
-                     "), got k ", ShapeString(k), " and q ", ShapeString(q)));
-  }
-  if (v.dim_size(1) != s->kv_len || v.dim_size(2) != s->kv_heads) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("v must have the length and heads of k, got v ",
-                     ShapeString(v), " and k ", ShapeString(k)));
-  }
-  if (s->kv_heads == 0 || s->q_heads % s->kv_heads != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the number of query heads (", s->q_heads,
-                     ") must be a multiple of the number of key/value heads (",
-                     s->kv_heads, ")"));
-  }
-  if (key_mask.NumElements() != 0 &&
-      (key_mask.dims() != 2 || key_mask.dim_size(0) != s->batch ||
-       key_mask.dim_size(1) != s->kv_len)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key_mask must have shape [", s->batch, ",", s->kv_len,
-        "] ([batch, key length]) or be empty, got ", ShapeString(key_mask)));
-  }
-  if (!std::isfinite(scale)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("scale must be finite, got ", scale));
-  }
-  return absl::OkStatus();
-}
-
-// Validates the dense mask, the seed and the dropout rate; fills the shape.
-absl::Status ReadMaskAndDropout(const Tensor& mask, const Tensor& seed,
-                                float rate, AttentionShape* s) {
   if (mask.NumElements() != 0) {
-    if (mask.dims() != 3 ||
-        (mask.dim_size(0) != 1 && mask.dim_size(0) != s->batch) ||
-        mask.dim_size(1) != s->q_len || mask.dim_size(2) != s->kv_len) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "mask must have shape [", s->batch, " or 1,", s->q_len, ",",
-          s->kv_len, "] ([batch, query length, key length]) or be empty, got ",
-          ShapeString(mask)));
-    }
-    s->mask_batch_stride = mask.dim_size(0) == 1 ? 0 : s->q_len * s->kv_len;
-  }
-  if (!(rate >= 0.f && rate < 1.f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dropout_rate must be in [0, 1), got ", rate));
+    s->mask_batch_stride = p.mask_batch == 1 ? 0 : s->q_len * s->kv_len;
   }
   if (rate > 0.f) {
-    if (seed.dims() != 1 || seed.NumElements() != 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("seed must have shape [2] when dropout_rate > 0, got ",
-                       ShapeString(seed)));
-    }
     s->dropout = true;
     s->dropout_threshold = kbm_philox::DropoutThreshold(rate);
     s->dropout_scale = 1.0 / (1.0 - static_cast<double>(rate));
-    s->seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
-    s->seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));
+    s->seed0 = p.seed0;
+    s->seed1 = p.seed1;
   }
   return absl::OkStatus();
 }
@@ -280,9 +221,8 @@ class FlashAttentionOp : public OpKernel {
     const Tensor& dense_mask = ctx->input(4);
     const Tensor& seed = ctx->input(5);
     AttentionShape s;
-    OP_REQUIRES_OK(
-        ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
-    OP_REQUIRES_OK(ctx, ReadMaskAndDropout(dense_mask, seed, rate_, &s));
+    OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, dense_mask, seed, scale_,
+                                  causal_, top_left_, rate_, &s));
     Tensor* o = nullptr;
     Tensor* lse = nullptr;
     OP_REQUIRES_OK(
@@ -361,9 +301,8 @@ class FlashAttentionGradOp : public OpKernel {
     const Tensor& o = ctx->input(7);
     const Tensor& lse = ctx->input(8);
     AttentionShape s;
-    OP_REQUIRES_OK(
-        ctx, ReadShape(q, k, v, key_mask, scale_, causal_, top_left_, &s));
-    OP_REQUIRES_OK(ctx, ReadMaskAndDropout(dense_mask, seed, rate_, &s));
+    OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, dense_mask, seed, scale_,
+                                  causal_, top_left_, rate_, &s));
     const TensorShape o_shape({s.batch, s.q_len, s.q_heads, s.value_dim});
     const TensorShape lse_shape({s.batch, s.q_heads, s.q_len});
     for (const auto& [name, t, want] :

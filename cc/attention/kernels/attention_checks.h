@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -102,6 +103,28 @@ inline absl::Status ReadAttentionParams(const Tensor& q, const Tensor& k,
     }
     p->seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
     p->seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));
+  }
+  return absl::OkStatus();
+}
+
+// Checks the backward pass's d_o, o ([batch, q_len, q_heads, value_dim]) and
+// lse ([batch, q_heads, q_len]) against the sizes of the forward inputs.
+inline absl::Status CheckGradShapes(const Tensor& d_o, const Tensor& o,
+                                    const Tensor& lse, int64_t batch,
+                                    int64_t q_len, int64_t q_heads,
+                                    int64_t value_dim) {
+  const TensorShape o_shape({batch, q_len, q_heads, value_dim});
+  const TensorShape lse_shape({batch, q_heads, q_len});
+  for (const auto& [name, t, want] :
+       {std::tuple<const char*, const Tensor*, const TensorShape*>{"d_o", &d_o,
+                                                                   &o_shape},
+        {"o", &o, &o_shape},
+        {"lse", &lse, &lse_shape}}) {
+    if (t->shape() != *want) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must have shape ", want->DebugString(), ", got ",
+                       ShapeString(*t)));
+    }
   }
   return absl::OkStatus();
 }

@@ -114,18 +114,8 @@ class FlashAttentionGradGpuOp : public OpKernel {
         ctx, ReadAttentionParams(q, k, v, key_mask, mask, seed, scale_, causal_,
                                  top_left_, rate_, &p));
     OP_REQUIRES_OK(ctx, CheckHeadDims(p));
-    const TensorShape o_shape({p.batch, p.q_len, p.q_heads, p.value_dim});
-    const TensorShape lse_shape({p.batch, p.q_heads, p.q_len});
-    for (const auto& [name, t, want] :
-         {std::tuple<const char*, const Tensor*, const TensorShape*>{
-              "d_o", &d_o, &o_shape},
-          {"o", &o, &o_shape},
-          {"lse", &lse, &lse_shape}}) {
-      OP_REQUIRES(ctx, t->shape() == *want,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      name, " must have shape ", want->DebugString(), ", got ",
-                      ShapeString(*t))));
-    }
+    OP_REQUIRES_OK(ctx, CheckGradShapes(d_o, o, lse, p.batch, p.q_len,
+                                        p.q_heads, p.value_dim));
     Tensor* dq = nullptr;
     Tensor* dk = nullptr;
     Tensor* dv = nullptr;

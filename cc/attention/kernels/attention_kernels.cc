@@ -303,18 +303,8 @@ class FlashAttentionGradOp : public OpKernel {
     AttentionShape s;
     OP_REQUIRES_OK(ctx, ReadShape(q, k, v, key_mask, dense_mask, seed, scale_,
                                   causal_, top_left_, rate_, &s));
-    const TensorShape o_shape({s.batch, s.q_len, s.q_heads, s.value_dim});
-    const TensorShape lse_shape({s.batch, s.q_heads, s.q_len});
-    for (const auto& [name, t, want] :
-         {std::tuple<const char*, const Tensor*, const TensorShape*>{
-              "d_o", &d_o, &o_shape},
-          {"o", &o, &o_shape},
-          {"lse", &lse, &lse_shape}}) {
-      OP_REQUIRES(ctx, t->shape() == *want,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      name, " must have shape ", want->DebugString(), ", got ",
-                      ShapeString(*t))));
-    }
+    OP_REQUIRES_OK(ctx, CheckGradShapes(d_o, o, lse, s.batch, s.q_len,
+                                        s.q_heads, s.value_dim));
     Tensor* dq = nullptr;
     Tensor* dk = nullptr;
     Tensor* dv = nullptr;
@@ -340,7 +330,9 @@ class FlashAttentionGradOp : public OpKernel {
     // delta = rowsum(dO * O), [B, Hq, Tq].
     Tensor delta;
     OP_REQUIRES_OK(
-        ctx, ctx->allocate_temp(DataTypeToEnum<F>::value, lse_shape, &delta));
+        ctx,
+        ctx->allocate_temp(DataTypeToEnum<F>::value,
+                           TensorShape({s.batch, s.q_heads, s.q_len}), &delta));
     F* pdelta = delta.flat<F>().data();
     const F* pdo = wdo.data();
     const F* po = wo.data();

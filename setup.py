@@ -15,9 +15,18 @@ linked with `-lcudart`: TensorFlow's framework library provides the CUDA
 runtime. Without a CUDA compiler the library is CPU-only and the glue compiles
 to nothing.
 
-Install with `pip install --no-build-isolation -e .`: the library must be
-built against the TensorFlow that will load it, and build isolation would
-download another copy. Environment:
+The library must be built against the TensorFlow minor version that will
+load it (its ABI changes with every minor version). `pip install .`, `pip
+install keras_bigmodels-<v>.tar.gz` and `python -m build` use pip's build
+isolation, whose environment gets the TensorFlow pinned in pyproject.toml's
+[build-system] requires (the same minor version as the runtime dependency),
+and make a platform wheel (e.g. cp311-cp311-linux_x86_64) carrying the
+library and its build record. For development, `pip install
+--no-build-isolation -e .` (what `make setup` runs) compiles against the
+TensorFlow already installed and skips downloading another copy. The wheel
+is a plain linux_x86_64 one, not manylinux: auditwheel would vendor
+libtensorflow_framework.so.2, which must be the one of the TensorFlow that
+loads the library. Environment:
   KBM_BUILD_JOBS  parallel compiler processes (default 2; each needs ~0.75 GB)
   KBM_CXX         C++ compiler (default g++)
   KBM_BASE_ISA    flags of the shipped baseline
@@ -65,8 +74,9 @@ def _tf_flags():
         import tensorflow as tf
     except ImportError as e:  # pragma: no cover - build-time guard
         raise RuntimeError(
-            "TensorFlow must be importable at build time: install it first "
-            "and use `pip install --no-build-isolation -e .` "
+            "TensorFlow must be importable at build time: pip's build "
+            "isolation installs the version pinned in pyproject.toml; with "
+            "--no-build-isolation, install it first "
             f"(import failed: {e})"
         ) from e
     return tf, tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()

@@ -130,7 +130,12 @@ def _check_build_info():
         return info, (
             f"the op library was built for TensorFlow {built} but "
             f"TensorFlow {running} is running (the op ABI changes with every "
-            "minor version); rebuild: " + BUILD_HINT
+            "minor version); install the TensorFlow it was built for "
+            f"(tensorflow=={'.'.join(built.split('.')[:2])}.*, the version "
+            "keras-bigmodels pins) or rebuild it against this one: "
+            + BUILD_HINT
+            + " (outside a checkout: `pip install --no-build-isolation "
+            "keras_bigmodels-<version>.tar.gz`)"
         )
     if info.get("cxx11_abi_flag") != tf.sysconfig.CXX11_ABI_FLAG:
         return info, (

@@ -13,7 +13,7 @@ DEPS_STAMP := $(VENV)/.kbm-deps-installed
 PYTEST_ARGS ?= -q
 
 .PHONY: setup build test test-keras3 test-tf-keras demo bench lint format \
-	clean gpu-harness-check
+	clean gpu-harness-check dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -103,3 +103,19 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \
 	  gpu_harness/build
+
+# The sdist and the platform wheel in dist/, built as pip builds them (build
+# isolation: the build environment gets the TensorFlow pinned in
+# pyproject.toml), then installed into fresh venvs and checked by
+# tools/check_dist.py (kernels available, a tiny model trains, another
+# TensorFlow minor version refused). CPU-only unless KBM_DIST_CUDA=auto (or 1).
+# DIST_CHECK_ARGS=--skip-sdist checks the wheel only (the wheel is built
+# from the sdist either way).
+KBM_DIST_CUDA ?= 0
+DIST_CHECK_ARGS ?=
+
+dist: | $(PY)
+	$(PY) -m pip install --quiet build
+	rm -rf dist
+	KBM_CUDA=$(KBM_DIST_CUDA) $(PY) -m build --outdir dist .
+	KBM_CUDA=$(KBM_DIST_CUDA) $(PY) tools/check_dist.py $(DIST_CHECK_ARGS) dist

@@ -107,7 +107,8 @@ class Timer:
 
     def run(self, name, cmd, **kwargs):
         wall, cpu = time.perf_counter(), _cpu()
-        print(f"[check_dist] {name}: {' '.join(map(str, cmd))}", flush=True)
+        shown = " ".join("<check>" if c == CHECK else str(c) for c in cmd)
+        print(f"[check_dist] {name}: {shown}", flush=True)
         result = subprocess.run(
             list(map(str, cmd)), capture_output=True, text=True, **kwargs
         )

@@ -152,6 +152,26 @@ def check_wheel_archive(path, python_tag):
     return info
 
 
+def library_needs(path):
+    """The newest glibc and libstdc++ symbol versions the wheel's library
+    needs (a plain linux_x86_64 wheel runs where both are at least these)."""
+    with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as tmp:
+        lib = zf.extract("keras_bigmodels/_kbm_ops.so", tmp)
+        try:
+            symbols = subprocess.run(
+                ["objdump", "-T", lib], capture_output=True, text=True
+            ).stdout
+        except FileNotFoundError:
+            return None
+    needs = {}
+    for prefix in ("GLIBC", "GLIBCXX"):
+        found = re.findall(rf"\b{prefix}_([0-9.]+)", symbols)
+        if found:
+            newest = max(found, key=lambda v: tuple(map(int, v.split("."))))
+            needs[prefix] = newest
+    return needs
+
+
 def check_sdist_archive(path):
     with tarfile.open(path) as tf:
         names = [n.split("/", 1)[1] for n in tf.getnames() if "/" in n]
@@ -268,6 +288,7 @@ def main():
             k: info.get(k)
             for k in ("tf_version", "families", "cuda_built", "cuda_archs")
         }
+        summary["wheel_library_needs"] = library_needs(wheels[0])
         if args.expect_cuda != "any" and info.get("cuda_built") != (
             args.expect_cuda == "yes"
         ):

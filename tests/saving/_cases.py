@@ -260,4 +260,6 @@ def find_configs(config, class_name):
 
 def outputs_of(model, inputs):
     """The model's outputs in inference mode, as a list of NumPy arrays."""
-    return [np.asarray(t) for t in tf.nest.flatten(model(inputs, training=False))]
+    return [
+        np.asarray(t) for t in tf.nest.flatten(model(inputs, training=False))
+    ]

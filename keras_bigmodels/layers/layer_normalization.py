@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from keras_bigmodels import ops
-from keras_bigmodels._validation import check_axis, check_epsilon
+from keras_bigmodels._validation import check_epsilon
 from keras_bigmodels.backend import keras, output_dtype, register_serializable
 
 
@@ -66,7 +66,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
     """
 
     def __init__(self, axis=-1, epsilon=1e-3, *args, **kwargs):
-        check_axis("axis", axis)
+        # `axis` is checked by Keras's LayerNormalization (a TypeError).
         check_epsilon("epsilon", epsilon)
         super().__init__(axis, epsilon, *args, **kwargs)
         # Custom ops have no XLA kernel: keep Keras 3's jit_compile="auto"

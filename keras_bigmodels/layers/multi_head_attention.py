@@ -25,6 +25,17 @@ from keras_bigmodels.layers._attention_core import (
 from keras_bigmodels.layers.rotary_embedding import apply_rotary_embedding
 
 
+def _check_dim(name, value):
+    """A positive int, with Keras 3's wording (on both Keras lines)."""
+    try:
+        check_positive_int(name, value)
+    except ValueError:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"positive integer. Received: {name}={value!r}"
+        ) from None
+
+
 def _check_optional_args(args, kwargs):
     """Checks `value_dim` and `dropout`, given by keyword or position (the
     third and fourth arguments of Keras's MultiHeadAttention)."""
@@ -33,7 +44,7 @@ def _check_optional_args(args, kwargs):
         {k: kwargs[k] for k in ("value_dim", "dropout") if k in kwargs}
     )
     if named.get("value_dim") is not None:
-        check_positive_int("value_dim", named["value_dim"])
+        _check_dim("value_dim", named["value_dim"])
     if "dropout" in named:
         check_rate("dropout", named["dropout"])
 
@@ -124,8 +135,8 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
                 "flash_attention must be None, True or False. "
                 f"Received: flash_attention={flash_attention!r}"
             )
-        check_positive_int("num_heads", num_heads)
-        check_positive_int("key_dim", key_dim)
+        _check_dim("num_heads", num_heads)
+        _check_dim("key_dim", key_dim)
         _check_optional_args(args, kwargs)
         check_positive_number(
             "rope_max_wavelength", rope_max_wavelength, allow_none=True

@@ -120,6 +120,15 @@ def _bert():
     return Case(encoder, inputs)
 
 
+def _fused_dense():
+    # Both fused activations: "gelu_tanh" is saved by name, not as the
+    # Python function it runs.
+    x = keras.Input((4,), name="x")
+    h = kbm.layers.FusedDense(8, activation="gelu", name="fd")(x)
+    y = kbm.layers.FusedDense(8, activation="gelu_tanh", name="fd_tanh")(h)
+    return Case(keras.Model(x, y), _floats(2, 4))
+
+
 def _decoder():
     x = keras.Input((5, 8), name="x")
     y = kbm.layers.TransformerDecoder(16, 2, name="dec")(x)
@@ -147,9 +156,7 @@ _D = kbm.distillation.losses
 CASES = {
     f"{PACKAGE}>{name}": make
     for name, make in {
-        "FusedDense": lambda: _layer_model(
-            _L.FusedDense(8, activation="gelu", name="fd"), (4,)
-        ),
+        "FusedDense": _fused_dense,
         "LayerNormalization": lambda: _layer_model(
             _L.LayerNormalization(epsilon=1e-5, name="ln"), (3, 8)
         ),
@@ -168,7 +175,9 @@ CASES = {
             _L.RotaryEmbedding(max_wavelength=100, name="rope"), (5, 2, 4)
         ),
         "MultiHeadAttention": lambda: _layer_model(
-            _L.MultiHeadAttention(2, 4, name="mha"), (5, 8), two_inputs=True
+            _L.MultiHeadAttention(2, 4, rope_max_wavelength=100, name="mha"),
+            (5, 8),
+            two_inputs=True,
         ),
         "GroupedQueryAttention": lambda: _layer_model(
             _L.GroupedQueryAttention(4, 2, 1, name="gqa"),

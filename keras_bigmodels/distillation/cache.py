@@ -18,12 +18,30 @@ augmentation applied after indexing would replay stale teacher outputs, so
 the Distiller stores a fingerprint of each input and raises an
 InvalidArgumentError if an example comes back changed; augment before
 indexing, or train without a cache.
+
+Files on disk: each file the cache writes (`teacher_cache.npz`,
+`teacher_output_<i>.npy`) gets a JSON header next to it
+(`<file>.kbm.json`) with the format name, its version, the file's size and
+the SHA-256 of its bytes. Reading checks all four and refuses a file
+without a header (not written by this cache), of another format or
+version, truncated or changed, with a `ValueError` that names the file;
+arrays are read with `allow_pickle=False` (memory maps too), so a file
+holding pickled objects is refused, never unpickled.
 """
 
+import hashlib
+import io
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
+
+FORMAT = "keras_bigmodels.teacher_cache"
+VERSION = 1
+HEADER_SUFFIX = ".kbm.json"
+_MAX_HEADER_BYTES = 1 << 16
+_CHUNK = 1 << 20
 
 INPUTS = "inputs"
 INDEX = "example_index"
@@ -55,6 +73,170 @@ def with_example_index(dataset):
         return ({INPUTS: x, INDEX: i}, *rest)
 
     return dataset.enumerate().map(lambda i, e: attach(i, e))
+
+
+def _sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _replace_atomically(path, write):
+    """Runs `write(tmp)` then renames `tmp` over `path`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_header(path, kind, extra=None):
+    """Writes `<path>.kbm.json` describing the file just written."""
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "size": os.path.getsize(path),
+        "sha256": _sha256_file(path),
+        **(extra or {}),
+    }
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(header, f, sort_keys=True)
+
+    _replace_atomically(path + HEADER_SUFFIX, write)
+
+
+def _read_header(path, kind):
+    """The verified header of `path`, before its bytes are checked."""
+    header_path = path + HEADER_SUFFIX
+    if not os.path.isfile(header_path):
+        raise ValueError(
+            f"The teacher cache file {path} has no keras_bigmodels header "
+            f"({os.path.basename(header_path)}): it was not written by this "
+            "teacher cache (or by an older version). Delete it and let the "
+            "cache be rebuilt."
+        )
+    with open(header_path, "rb") as f:
+        raw = f.read(_MAX_HEADER_BYTES + 1)
+    try:
+        if len(raw) > _MAX_HEADER_BYTES:
+            raise ValueError("too large")
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise ValueError(
+            f"The teacher cache header {header_path} is not a valid "
+            f"keras_bigmodels header ({e}). Delete the cache."
+        ) from None
+    if header.get("format") != FORMAT or header.get("kind") != kind:
+        raise ValueError(
+            f"The file {path} is not a keras_bigmodels teacher cache {kind} "
+            f"file. Received: format={header.get('format')!r}, "
+            f"kind={header.get('kind')!r}"
+        )
+    if header.get("version") != VERSION:
+        raise ValueError(
+            f"The teacher cache file {path} has format version "
+            f"{header.get('version')!r}; this keras_bigmodels reads version "
+            f"{VERSION}. Delete it and let the cache be rebuilt."
+        )
+    size, digest = header.get("size"), header.get("sha256")
+    if not isinstance(size, int) or not isinstance(digest, str):
+        raise ValueError(
+            f"The teacher cache header {header_path} lacks the file's size "
+            f"or checksum. Received: size={size!r}, sha256={digest!r}"
+        )
+    return header
+
+
+def _check_bytes(path, header, size, digest):
+    if size != header["size"]:
+        raise ValueError(
+            f"The teacher cache file {path} has {size} bytes, its header says "
+            f"{header['size']}: it was truncated or changed. Delete the cache."
+        )
+    if digest != header["sha256"]:
+        raise ValueError(
+            f"The teacher cache file {path} does not match the checksum in "
+            "its header (SHA-256): it was changed or corrupted. Delete the "
+            "cache."
+        )
+
+
+def save_array(path, array):
+    """Writes one array as `.npy` with its header (no pickling)."""
+    array = np.asarray(array)
+    _replace_atomically(path, lambda tmp: _save_npy(tmp, array))
+    _write_header(
+        path,
+        "array",
+        {"dtype": array.dtype.str, "shape": list(array.shape)},
+    )
+
+
+def _save_npy(path, array):
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def load_array(path, mmap=False):
+    """Reads an array written by `save_array`, after checking its header,
+    size and checksum; a memory map with `mmap=True`. Never unpickles."""
+    header = _read_header(path, "array")
+    _check_bytes(path, header, os.path.getsize(path), _sha256_file(path))
+    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if array.dtype.str != header.get("dtype") or list(
+        array.shape
+    ) != header.get("shape"):
+        raise ValueError(
+            f"The teacher cache file {path} holds a {array.dtype} array of "
+            f"shape {array.shape}; its header says {header.get('dtype')} "
+            f"{header.get('shape')}. Delete the cache."
+        )
+    return array
+
+
+def save_arrays(path, arrays):
+    """Writes named arrays as one `.npz` with its header (no pickling)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for name, a in arrays.items():
+        if a.dtype.hasobject:
+            raise ValueError(
+                f"The teacher cache stores numeric arrays only. Received: "
+                f"{name} of dtype {a.dtype}"
+            )
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _replace_atomically(path, write)
+    _write_header(path, "arrays", {"names": sorted(arrays)})
+
+
+def load_arrays(path):
+    """Reads the arrays written by `save_arrays` (a dict), after checking
+    the header, size and checksum of the bytes it parses. Never
+    unpickles."""
+    header = _read_header(path, "arrays")
+    with open(path, "rb") as f:
+        data = f.read()
+    _check_bytes(path, header, len(data), hashlib.sha256(data).hexdigest())
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        if sorted(npz.files) != header.get("names"):
+            raise ValueError(
+                f"The teacher cache file {path} holds arrays "
+                f"{sorted(npz.files)}; its header lists "
+                f"{header.get('names')}. Delete the cache."
+            )
+        return {name: npz[name] for name in npz.files}
 
 
 def _fingerprint(x):
@@ -162,21 +344,32 @@ class TeacherCache:
             keys, values = t.export()
             arrays[f"keys_{i}"] = keys.numpy()
             arrays[f"values_{i}"] = values.numpy()
-        np.savez(os.path.join(self.path, "teacher_cache.npz"), **arrays)
+        save_arrays(os.path.join(self.path, "teacher_cache.npz"), arrays)
 
     def load(self):
         file = os.path.join(self.path, "teacher_cache.npz")
         if not os.path.exists(file):
             return
-        data = np.load(file)
+        data = load_arrays(file)
         tables = self._tables + [self._fingerprints]
-        if len(data.files) != 2 * len(tables):
+        expected = sorted(
+            f"{kind}_{i}"
+            for i in range(len(tables))
+            for kind in ("keys", "values")
+        )
+        if sorted(data) != expected:
             raise ValueError(
-                f"The teacher cache {file} holds {len(data.files) // 2 - 1} "
+                f"The teacher cache {file} holds {len(data) // 2 - 1} "
                 f"outputs but the teacher has {len(tables) - 1}; delete it."
             )
         for i, t in enumerate(tables):
-            values = data[f"values_{i}"]
+            keys, values = data[f"keys_{i}"], data[f"values_{i}"]
+            if keys.dtype != np.int64 or values.dtype != np.float32:
+                raise ValueError(
+                    f"The teacher cache {file} holds keys of dtype "
+                    f"{keys.dtype} and values of dtype {values.dtype} "
+                    "(int64 and float32 expected); delete it."
+                )
             if values.ndim != 2 or values.shape[1] != int(
                 t.lookup(tf.constant([-1], tf.int64)).shape[1]
             ):
@@ -184,7 +377,7 @@ class TeacherCache:
                     f"The teacher cache {file} does not match this teacher's "
                     "output shapes; delete it."
                 )
-            t.insert(tf.constant(data[f"keys_{i}"]), tf.constant(values))
+            t.insert(tf.constant(keys), tf.constant(values))
 
 
 def cache_teacher_outputs(teacher, dataset, cache="memory", batch_size=256):
@@ -242,8 +435,8 @@ def cache_teacher_outputs(teacher, dataset, cache="memory", batch_size=256):
             for i in range(len(arrays))
         ]
         for p, a in zip(paths, arrays):
-            np.save(p, a)
-        maps = [np.load(p, mmap_mode="r") for p in paths]
+            save_array(p, a)
+        maps = [load_array(p, mmap=True) for p in paths]
         signature = tuple(
             tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)) for a in arrays
         )

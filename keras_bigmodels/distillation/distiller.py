@@ -1,7 +1,10 @@
 """`kbm.distillation.Distiller`: knowledge distillation as a Keras model."""
 
+import math
+
 import tensorflow as tf
 
+from keras_bigmodels._validation import is_number
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     keras,
@@ -126,6 +129,17 @@ def _output_shapes(model, keys):
     }
 
 
+def _check_weights(name, weights):
+    """A list or tuple of non-negative finite numbers."""
+    if not isinstance(weights, (list, tuple)) or not all(
+        is_number(w) and math.isfinite(w) and w >= 0 for w in weights
+    ):
+        raise ValueError(
+            f"{name} must be a list of non-negative numbers. "
+            f"Received: {name}={weights!r}"
+        )
+
+
 @register_serializable
 class Distiller(keras.Model):
     """Trains a student model to match a frozen teacher (and the labels).
@@ -234,6 +248,7 @@ class Distiller(keras.Model):
             )
         if teacher_weights is None:
             teacher_weights = [1.0 / len(teachers)] * len(teachers)
+        _check_weights("teacher_weights", teacher_weights)
         teacher_weights = [float(w) for w in teacher_weights]
         if len(teacher_weights) != len(teachers) or min(teacher_weights) < 0:
             raise ValueError(
@@ -251,6 +266,7 @@ class Distiller(keras.Model):
         ]
         if distillation_loss_weights is None:
             distillation_loss_weights = [1.0] * len(distillation_losses)
+        _check_weights("distillation_loss_weights", distillation_loss_weights)
         if len(distillation_loss_weights) != len(distillation_losses):
             raise ValueError(
                 f"Number of distillation_loss_weights "
@@ -504,6 +520,21 @@ class Distiller(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        missing = [
+            k
+            for k in ("teacher", "student", "distillation_losses")
+            if k not in config
+        ]
+        if missing:
+            raise TypeError(
+                "Distiller's config is missing the required argument(s) "
+                f"{missing}. Received: config keys {sorted(config)}"
+            )
+        if not isinstance(config["distillation_losses"], list):
+            raise ValueError(
+                "distillation_losses must be a list. Received: "
+                f"distillation_losses={config['distillation_losses']!r}"
+            )
         de = keras.saving.deserialize_keras_object
         teacher = config.pop("teacher")
         teacher = (

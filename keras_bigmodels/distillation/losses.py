@@ -268,6 +268,17 @@ class HiddenStateDistillation(DistillationLoss):
     """
 
     def __init__(self, layer_map, loss="mse", projection="auto"):
+        if not isinstance(layer_map, (dict, list, tuple)) or not all(
+            isinstance(p, (list, tuple))
+            for p in (
+                layer_map.items() if isinstance(layer_map, dict) else layer_map
+            )
+        ):
+            raise ValueError(
+                "layer_map must be a non-empty dict or list of "
+                "(student_layer, teacher_layer) name pairs. "
+                f"Received: layer_map={layer_map!r}"
+            )
         pairs = (
             list(layer_map.items())
             if isinstance(layer_map, dict)

@@ -138,8 +138,10 @@ class ModelInterface:
         """The `serving_default` endpoint: one tensor per input, by name,
         in; the dict of named outputs out."""
         names = self.input_names
+        specs = self.input_specs
 
         def serving_default(*tensors):
+            tensors = check_inputs(tensors, specs, names)
             return self.call(dict(zip(names, tensors)))
 
         return Endpoint(serving_default, self.input_specs)
@@ -151,6 +153,40 @@ class ModelInterface:
         return Endpoint(
             lambda inputs: self.model(inputs, training=False), [spec]
         )
+
+
+def check_inputs(tensors, specs, names):
+    """`tensors` with run-time checks that each has its spec's rank and
+    known dimensions (an `InvalidArgumentError` naming the input), and that
+    all inputs have the same batch size.
+
+    The signature's placeholders carry the specs' shapes, but a caller (an
+    in-process `tf.saved_model.load`, or a model server) can feed any
+    shape; without these checks a wrong one fails deep in the model, or
+    not at all.
+    """
+    checked = []
+    for tensor, spec, name in zip(tensors, specs, names):
+        checked.append(
+            tf.ensure_shape(tensor, spec.shape, name=f"check_input_{name}")
+        )
+    batched = [(t, n) for t, s, n in zip(checked, specs, names) if s.shape.rank]
+    if len(batched) > 1:
+        first, first_name = batched[0]
+        deps = [
+            tf.debugging.assert_equal(
+                tf.shape(t)[0],
+                tf.shape(first)[0],
+                message=(
+                    f"Serving input {name!r} must have the batch size of "
+                    f"input {first_name!r}"
+                ),
+            )
+            for t, name in batched[1:]
+        ]
+        with tf.control_dependencies(deps):
+            checked = [tf.identity(t) for t in checked]
+    return checked
 
 
 class Endpoint(NamedTuple):

@@ -2,6 +2,11 @@
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_bool,
+    check_positive_number,
+    check_rate,
+)
 from keras_bigmodels.backend import IS_LEGACY_KERAS, get_keras_mask, keras
 from keras_bigmodels.layers.fused_dense import FusedDense
 from keras_bigmodels.layers.grouped_query_attention import (
@@ -24,6 +29,9 @@ def check_block_args(
     activation,
     norm,
     layer_norm_epsilon,
+    norm_first=False,
+    rope_max_wavelength=None,
+    flash_attention=None,
 ):
     for name, value in (
         ("intermediate_dim", intermediate_dim),
@@ -35,6 +43,7 @@ def check_block_args(
             )
     if num_key_value_heads is not None and (
         not isinstance(num_key_value_heads, int)
+        or isinstance(num_key_value_heads, bool)
         or num_key_value_heads <= 0
         or num_heads % num_key_value_heads
     ):
@@ -43,15 +52,8 @@ def check_block_args(
             f"num_heads ({num_heads}). Received: "
             f"num_key_value_heads={num_key_value_heads!r}"
         )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(
-            f"dropout must be in [0, 1). Received: dropout={dropout}"
-        )
-    if attention_dropout is not None and not 0.0 <= attention_dropout < 1.0:
-        raise ValueError(
-            "attention_dropout must be in [0, 1) or None. "
-            f"Received: attention_dropout={attention_dropout}"
-        )
+    check_rate("dropout", dropout)
+    check_rate("attention_dropout", attention_dropout, allow_none=True)
     if activation not in ACTIVATIONS:
         raise ValueError(
             f"activation must be one of {ACTIVATIONS}. "
@@ -61,10 +63,15 @@ def check_block_args(
         raise ValueError(
             f"norm must be one of {NORMS}. Received: norm={norm!r}"
         )
-    if not layer_norm_epsilon > 0:
+    check_positive_number("layer_norm_epsilon", layer_norm_epsilon)
+    check_bool("norm_first", norm_first)
+    check_positive_number(
+        "rope_max_wavelength", rope_max_wavelength, allow_none=True
+    )
+    if flash_attention not in (None, True, False):
         raise ValueError(
-            "layer_norm_epsilon must be > 0. "
-            f"Received: layer_norm_epsilon={layer_norm_epsilon}"
+            "flash_attention must be None, True or False. "
+            f"Received: flash_attention={flash_attention!r}"
         )
 
 
@@ -235,6 +242,9 @@ class TransformerBlock(keras.layers.Layer):
             activation,
             norm,
             layer_norm_epsilon,
+            norm_first,
+            rope_max_wavelength,
+            flash_attention,
         )
         self.intermediate_dim = intermediate_dim
         self.num_heads = num_heads

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from keras_bigmodels import ops
+from keras_bigmodels._validation import check_positive_int
 from keras_bigmodels.backend import keras, register_serializable
 
 # Activation name -> the `approximate` flag of the fused GELU epilogue.
@@ -53,6 +54,7 @@ class FusedDense(keras.layers.Dense):
     """
 
     def __init__(self, units, activation=None, **kwargs):
+        units = check_positive_int("units", units)
         self._fused_activation = (
             activation
             if isinstance(activation, str) and activation in FUSED_ACTIVATIONS

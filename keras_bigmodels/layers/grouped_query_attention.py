@@ -4,6 +4,11 @@ import math
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_bool,
+    check_positive_number,
+    check_rate,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     get_keras_mask,
@@ -135,10 +140,13 @@ class GroupedQueryAttention(keras.layers.Layer):
                 f"Received: num_query_heads={num_query_heads}, "
                 f"num_key_value_heads={num_key_value_heads}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"dropout must be in [0, 1). Received: dropout={dropout}"
-            )
+        check_rate("dropout", dropout)
+        check_positive_number(
+            "rope_max_wavelength", rope_max_wavelength, allow_none=True
+        )
+        check_positive_number("rope_scaling_factor", rope_scaling_factor)
+        check_bool("use_bias", use_bias)
+        check_bool("use_gate", use_gate)
         if sliding_window is not None:
             _positive_int("sliding_window", sliding_window)
         if flash_attention not in (None, True, False):

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from keras_bigmodels import ops
+from keras_bigmodels._validation import check_epsilon
 from keras_bigmodels.backend import keras, output_dtype, register_serializable
 
 
@@ -64,8 +65,10 @@ class LayerNormalization(keras.layers.LayerNormalization):
     - [Ba et al., 2016](https://arxiv.org/abs/1607.06450)
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, axis=-1, epsilon=1e-3, *args, **kwargs):
+        # `axis` is checked by Keras's LayerNormalization (a TypeError).
+        check_epsilon("epsilon", epsilon)
+        super().__init__(axis, epsilon, *args, **kwargs)
         # Custom ops have no XLA kernel: keep Keras 3's jit_compile="auto"
         # from compiling a model that holds this layer.
         self.supports_jit = False

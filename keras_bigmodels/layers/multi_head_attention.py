@@ -4,6 +4,11 @@ import math
 
 import tensorflow as tf
 
+from keras_bigmodels._validation import (
+    check_positive_int,
+    check_positive_number,
+    check_rate,
+)
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
     get_keras_mask,
@@ -18,6 +23,30 @@ from keras_bigmodels.layers._attention_core import (
     keras_attention_mask,
 )
 from keras_bigmodels.layers.rotary_embedding import apply_rotary_embedding
+
+
+def _check_dim(name, value):
+    """A positive int, with Keras 3's wording (on both Keras lines)."""
+    try:
+        check_positive_int(name, value)
+    except ValueError:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"positive integer. Received: {name}={value!r}"
+        ) from None
+
+
+def _check_optional_args(args, kwargs):
+    """Checks `value_dim` and `dropout`, given by keyword or position (the
+    third and fourth arguments of Keras's MultiHeadAttention)."""
+    named = dict(zip(("value_dim", "dropout"), args))
+    named.update(
+        {k: kwargs[k] for k in ("value_dim", "dropout") if k in kwargs}
+    )
+    if named.get("value_dim") is not None:
+        _check_dim("value_dim", named["value_dim"])
+    if "dropout" in named:
+        check_rate("dropout", named["dropout"])
 
 
 @register_serializable
@@ -106,11 +135,13 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
                 "flash_attention must be None, True or False. "
                 f"Received: flash_attention={flash_attention!r}"
             )
-        if rope_max_wavelength is not None and rope_max_wavelength <= 0:
-            raise ValueError(
-                "rope_max_wavelength must be positive or None. Received: "
-                f"rope_max_wavelength={rope_max_wavelength}"
-            )
+        _check_dim("num_heads", num_heads)
+        _check_dim("key_dim", key_dim)
+        _check_optional_args(args, kwargs)
+        check_positive_number(
+            "rope_max_wavelength", rope_max_wavelength, allow_none=True
+        )
+        check_positive_number("rope_scaling_factor", rope_scaling_factor)
         super().__init__(num_heads, key_dim, *args, **kwargs)
         if not IS_LEGACY_KERAS:
             # Keras's attribute; the kernel supports dropout, so Keras's

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from keras_bigmodels import ops
+from keras_bigmodels._validation import check_axis, check_epsilon
 from keras_bigmodels.backend import (
     add_weight,
     keras,
@@ -50,19 +51,13 @@ class RMSNormalization(keras.layers.Layer):
 
     def __init__(self, axis=-1, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        axes = axis if isinstance(axis, (list, tuple)) else [axis]
-        if not axes or not all(
-            isinstance(a, int) and not isinstance(a, bool) for a in axes
-        ):
-            raise ValueError(
-                "axis must be an int or a non-empty list of ints. "
-                f"Received: axis={axis!r}"
-            )
-        if not isinstance(epsilon, (int, float)) or epsilon < 0:
-            raise ValueError(
-                f"epsilon must be a number >= 0. Received: epsilon={epsilon!r}"
-            )
-        self.axis = list(axis) if isinstance(axis, (list, tuple)) else axis
+        check_axis("axis", axis)
+        check_epsilon("epsilon", epsilon)
+        self.axis = (
+            [int(a) for a in axis]
+            if isinstance(axis, (list, tuple))
+            else int(axis)
+        )
         self.epsilon = epsilon
         self.supports_masking = True
         self.supports_jit = False

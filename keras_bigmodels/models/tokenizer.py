@@ -504,4 +504,13 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_config(cls, config):
+        # A config holds the vocabulary itself (get_config writes the list):
+        # a path here would make loading a config read a local file.
+        vocabulary = config.get("vocabulary")
+        if vocabulary is not None and not isinstance(vocabulary, list):
+            raise ValueError(
+                "A WordPieceTokenizer config must hold the vocabulary as a "
+                "list of strings (paths are accepted by the constructor "
+                f"only). Received: vocabulary={vocabulary!r:.100}"
+            )
         return cls(**config)

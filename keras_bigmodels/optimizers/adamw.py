@@ -121,7 +121,7 @@ class AdamW(FusedUpdateMixin, keras.optimizers.AdamW):
         check_beta("beta_1", beta_1)
         check_beta("beta_2", beta_2)
         check_non_negative("epsilon", epsilon)
-        check_non_negative("weight_decay", weight_decay)
+        check_non_negative("weight_decay", weight_decay, allow_none=True)
         if IS_LEGACY_KERAS:
             kwargs.setdefault("jit_compile", False)
         super().__init__(

@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras_bigmodels._validation import (
     check_beta,
     check_learning_rate,
+    check_numeric,
 )
 from keras_bigmodels.backend import (
     IS_LEGACY_KERAS,
@@ -50,7 +51,8 @@ class Lion(FusedUpdateMixin, keras.optimizers.Lion):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **kwargs):
         check_learning_rate(learning_rate)
-        # beta_1 is checked by Keras's Lion, with Keras's message.
+        # beta_1's range is checked by Keras's Lion, with Keras's message.
+        check_numeric("beta_1", beta_1)
         check_beta("beta_2", beta_2)
         if IS_LEGACY_KERAS:
             kwargs.setdefault("jit_compile", False)

@@ -178,6 +178,11 @@ class _LookaheadMixin:
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        if "inner_optimizer" not in config:
+            raise TypeError(
+                "Lookahead's config is missing the required argument "
+                f"'inner_optimizer'. Received: config keys {sorted(config)}"
+            )
         inner = config.pop("inner_optimizer")
         if isinstance(inner, dict):
             # Keras edits the dict it deserialises: leave the caller's alone.

@@ -118,7 +118,8 @@ class RAdam(FusedUpdateMixin, keras.optimizers.Optimizer):
         check_beta("beta_1", beta_1)
         check_beta("beta_2", beta_2)
         check_non_negative("epsilon", epsilon)
-        check_non_negative("weight_decay", weight_decay or 0.0)
+        check_non_negative("weight_decay", weight_decay, allow_none=True)
+        check_non_negative("sma_threshold", sma_threshold)
         init_optimizer(
             self,
             keras.optimizers.Optimizer,

@@ -79,6 +79,8 @@ DROPOUT = 0.1
 SEED = 1234
 SEED_STRIDE = 1024  # dropout draws reserved per generator per step
 SAVE_FREQ = 25  # BackupAndRestore save_freq, in batches
+STARTUP_KILLS = 0.2  # the share of kills during start-up
+TRAIN_KILL_S = (0.0, 30.0)  # kill this long after training started
 CHECKPOINT_FILES = (
     "latest.weights.h5",
     "latest.weights.h5.bkp",
@@ -353,13 +355,32 @@ def _progress(work):
         return None
 
 
-def run_interrupted(args, work, total, kill_range, deadline):
-    """Runs the child, killing it at random, until it finishes."""
+def _wait_for_start(proc, work, count, timeout):
+    """Waits until the child logs its start (True) or exits (False)."""
+    t = time.time()
+    while time.time() - t < timeout:
+        if proc.poll() is not None:
+            return False
+        if len(_events(work)) > count:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_interrupted(args, work, total, setup, deadline):
+    """Runs the child, killing it at random, until it finishes.
+
+    Each start is killed with probability STARTUP_KILLS during its start-up
+    (imports, build, checks, restore: a uniform time in 20-90% of the
+    measured start-up), else a uniform TRAIN_KILL_S seconds after it
+    logged its start (training, checkpoint writes), until `deadline`;
+    after that it runs to the end.
+    """
     rng = random.Random(args.seed)
-    kills = 0
+    kills = {"start-up": 0, "training": 0}
     trained = 0  # steps run by all processes, replays included
     while True:
-        before = _events(work)
+        before = len(_events(work))
         proc = subprocess.Popen(
             _child_cmd(
                 args,
@@ -373,25 +394,35 @@ def run_interrupted(args, work, total, kill_range, deadline):
             stdout=subprocess.DEVNULL,
             stderr=open(Path(work) / "child.stderr", "a"),
         )
-        # No more kills once the time for them is spent (it must finish).
-        delay = rng.uniform(*kill_range) if time.time() < deadline else None
-        try:
-            rc = proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
+        phase = None
+        if time.time() < deadline:
+            if rng.random() < STARTUP_KILLS:
+                phase = "start-up"
+                try:
+                    proc.wait(timeout=rng.uniform(0.2, 0.9) * setup)
+                except subprocess.TimeoutExpired:
+                    pass
+            elif _wait_for_start(proc, work, before, 20 * setup + 600):
+                phase = "training"
+                try:
+                    proc.wait(timeout=rng.uniform(*TRAIN_KILL_S))
+                except subprocess.TimeoutExpired:
+                    pass
+        if phase is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills += 1
-            after = _events(work)
-            if len(after) > len(before):
-                step = _progress(work)
-                if step is not None:
-                    trained += max(0, step - after[-1]["start_step"])
+            kills[phase] += 1
+            events = _events(work)
+            step = _progress(work) if len(events) > before else None
+            if step is not None:
+                trained += max(0, step - events[-1]["start_step"])
             print(
-                f"[soak] kill {kills} after {delay:.1f} s at step "
-                f"{_progress(work)} / {total}",
+                f"[soak] kill {sum(kills.values())} during {phase}, at step "
+                f"{step} / {total}",
                 flush=True,
             )
             continue
+        rc = proc.wait()
         if rc != 0:
             tail = (Path(work) / "child.stderr").read_text()[-3000:]
             raise RuntimeError(f"training process failed ({rc}):\n{tail}")
@@ -505,14 +536,15 @@ def supervise(args):
     fit_s = done["seconds"] - start["setup_s"]
     setup = wall - fit_s
     step_s = fit_s / (2 * STEPS_PER_EPOCH)
-    # Kills land anywhere from mid-start-up to ~30 s of training, so some
-    # hit the restore and some a checkpoint write.
-    kill_range = (0.5 * setup, setup + 30.0)
-    mean_life = sum(kill_range) / 2
-    useful = max(0.2, (mean_life - setup - SAVE_FREQ * step_s / 2) / mean_life)
+    # Interrupted run: per training-phase kill, `train` seconds of
+    # training, minus half a save interval replayed, cost a start-up; one
+    # start-up kill per 1 / STARTUP_KILLS - 1 of those costs ~0.55 start-up.
+    train = sum(TRAIN_KILL_S) / 2
+    useful = max(1.0, train - SAVE_FREQ * step_s / 2)
+    cost = setup + train + STARTUP_KILLS / (1 - STARTUP_KILLS) * 0.55 * setup
     remaining = budget - (time.time() - t0) - 2 * setup
     if args.epochs is None:
-        steps = remaining / (step_s * (1 / useful + 1))
+        steps = remaining / (step_s * (cost / useful + 1))
         args.epochs = max(2, int(steps // STEPS_PER_EPOCH))
     total = args.epochs * STEPS_PER_EPOCH
     print(
@@ -530,10 +562,10 @@ def supervise(args):
     # uninterrupted run.
     kill_deadline = t1 + (remaining - total * step_s) * 0.9
     kills, trained = run_interrupted(
-        args, interrupted, total, kill_range, kill_deadline
+        args, interrupted, total, setup, kill_deadline
     )
     t_interrupted = time.time() - t1
-    print(f"[soak] interrupted run done: {kills} kills", flush=True)
+    print(f"[soak] interrupted run done: kills {kills}", flush=True)
     t2 = time.time()
     run_reference(args, reference)
     t_reference = time.time() - t2
@@ -562,7 +594,7 @@ def supervise(args):
             "optimizer",
             "minutes",
             "epochs x steps",
-            "kills",
+            "kills (start-up / training)",
             "restarts",
             "steps run (with replays)",
             "checkpoints checked",
@@ -575,7 +607,7 @@ def supervise(args):
                 args.optimizer,
                 round(minutes, 1),
                 f"{args.epochs} x {STEPS_PER_EPOCH}",
-                kills,
+                f"{kills['start-up']} / {kills['training']}",
                 len(starts) - 1,
                 trained,
                 len(found) + len(left),
@@ -591,9 +623,12 @@ def supervise(args):
             f"{args.optimizer}; BackupAndRestore(save_freq={SAVE_FREQ}, "
             "double_checkpoint=True); one thread, op determinism, nice "
             f"{args.nice}; Keras 3 line only.",
-            f"Kills at uniform random times {kill_range[0]:.0f}-"
-            f"{kill_range[1]:.0f} s after each start (start-up took "
-            f"{setup:.0f} s; {step_s * 1e3:.0f} ms/step): interrupted run "
+            f"SIGKILL: {STARTUP_KILLS:.0%} of starts at a uniform random "
+            "time in 20-90% of the start-up (imports, build, checkpoint "
+            f"checks, restore; {setup:.0f} s), the others a uniform "
+            f"{TRAIN_KILL_S[0]:.0f}-{TRAIN_KILL_S[1]:.0f} s after training "
+            f"began ({step_s * 1e3:.0f} ms/step); restarts counts the "
+            "processes that got as far as training. Interrupted run "
             f"{t_interrupted / 60:.1f} min, uninterrupted "
             f"{t_reference / 60:.1f} min.",
             f"Compared {diff['arrays']} arrays ({diff['values']} values: "

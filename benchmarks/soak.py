@@ -63,7 +63,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT = REPO_ROOT / "benchmarks" / "results" / "reliability_soak.json"
+RESULT_ATOMIC = RESULT.with_name("reliability_soak_atomic.json")
 COMMAND = "make soak  (python benchmarks/soak.py --minutes 30)"
+COMMAND_ATOMIC = "python benchmarks/soak.py --atomic --minutes 20"
 
 # The model and data (small: the soak is about restarts, not speed).
 VOCAB = 512
@@ -235,6 +237,39 @@ def child_train(args):
         def on_epoch_begin(self, epoch, logs=None):
             self._current_epoch = epoch
 
+        def _save_model(self):
+            if not args.atomic:
+                return super()._save_model()
+            # Every file written to a temporary name, then renamed over
+            # the old one (os.replace is atomic on POSIX): a kill leaves
+            # the old file or the new one, never half of one. (No fsync:
+            # a killed process's writes stay in the page cache; a power
+            # loss would need one.)
+            os.makedirs(self.backup_dir, exist_ok=True)
+            weights = self._weights_path
+            meta = self._training_metadata_path
+            if self.double_checkpoint:
+                for src, dst in (
+                    (weights, self._prev_weights_path),
+                    (meta, self._prev_training_metadata_path),
+                ):
+                    if os.path.exists(src):
+                        shutil.copyfile(src, dst + ".tmp")
+                        os.replace(dst + ".tmp", dst)
+            tmp = weights[: -len(".weights.h5")] + ".tmp.weights.h5"
+            self.model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, weights)
+            with open(meta + ".tmp", "w") as f:
+                f.write(
+                    json.dumps(
+                        {
+                            "epoch": self._current_epoch,
+                            "batch": self._last_batch_seen,
+                        }
+                    )
+                )
+            os.replace(meta + ".tmp", meta)
+
     class StepSeeds(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             step = int(self.model.optimizer.iterations.numpy())
@@ -324,6 +359,7 @@ def _child_cmd(args, *extra):
         os.path.abspath(__file__),
         "--optimizer",
         args.optimizer,
+        *(["--atomic"] if args.atomic else []),
         *extra,
     ]
 
@@ -583,9 +619,13 @@ def supervise(args):
     minutes = (time.time() - t0) / 60
     equal = diff["arrays_not_bitwise_equal"] == 0
     result = {
-        "topic": "soak",
-        "title": "Soak: training killed at random points and resumed",
-        "command": COMMAND,
+        "topic": "soak_atomic" if args.atomic else "soak",
+        "title": (
+            "Soak with atomic checkpoint writes (temporary file + rename)"
+            if args.atomic
+            else "Soak: training killed at random points and resumed"
+        ),
+        "command": COMMAND_ATOMIC if args.atomic else COMMAND,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"
         ),
@@ -621,7 +661,9 @@ def supervise(args):
             f"{LAYERS} x TransformerEncoder({FFN}, {HEADS} heads, dropout "
             f"{DROPOUT}), FusedDense({CLASSES}); batch {BATCH}, kbm "
             f"{args.optimizer}; BackupAndRestore(save_freq={SAVE_FREQ}, "
-            "double_checkpoint=True); one thread, op determinism, nice "
+            "double_checkpoint=True"
+            + (", _save_model writing atomically" if args.atomic else "")
+            + "); one thread, op determinism, nice "
             f"{args.nice}; Keras 3 line only.",
             f"SIGKILL: {STARTUP_KILLS:.0%} of starts at a uniform random "
             "time in 20-90% of the start-up (imports, build, checkpoint "
@@ -673,7 +715,14 @@ def main():
         "--seed", type=int, default=0, help="seed of the kill times"
     )
     parser.add_argument("--nice", type=int, default=10)
-    parser.add_argument("--out", default=str(RESULT))
+    parser.add_argument(
+        "--atomic",
+        action="store_true",
+        help="BackupAndRestore writing each file to a temporary name, then "
+        "renaming it (Keras writes in place); results go to "
+        "reliability_soak_atomic.json",
+    )
+    parser.add_argument("--out", default=None)
     parser.add_argument(
         "--keep", action="store_true", help="keep the working directory"
     )
@@ -682,6 +731,8 @@ def main():
     parser.add_argument("--check", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.out is None:
+        args.out = str(RESULT_ATOMIC if args.atomic else RESULT)
     if args.train:
         return child_train(args)
     if args.check:

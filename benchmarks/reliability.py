@@ -9,7 +9,8 @@ safe loading) writes one JSON file, `reliability_<topic>.json`:
 
 This script only reads those files (it runs nothing) and writes one section
 per topic, in the order asan, fuzz, large, leak, soak, safe, then any other
-topic by name; a known topic without a file reads "not run yet".
+topic by name (a variant `<topic>_<name>` right after its topic); a known
+topic without a file reads "not run yet".
 tests/reliability/report_test.py checks that RELIABILITY.md is up to date.
 
 Usage:
@@ -88,6 +89,16 @@ def _section(topic, result):
     return lines
 
 
+def _order(results):
+    """TOPICS, each followed by its variants (`<topic>_<variant>`, by
+    name), then every other topic by name."""
+    order = []
+    for topic in TOPICS:
+        order.append(topic)
+        order += sorted(t for t in results if t.startswith(topic + "_"))
+    return order + sorted(t for t in results if t not in order)
+
+
 def render(results):
     """The text of RELIABILITY.md for `results` ({topic: result})."""
     lines = [
@@ -103,8 +114,7 @@ def render(results):
         "how to run its check.",
         "",
     ]
-    others = sorted(t for t in results if t not in TOPICS)
-    for topic in (*TOPICS, *others):
+    for topic in _order(results):
         lines += _section(topic, results.get(topic))
     return "\n".join(lines).rstrip("\n") + "\n"
 

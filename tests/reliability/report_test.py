@@ -28,7 +28,7 @@ def test_reliability_md_is_up_to_date():
 
 def test_render_orders_topics_and_marks_missing(tmp_path):
     reliability = _reliability()
-    for topic in ("soak", "zzz", "asan"):
+    for topic in ("soak", "zzz", "asan", "soak_atomic", "aaa"):
         (tmp_path / f"reliability_{topic}.json").write_text(
             json.dumps(
                 {
@@ -53,7 +53,9 @@ def test_render_orders_topics_and_marks_missing(tmp_path):
             reliability.TITLES["large"],
             reliability.TITLES["leak"],
             "Title soak",
+            "Title soak_atomic",
             reliability.TITLES["safe"],
+            "Title aaa",
             "Title zzz",
         )
     ]

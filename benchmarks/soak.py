@@ -38,6 +38,14 @@ script adds so the two runs take identical steps:
 With all of this the weights are expected to be bitwise equal; the result
 records the largest absolute difference and how many arrays differ.
 
+Checkpoints: Keras writes `latest.weights.h5` in place, so a SIGKILL
+during a save leaves it unreadable (h5py's OSError). With
+`double_checkpoint=True` the callback then restores the previous one
+(`.bkp`) and training replays from there; the result counts such files as
+corrupt. `--atomic` replaces the callback's `_save_model` with one that
+writes each file under a temporary name and renames it over the old one,
+so a kill leaves either the old or the new file.
+
 Keras 3 only (tf-keras's `BackupAndRestore` is a different implementation).
 Not part of CI: `make soak` (30 minutes) or
 
@@ -687,6 +695,15 @@ def supervise(args):
             "global step and dropout seeded from it, so replays do not "
             "change the result (see benchmarks/soak.py).",
         ]
+        + (
+            [
+                f"{len(corrupt)} corrupt files, each found by a restarted "
+                "process, which then restored the previous checkpoint "
+                "(.bkp)."
+            ]
+            if corrupt and not [c for c in left if c["error"]]
+            else []
+        )
         + [f"Corrupt: {c['file']}: {c['error']}" for c in corrupt],
     }
     out_path = Path(args.out)

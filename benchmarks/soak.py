@@ -56,6 +56,7 @@ writes benchmarks/results/reliability_soak.json, which
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -704,7 +705,12 @@ def supervise(args):
             if corrupt and not [c for c in left if c["error"]]
             else []
         )
-        + [f"Corrupt: {c['file']}: {c['error']}" for c in corrupt],
+        + [
+            f"Corrupt ({n}x): {what}"
+            for what, n in collections.Counter(
+                f"{Path(c['file']).name}: {c['error']}" for c in corrupt
+            ).items()
+        ],
     }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,3 +119,24 @@ dist: | $(PY)
 	rm -rf dist
 	KBM_CUDA=$(KBM_DIST_CUDA) $(PY) -m build --outdir dist .
 	KBM_CUDA=$(KBM_DIST_CUDA) $(PY) tools/check_dist.py $(DIST_CHECK_ARGS) dist
+
+.PHONY: reliability leak soak
+
+# RELIABILITY.md, rendered from benchmarks/results/reliability_*.json (runs
+# no check; each check below writes its own JSON, then run this).
+reliability: $(DEPS_STAMP)
+	$(PY) benchmarks/reliability.py
+
+# Resident memory over 10,000 calls of each op and training steps
+# (several minutes); writes benchmarks/results/reliability_leak.json.
+leak: build
+	$(PY) -m tests.reliability.leak_test
+	$(PY) benchmarks/reliability.py
+
+# 30 minutes of training killed at random and resumed from BackupAndRestore,
+# compared with an uninterrupted run (Keras 3); not in CI. Writes
+# benchmarks/results/reliability_soak.json.
+SOAK_MINUTES ?= 30
+soak: build
+	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
+	$(PY) benchmarks/reliability.py

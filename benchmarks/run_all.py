@@ -39,7 +39,7 @@ from pathlib import Path
 import report
 
 BENCH_DIR = Path(__file__).resolve().parent
-NOT_FAMILIES = {"report", "run_all"}
+NOT_FAMILIES = {"report", "run_all", "reliability", "soak"}
 ALLOCATORS = {"default": None, "bfc": "true"}
 ALLOCATOR_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 

@@ -13,7 +13,7 @@ DEPS_STAMP := $(VENV)/.kbm-deps-installed
 PYTEST_ARGS ?= -q
 
 .PHONY: setup build test test-keras3 test-tf-keras demo bench lint format \
-	clean gpu-harness-check
+	clean gpu-harness-check test-large
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,11 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 	$(TORCH_VENV)/bin/python -m pytest -q -p no:cacheprovider gpu_harness/tests
 	$(VENV)/bin/ruff check gpu_harness
 	$(VENV)/bin/ruff format --check gpu_harness
+
+# Kernels on tensors past 2**31 elements (Keras 3 line; ~10 GB of memory,
+# minutes): writes benchmarks/results/reliability_large.json.
+test-large: build
+	$(PY) -m pytest tests/ops/large_tensor_test.py -m large $(PYTEST_ARGS)
 
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \

@@ -100,10 +100,18 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 	$(VENV)/bin/ruff check gpu_harness
 	$(VENV)/bin/ruff format --check gpu_harness
 
-# Kernels on tensors past 2**31 elements (Keras 3 line; ~10 GB of memory,
-# minutes): writes benchmarks/results/reliability_large.json.
+# Kernels on tensors past 2**31 elements (Keras 3 line; up to ~14 GB of
+# memory, minutes), one process per test so that each starts with the
+# memory the previous one used given back; each updates its row of
+# benchmarks/results/reliability_large.json.
+LARGE_TESTS := tests/ops/large_tensor_test.py
 test-large: build
-	$(PY) -m pytest tests/ops/large_tensor_test.py -m large $(PYTEST_ARGS)
+	@status=0; \
+	for t in $$($(PY) -m pytest $(LARGE_TESTS) -m large --collect-only -q \
+	    2>/dev/null | grep '::'); do \
+	  $(PY) -m pytest "$$t" -m large $(PYTEST_ARGS) || status=1; \
+	done; \
+	exit $$status
 
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \

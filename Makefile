@@ -100,7 +100,7 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 	$(VENV)/bin/ruff check gpu_harness
 	$(VENV)/bin/ruff format --check gpu_harness
 
-# Kernels on tensors past 2**31 elements (Keras 3 line; up to ~14 GB of
+# Kernels on tensors past 2**31 elements (Keras 3 line; up to ~15 GB of
 # memory, minutes), one process per test so that each starts with the
 # memory the previous one used given back; each updates its row of
 # benchmarks/results/reliability_large.json.

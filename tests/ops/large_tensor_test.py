@@ -443,7 +443,7 @@ def test_kd_loss_past_2_31():
             [rows, width],
             rows * width,
             "bfloat16",
-            14,
+            16,
         ),
         tf.device("/CPU:0"),
     ):
@@ -505,7 +505,7 @@ def test_flash_attention_forward_past_2_31():
     shape = [batch, q_len, q_heads, head_dim]
     elements = math.prod(shape)
     with (
-        _Record("flash attention fwd", shape, elements, "float32", 12),
+        _Record("flash attention fwd", shape, elements, "float32", 14),
         tf.device("/CPU:0"),
     ):
         rows = batch * q_len * q_heads
@@ -640,7 +640,7 @@ def test_lion_step_past_2_31():
     rows = _rows_past(width, extra_rows=1)
     n = rows * width
     with (
-        _Record("Lion step (bfloat16 slots)", [n], n, "bfloat16", 14),
+        _Record("Lion step (bfloat16 slots)", [n], n, "bfloat16", 16),
         tf.device("/CPU:0"),
     ):
         var = tf.Variable(tf.zeros([1], dtype), shape=tf.TensorShape([None]))

@@ -13,7 +13,7 @@ DEPS_STAMP := $(VENV)/.kbm-deps-installed
 PYTEST_ARGS ?= -q
 
 .PHONY: setup build test test-keras3 test-tf-keras demo bench lint format \
-	clean gpu-harness-check dist
+	clean gpu-harness-check dist test-large
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,19 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 	$(TORCH_VENV)/bin/python -m pytest -q -p no:cacheprovider gpu_harness/tests
 	$(VENV)/bin/ruff check gpu_harness
 	$(VENV)/bin/ruff format --check gpu_harness
+
+# Kernels on tensors past 2**31 elements (Keras 3 line; up to ~15 GB of
+# memory, minutes), one process per test so that each starts with the
+# memory the previous one used given back; each updates its row of
+# benchmarks/results/reliability_large.json.
+LARGE_TESTS := tests/ops/large_tensor_test.py
+test-large: build
+	@status=0; \
+	for t in $$($(PY) -m pytest $(LARGE_TESTS) -m large --collect-only -q \
+	    2>/dev/null | grep '::'); do \
+	  $(PY) -m pytest "$$t" -m large $(PYTEST_ARGS) || status=1; \
+	done; \
+	exit $$status
 
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \

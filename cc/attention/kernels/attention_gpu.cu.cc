@@ -9,6 +9,7 @@
 // lanes over the head dim. Slower than the tensor-core path, exact in fp32.
 #include "cc/attention/kernels/attention_gpu.h"
 
+#include <algorithm>
 #include <type_traits>
 
 #include "cc/attention/kernels/attention_gpu_common.cuh"
@@ -25,7 +26,8 @@ __global__ void __launch_bounds__(128)
   __shared__ float sq[4][P];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * 4 + warp;
-  const int64_t h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z,
+                hk = h / p.group;
   if (i >= p.Tq) return;
   const float* qrow = p.q + ((b * p.Tq + i) * p.Hq + h) * p.D;
   for (int d = lane; d < P; d += 32) sq[warp][d] = d < p.D ? qrow[d] : 0.0f;
@@ -87,7 +89,8 @@ __global__ void __launch_bounds__(128) SimtDqKernel(const KParams<float> p) {
   __shared__ float sdo[4][P];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * 4 + warp;
-  const int64_t h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z,
+                hk = h / p.group;
   if (i >= p.Tq) return;
   const float* qrow = p.q + ((b * p.Tq + i) * p.Hq + h) * p.D;
   const float* dorow = p.d_o + ((b * p.Tq + i) * p.Hq + h) * p.Dv;
@@ -144,7 +147,7 @@ __global__ void __launch_bounds__(128) SimtDkDvKernel(const KParams<float> p) {
   __shared__ float sv[4][P];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * 4 + warp;
-  const int64_t hk = blockIdx.y, b = blockIdx.z;
+  const int64_t hk = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   if (j >= p.Tk) return;
   const float* krow = p.k + ((b * p.Tk + j) * p.Hkv + hk) * p.D;
   const float* vrow = p.v + ((b * p.Tk + j) * p.Hkv + hk) * p.Dv;
@@ -235,14 +238,17 @@ __global__ void DropoutMaskKernel(uint64_t seed0, uint64_t seed1, int64_t n,
   }
 }
 
+// The largest grid y and z dimension CUDA accepts.
+constexpr int64_t kMaxGridYZ = 65535;
+
 int ValidateParams(const AttentionParams& a) {
   if (a.batch < 0 || a.q_len < 0 || a.kv_len < 0 || a.q_heads < 0 ||
       a.kv_heads <= 0 || a.head_dim <= 0 || a.value_dim <= 0 ||
       a.q_heads % a.kv_heads != 0 || a.head_dim > kMaxAttentionHeadDim ||
       a.value_dim > kMaxAttentionHeadDim ||
       (a.mask_batch != 1 && a.mask_batch != a.batch) ||
-      !(a.dropout_rate >= 0.0f && a.dropout_rate < 1.0f) || a.q_heads > 65535 ||
-      a.batch > 65535 || a.variant < 0 || a.variant > 4) {
+      !(a.dropout_rate >= 0.0f && a.dropout_rate < 1.0f) || a.variant < 0 ||
+      a.variant > 4) {
     return kErrorInvalidArgument;
   }
   return 0;
@@ -290,16 +296,16 @@ template <int DPL>
 int LaunchSimtDpl(int kind, const KParams<float>& p, cudaStream_t stream) {
   const dim3 block(128);
   if (kind == 0) {
-    const dim3 grid(static_cast<unsigned>((p.Tq + 3) / 4),
-                    static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+    const dim3 grid(static_cast<unsigned>((p.Tq + 3) / 4), p.grid_heads,
+                    p.grid_batch);
     SimtForwardKernel<DPL><<<grid, block, 0, stream>>>(p);
   } else if (kind == 1) {
-    const dim3 grid(static_cast<unsigned>((p.Tq + 3) / 4),
-                    static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+    const dim3 grid(static_cast<unsigned>((p.Tq + 3) / 4), p.grid_heads,
+                    p.grid_batch);
     SimtDqKernel<DPL><<<grid, block, 0, stream>>>(p);
   } else {
-    const dim3 grid(static_cast<unsigned>((p.Tk + 3) / 4),
-                    static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B));
+    const dim3 grid(static_cast<unsigned>((p.Tk + 3) / 4), p.grid_heads,
+                    p.grid_batch);
     SimtDkDvKernel<DPL><<<grid, block, 0, stream>>>(p);
   }
   KBM_RETURN_IF_LAUNCH_ERROR();
@@ -313,7 +319,8 @@ int LaunchSimt(int kind, const KParams<float>& p, cudaStream_t stream) {
   return LaunchSimtDpl<8>(kind, p, stream);
 }
 
-// Launches kernel `kind` for element type T.
+// Launches kernel `kind` for element type T over heads x batch, as several
+// launches of at most kMaxGridYZ heads (grid y) and batch elements (grid z).
 template <typename T, typename E>
 int LaunchKind(int kind, int variant, const KParams<E>& p, const VecFlags& vf,
                cudaStream_t stream) {
@@ -322,16 +329,31 @@ int LaunchKind(int kind, int variant, const KParams<E>& p, const VecFlags& vf,
       (kind == 2 ? p.Tk == 0 || p.Hkv == 0 : p.Tq == 0 || p.Hq == 0)) {
     return 0;
   }
-  if constexpr (std::is_same_v<T, float>) {
-    return LaunchSimt(kind, p, stream);
-  } else {
-    const int pad = PadDim(p.D > p.Dv ? p.D : p.Dv);
-    if constexpr (std::is_same_v<T, BFloat16>) {
-      return LaunchMmaBf16(kind, pad, variant, p, vf, stream);
-    } else {
-      return LaunchMmaF16(kind, pad, variant, p, vf, stream);
+  const int64_t heads = kind == 2 ? p.Hkv : p.Hq;
+  for (int64_t b0 = 0; b0 < p.B; b0 += kMaxGridYZ) {
+    for (int64_t h0 = 0; h0 < heads; h0 += kMaxGridYZ) {
+      KParams<E> slice = p;
+      slice.batch0 = b0;
+      slice.head0 = h0;
+      slice.grid_batch =
+          static_cast<unsigned>(std::min<int64_t>(kMaxGridYZ, p.B - b0));
+      slice.grid_heads =
+          static_cast<unsigned>(std::min<int64_t>(kMaxGridYZ, heads - h0));
+      int err;
+      if constexpr (std::is_same_v<T, float>) {
+        err = LaunchSimt(kind, slice, stream);
+      } else {
+        const int pad = PadDim(p.D > p.Dv ? p.D : p.Dv);
+        if constexpr (std::is_same_v<T, BFloat16>) {
+          err = LaunchMmaBf16(kind, pad, variant, slice, vf, stream);
+        } else {
+          err = LaunchMmaF16(kind, pad, variant, slice, vf, stream);
+        }
+      }
+      if (err != 0) return err;
     }
   }
+  return 0;
 }
 
 template <typename T>

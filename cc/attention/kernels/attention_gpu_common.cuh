@@ -40,6 +40,12 @@ struct KParams {
   E* dk;
   E* dv;
   int64_t B, Tq, Tk, Hq, Hkv, D, Dv, mask_batch, group;
+  // Grid y and z are limited to 65535 blocks: a launch covers heads
+  // [head0, head0 + grid_heads) (query heads, kv heads for dK/dV) on
+  // blockIdx.y and batch elements [batch0, batch0 + grid_batch) on
+  // blockIdx.z; LaunchKind issues as many launches as needed.
+  int64_t head0, batch0;
+  unsigned grid_heads, grid_batch;
   int64_t causal_offset;
   bool causal;
   float scale;

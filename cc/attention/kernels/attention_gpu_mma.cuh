@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(128)
   uint16_t* sK = sQ + BR * LD;
   uint16_t* sV = sK + BC * LD;
   const int64_t qt = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int64_t hk = h / p.group;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(128)
   uint16_t* sK = sdO + BR * LD;
   uint16_t* sV = sK + BC * LD;
   const int64_t qt = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int64_t hk = h / p.group;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(128)
   float* sL = reinterpret_cast<float*>(sdO + BR * LD);
   float* sDel = sL + BR;
   const int64_t kt = blockIdx.x;
-  const int64_t hk = blockIdx.y, b = blockIdx.z;
+  const int64_t hk = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int64_t k0 = kt * BC;

@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(128)
   uint16_t* sK = sQ + BR * LD;
   uint16_t* sV = sK + BC * LD;
   const int64_t qt = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int64_t hk = h / p.group;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(128)
   uint16_t* sK = sdO + BR * LD;
   uint16_t* sV = sK + BC * LD;
   const int64_t qt = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int64_t hk = h / p.group;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(128)
   float* sL = reinterpret_cast<float*>(sdO + BR * LD);
   float* sDel = sL + BR;
   const int64_t kt = blockIdx.x;
-  const int64_t hk = blockIdx.y, b = blockIdx.z;
+  const int64_t hk = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int64_t k0 = kt * BC;
@@ -481,10 +481,10 @@ int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
   using Tiles = MmaTiles<P>;
   if (variant == 0) variant = kDefaultVariant[kind];
   const bool fast = variant != 1;
-  const dim3 q_grid(static_cast<unsigned>((p.Tq + 63) / 64),
-                    static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
-  const dim3 k_grid(static_cast<unsigned>((p.Tk + 63) / 64),
-                    static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B));
+  const dim3 q_grid(static_cast<unsigned>((p.Tq + 63) / 64), p.grid_heads,
+                    p.grid_batch);
+  const dim3 k_grid(static_cast<unsigned>((p.Tk + 63) / 64), p.grid_heads,
+                    p.grid_batch);
   if constexpr (P == 64 || P == 128) {
     if (variant == 4 && kind == 1) {
       return LaunchWithSmem(MmaDqPipeKernel<kBf16, P>, q_grid,
@@ -497,7 +497,7 @@ int LaunchMmaKind(int kind, int variant, const KParams<uint16_t>& p,
     if (kind == 0 && (variant == 3 || variant == 4)) {
       const dim3 grid(static_cast<unsigned>((p.Tq + WideTiles<P>::kBr - 1) /
                                             WideTiles<P>::kBr),
-                      static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B));
+                      p.grid_heads, p.grid_batch);
       return LaunchWithSmem(MmaForwardWideKernel<kBf16, P>, grid,
                             WideTiles<P>::Smem(), p, vf, stream);
     }

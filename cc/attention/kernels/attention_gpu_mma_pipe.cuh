@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(128)
   // Two stages of K, V: stage s at sKV + s * 2 * BC * LD.
   uint16_t* sKV = sdO + BR * LD;
   const int64_t qt = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int64_t hk = h / p.group;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(128)
   constexpr int kStage = 2 * BR * LD + 4 * BR;
   uint16_t* sStages = sV + BC * LD;
   const int64_t kt = blockIdx.x;
-  const int64_t hk = blockIdx.y, b = blockIdx.z;
+  const int64_t hk = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int64_t k0 = kt * BC;

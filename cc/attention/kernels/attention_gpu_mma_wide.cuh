@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(128)
   uint16_t* sK = sQ + BR * LD;
   uint16_t* sV = sK + BC * LD;
   const int64_t qt = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
+  const int64_t h = p.head0 + blockIdx.y, b = p.batch0 + blockIdx.z;
   const int64_t hk = h / p.group;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;

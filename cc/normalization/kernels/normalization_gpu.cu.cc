@@ -463,11 +463,22 @@ int LaunchFwd(const NormFwdArgs<T>& a, void* stream_ptr) {
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const RowPlan p = PlanRows<T>(a.cols, FwdAligned(a, kRms), kFwdMaxThreads);
   if (p.fast) {
-    const int64_t blocks = CeilDiv(a.rows, p.rpb);
-    if (blocks > 0x7fffffff) return kErrorInvalidArgument;
-    PickFwd<T, kRms>(
-        p)<<<static_cast<unsigned>(blocks), p.tpr * p.rpb, 0, stream>>>(
-        a, p.tpr, p.rpb);
+    // One block per rpb rows, in launches of at most 2**30 blocks (grid x
+    // takes 2**31 - 1).
+    const int64_t launch_rows = (int64_t{1} << 30) * p.rpb;
+    for (int64_t r0 = 0; r0 < a.rows; r0 += launch_rows) {
+      NormFwdArgs<T> part = a;
+      part.rows = std::min(launch_rows, a.rows - r0);
+      part.x = a.x + r0 * a.cols;
+      part.y = a.y + r0 * a.cols;
+      if (a.mean != nullptr) part.mean = a.mean + r0;
+      part.rstd = a.rstd + r0;
+      const int64_t blocks = CeilDiv(part.rows, p.rpb);
+      PickFwd<T, kRms>(
+          p)<<<static_cast<unsigned>(blocks), p.tpr * p.rpb, 0, stream>>>(
+          part, p.tpr, p.rpb);
+      KBM_RETURN_IF_LAUNCH_ERROR();
+    }
   } else {
     const int grid = GridSize(a.rows, 1, 4);
     NormFwdGeneral<T, kRms><<<grid, kGeneralThreads, 0, stream>>>(a);

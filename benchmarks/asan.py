@@ -59,17 +59,23 @@ TEST_SETS = {
     "optimizers": ["tests/optimizers"],
     "distillation": ["tests/distillation"],
 }
-# CI: the kernels' own tests at small shapes (the loader's tests are left
-# out: they check Python logic, in subprocesses that cost most of the time).
+# CI: the kernels' own tests at small shapes, in one process. Left out (they
+# run in `make asan`): the loader's tests, which check Python logic, and the
+# runs of the baseline (AVX) SIMD variant, which each start another
+# TensorFlow process; together they cost most of the time.
 TEST_SETS["kernels"] = [
-    f"tests/ops/{family}_test.py"
-    for family in (
-        "attention",
-        "bias_activation",
-        "distillation",
-        "normalization",
-        "optimizers",
-    )
+    *(
+        f"tests/ops/{family}_test.py"
+        for family in (
+            "attention",
+            "bias_activation",
+            "distillation",
+            "normalization",
+            "optimizers",
+        )
+    ),
+    "-k",
+    "not avx_baseline",
 ]
 FULL_SETS = ["ops", "layers", "optimizers", "distillation"]
 CI_SETS = ["kernels"]

@@ -184,8 +184,47 @@ def sanitizer_env(set_dir, runtimes):
         ),
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONFAULTHANDLER="1",
+        # TensorFlow's default CPU allocator takes every tensor from malloc,
+        # so each gets ASan's redzones; the pooling BFC allocator would hide
+        # an overrun into a neighbouring tensor.
+        TF_CPU_ALLOCATOR_USE_BFC="false",
     )
     return env
+
+
+# A heap overflow in a child process, through libc's memset (intercepted by
+# ASan): proves that the preload works and that a report is counted and
+# fails the run, before any test set runs.
+CANARY = (
+    "import ctypes; libc = ctypes.CDLL(None); "
+    "libc.malloc.restype = ctypes.c_void_p; p = libc.malloc(16); "
+    "libc.memset(ctypes.c_void_p(p), 0, 17)"
+)
+
+
+def canary(runtimes):
+    """Checks that a deliberate overflow is reported; returns a note."""
+    set_dir = LOG_DIR / "canary"
+    shutil.rmtree(set_dir, ignore_errors=True)
+    set_dir.mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CANARY],
+        env=sanitizer_env(set_dir, runtimes),
+        capture_output=True,
+        text=True,
+    )
+    texts = [p.read_text(errors="replace") for p in set_dir.iterdir()]
+    reports = _count_reports(texts)
+    if proc.returncode == 0 or reports != 1:
+        raise SystemExit(
+            "the sanitizer set-up does not catch a deliberate heap overflow "
+            f"(exit {proc.returncode}, {reports} reports):\n"
+            + proc.stderr[-3000:]
+        )
+    return (
+        "Canary: a deliberate 1-byte heap overflow in a child process was "
+        f"reported (exit {proc.returncode}) and counted before the tests ran."
+    )
 
 
 def _count_reports(texts):
@@ -297,6 +336,8 @@ def main(argv=None):
         print(f"[asan] {notes[-1]}", flush=True)
     if not LIBRARY.exists():
         raise SystemExit(f"{LIBRARY} is missing: run without --no-build")
+    notes.append(canary(runtimes))
+    print(f"[asan] {notes[-1]}", flush=True)
     rows = []
     for name in sets:
         print(f"[asan] {name}: {' '.join(TEST_SETS[name])}", flush=True)
@@ -319,7 +360,8 @@ def main(argv=None):
         "of libasan and libubsan; Keras 3 line.",
         "ASAN_OPTIONS=detect_leaks=0 (CPython and TensorFlow keep memory "
         "until exit), halt_on_error=1, abort_on_error=1, "
-        "detect_stack_use_after_return=1; UBSAN_OPTIONS=halt_on_error=1.",
+        "detect_stack_use_after_return=1; UBSAN_OPTIONS=halt_on_error=1; "
+        "TF_CPU_ALLOCATOR_USE_BFC=false (each tensor its own malloc block).",
         "Not checked by UBSan: null, nonnull-attribute and "
         "returns-nonnull-attribute (g++ 12 cannot compile TensorFlow's "
         "headers with them); ASan still reports a null dereference.",

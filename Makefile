@@ -113,6 +113,19 @@ test-large: build
 	done; \
 	exit $$status
 
+# The op library built with AddressSanitizer + UndefinedBehaviorSanitizer
+# (build/asan, never over the shipped library), then the op, layer,
+# optimizer and distillation tests with it loaded (LD_PRELOAD of the
+# runtimes). Any sanitizer report or failing test fails the run; writes
+# benchmarks/results/reliability_asan.json. asan-ci: the kernels' own tests
+# (tests/ops) only, as .ci/run does.
+.PHONY: asan asan-ci
+asan: $(DEPS_STAMP)
+	$(PY) benchmarks/asan.py
+
+asan-ci: $(DEPS_STAMP)
+	$(PY) benchmarks/asan.py --ci
+
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \
 	  gpu_harness/build

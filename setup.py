@@ -38,6 +38,12 @@ loads the library. Environment:
   KBM_CUDA_ARCHS  comma-separated targets (default "sm_80,sm_90,compute_90":
                   cubins for sm_80 and sm_90 plus compute_90 PTX, which newer
                   GPUs compile at load time)
+  KBM_SANITIZE    sanitizers for a checking build, e.g. "address,undefined":
+                  -fsanitize=..., -O1 -g, CPU only, objects in
+                  build/kbm-objs-<sanitizers>. Such a library never replaces
+                  the shipped one: build it elsewhere with
+                  `setup.py build_ext --build-lib DIR` and load it with
+                  KERAS_BIGMODELS_OPS_LIBRARY (see `make asan`).
 """
 
 import concurrent.futures
@@ -59,6 +65,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 CC_DIR = ROOT / "cc"
 OBJ_DIR = ROOT / "build" / "kbm-objs"
+SANITIZERS = ("address", "undefined")
 LIB_NAME = "keras_bigmodels._kbm_ops"
 WARNING_FLAGS = [
     "-Wall",
@@ -67,6 +74,26 @@ WARNING_FLAGS = [
     "-Wno-sign-compare",
     "-Wno-unused-function",
 ]
+
+
+def _sanitizers():
+    """The sanitizers of KBM_SANITIZE, in a fixed order ([] for none)."""
+    raw = os.environ.get("KBM_SANITIZE", "").replace(" ", "")
+    names = sorted({n for n in raw.split(",") if n})
+    unknown = [n for n in names if n not in SANITIZERS]
+    if unknown:
+        raise RuntimeError(
+            f"KBM_SANITIZE entries must be among {', '.join(SANITIZERS)}. "
+            f"Received: KBM_SANITIZE={raw!r}"
+        )
+    return names
+
+
+def _obj_dir(sanitizers):
+    """Objects of a sanitized build live apart from the normal build's."""
+    if not sanitizers:
+        return OBJ_DIR
+    return OBJ_DIR.with_name(f"kbm-objs-{'-'.join(sanitizers)}")
 
 
 def _tf_flags():
@@ -240,10 +267,10 @@ def _needs_build(obj, cmd_hash):
 
 
 def _compile(job):
-    src, obj, cmd = job
+    src, obj, cmd, obj_dir = job
     cmd_hash = hashlib.sha256(" ".join(cmd).encode()).hexdigest()
     if not _needs_build(obj, cmd_hash):
-        return obj, False, 0.0
+        return obj, False, 0.0, obj_dir
     obj.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     full = cmd + [
@@ -262,7 +289,7 @@ def _compile(job):
             f"{result.stderr}"
         )
     obj.with_suffix(".cmd").write_text(cmd_hash)
-    return obj, True, time.perf_counter() - t0
+    return obj, True, time.perf_counter() - t0, obj_dir
 
 
 # Weak (vague-linkage) symbols a SIMD object may define: the linker keeps one
@@ -327,11 +354,11 @@ def _check_cuda_symbols(lib_path, tf_lib_dir):
 def _run_jobs(jobs, n_workers):
     objs = []
     with concurrent.futures.ThreadPoolExecutor(n_workers) as pool:
-        for obj, built, secs in pool.map(_compile, jobs):
+        for obj, built, secs, obj_dir in pool.map(_compile, jobs):
             objs.append(obj)
             if built:
                 print(
-                    f"[kbm build] {obj.relative_to(OBJ_DIR)} ({secs:.1f} s)",
+                    f"[kbm build] {obj.relative_to(obj_dir)} ({secs:.1f} s)",
                     flush=True,
                 )
     return objs
@@ -343,7 +370,26 @@ def build_library(out_path):
     cxx = os.environ.get("KBM_CXX", "g++")
     variants = _isa_variants()
     base_isa = next(iter(variants.values()))
-    cuda, cuda_reason = _cuda_config()
+    sanitizers = _sanitizers()
+    obj_dir = _obj_dir(sanitizers)
+    if sanitizers:
+        # The sanitizers instrument host code only: a CPU-only build.
+        cuda, cuda_reason = None, "disabled in a sanitizer build"
+        opt = ["-O1", "-g", "-fno-omit-frame-pointer"]
+        san_flags = [f"-fsanitize={','.join(sanitizers)}"]
+        if "undefined" in sanitizers:
+            san_flags += [
+                # Not in "undefined" by default: NaN/Inf to integer casts.
+                "-fsanitize=float-cast-overflow",
+                # g++ 12 rejects TensorFlow's headers (absl's raw_hash_set
+                # compares function pointers in a constexpr) with these
+                # checks on; a null dereference is still caught by ASan.
+                "-fno-sanitize=null,nonnull-attribute,"
+                "returns-nonnull-attribute",
+            ]
+    else:
+        cuda, cuda_reason = _cuda_config()
+        opt, san_flags = ["-O3"], []
     defines = ["-DNDEBUG"]
     if "avx2" in variants:
         defines.append("-DKBM_HAVE_AVX2_VARIANT=1")
@@ -351,7 +397,8 @@ def build_library(out_path):
         cxx,
         "-std=c++17",
         "-fPIC",
-        "-O3",
+        *opt,
+        *san_flags,
         "-fvisibility=hidden",
         f"-I{ROOT}",
         *cflags,
@@ -365,13 +412,14 @@ def build_library(out_path):
         flags = common + base_isa
         if cuda and _is_gpu_glue(src):
             flags = flags + ["-DGOOGLE_CUDA=1"]
-        jobs.append((src, OBJ_DIR / f"{rel}.o", flags))
+        jobs.append((src, obj_dir / f"{rel}.o", flags, obj_dir))
     checked = []  # Non-baseline SIMD objects: no shareable weak symbols.
     for name, flags in variants.items():
         for src in simd:
             rel = src.relative_to(ROOT).with_suffix("")
-            obj = OBJ_DIR / f"{rel}.{name}.o"
-            jobs.append((src, obj, common + flags + [f"-DKBM_ISA={name}"]))
+            obj = obj_dir / f"{rel}.{name}.o"
+            cmd = common + flags + [f"-DKBM_ISA={name}"]
+            jobs.append((src, obj, cmd, obj_dir))
             if flags is not base_isa:
                 checked.append(obj)
     n_jobs = max(1, int(os.environ.get("KBM_BUILD_JOBS", "2")))
@@ -400,8 +448,9 @@ def build_library(out_path):
         cuda_jobs = [
             (
                 src,
-                OBJ_DIR / f"{src.relative_to(ROOT).with_suffix('')}.o",
+                obj_dir / f"{src.relative_to(ROOT).with_suffix('')}.o",
                 nvcc_cmd,
+                obj_dir,
             )
             for src in cuda_sources
         ]
@@ -421,6 +470,7 @@ def build_library(out_path):
         cxx,
         "-shared",
         "-fPIC",
+        *san_flags,
         *map(str, objs),
         "-o",
         str(out_path),
@@ -457,6 +507,7 @@ def build_library(out_path):
         "cuda_archs": cuda["archs"] if cuda else [],
         "cuda_families": gpu_families if cuda else [],
         "tf_cuda_version": tf_build.get("cuda_version"),
+        "sanitizers": sanitizers,
     }
     out_path.with_name("_build_info.json").write_text(
         json.dumps(info, indent=2) + "\n"
@@ -476,6 +527,12 @@ class BuildOps(build_ext):
         build_library(self.get_ext_fullpath(ext.name))
 
     def copy_extensions_to_source(self):
+        if _sanitizers():
+            raise RuntimeError(
+                "a sanitizer build (KBM_SANITIZE) must not replace the "
+                "shipped library: build it with `setup.py build_ext "
+                "--build-lib DIR` instead of --inplace"
+            )
         # In-place and editable builds: setuptools copies the library into
         # the source tree; its build-info file must travel with it.
         super().copy_extensions_to_source()

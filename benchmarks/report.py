@@ -43,6 +43,8 @@ def load_results(results_dir):
     for path in sorted(Path(results_dir).glob("*.json")):
         if path.name.startswith("gpu_"):
             continue  # GPU runs: see load_gpu_results.
+        if path.name.startswith("reliability_"):
+            continue  # RELIABILITY.md's figures, not benchmarks.
         run = json.loads(path.read_text())
         run["_file"] = path.name
         runs.append(run)

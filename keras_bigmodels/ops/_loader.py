@@ -12,6 +12,11 @@ cannot run (driver too old, no code for the GPU's architecture, a launch
 error) or disagree with the references, the family keeps to its references
 on that GPU, with one warning that carries the error.
 `KERAS_BIGMODELS_REQUIRE_GPU_KERNELS=1` turns that fallback into an error.
+
+`KERAS_BIGMODELS_OPS_LIBRARY=/path/to/_kbm_ops.so`, set before kbm is
+imported, loads another build of the library instead (e.g. the sanitizer
+build of `make asan`); its `_build_info.json` is read from the same folder
+and checked the same way.
 """
 
 import json
@@ -27,8 +32,19 @@ from keras_bigmodels import config
 from keras_bigmodels.ops import _gpu_probe
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
-LIBRARY_PATH = _PACKAGE_DIR / "_kbm_ops.so"
-BUILD_INFO_PATH = _PACKAGE_DIR / "_build_info.json"
+ENV_LIBRARY = "KERAS_BIGMODELS_OPS_LIBRARY"
+
+
+def _library_path():
+    """The shipped library, or the one named by KERAS_BIGMODELS_OPS_LIBRARY."""
+    override = os.environ.get(ENV_LIBRARY, "").strip()
+    if override:
+        return Path(override).expanduser().resolve()
+    return _PACKAGE_DIR / "_kbm_ops.so"
+
+
+LIBRARY_PATH = _library_path()
+BUILD_INFO_PATH = LIBRARY_PATH.with_name("_build_info.json")
 BUILD_HINT = (
     "build it with `pip install --no-build-isolation -e .` (or `make build`) "
     "in the keras_bigmodels checkout"

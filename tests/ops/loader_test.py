@@ -127,3 +127,57 @@ def test_environment_variable_disables_loading():
     assert result["available"] is False
     assert result["reason"] == "disabled by KERAS_BIGMODELS_DISABLE_FUSED=1"
     np.testing.assert_allclose(result["y"], np.zeros((2, 3)), atol=1e-6)
+
+
+def test_library_path_from_environment(tmp_path):
+    # Another build of the library (e.g. `make asan`'s) is named by an
+    # environment variable; its build record is read from its own folder.
+    other = tmp_path / "other" / "_kbm_ops.so"
+    out = last_json_line(
+        run_python(
+            """
+            import json, warnings
+            import tensorflow as tf
+            import keras_bigmodels as kbm
+            from keras_bigmodels.ops import _loader
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                kbm.ops.layer_norm(tf.ones((2, 4)), None, None)
+            print(json.dumps({
+                "library": str(_loader.LIBRARY_PATH),
+                "info": str(_loader.BUILD_INFO_PATH),
+                "reason": kbm.ops.kernels_available().reason,
+                "warnings": [str(w.message) for w in caught],
+            }))
+            """,
+            env={_loader.ENV_LIBRARY: str(other)},
+        )
+    )
+    assert out["library"] == str(other)
+    assert out["info"] == str(other.with_name("_build_info.json"))
+    assert f"{other} is missing" in out["reason"]
+    assert any(f"{other} is missing" in w for w in out["warnings"])
+
+
+def test_library_from_environment_is_loaded_and_checked(tmp_path):
+    # A copy of the shipped library in another folder loads through the
+    # variable, and its build record there is checked like the shipped one.
+    other = tmp_path / "_kbm_ops.so"
+    other.write_bytes(_loader.LIBRARY_PATH.read_bytes())
+    info = json.loads(_loader.BUILD_INFO_PATH.read_text())
+    code = """
+        import json
+        import keras_bigmodels as kbm
+        status = kbm.ops.kernels_available()
+        print(json.dumps({"ok": bool(status), "reason": status.reason}))
+        """
+    env = {_loader.ENV_LIBRARY: str(other)}
+    out = last_json_line(run_python(code, env=env))
+    assert "build record" in out["reason"] and not out["ok"]
+    other.with_name("_build_info.json").write_text(json.dumps(info))
+    out = last_json_line(run_python(code, env=env))
+    assert out == {"ok": True, "reason": ""}
+    info["tf_version"] = "2.20.0"
+    other.with_name("_build_info.json").write_text(json.dumps(info))
+    out = last_json_line(run_python(code, env=env))
+    assert not out["ok"] and "built for TensorFlow 2.20.0" in out["reason"]

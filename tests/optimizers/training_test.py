@@ -117,8 +117,9 @@ def test_mirrored_strategy_on_two_cpus(tmp_path):
         import numpy as np
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        if tf.config.get_logical_device_configuration(cpu) is None:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras_bigmodels as kbm
         from keras_bigmodels.backend import keras
 
@@ -150,7 +151,7 @@ def test_mirrored_strategy_on_two_cpus(tmp_path):
         print(json.dumps(out))
     """
     env = {"TF_USE_LEGACY_KERAS": "1" if IS_LEGACY_KERAS else None}
-    result = last_json_line(run_python(code, env=env))
+    result = last_json_line(run_python(code, env=env, reuse="two_cpus"))
     for name, (mirrored, single) in result.items():
         for a, b in zip(mirrored, single):
             assert_close(np.array(a), np.array(b), 1e-5, 1e-5, what=name)

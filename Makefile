@@ -103,3 +103,16 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \
 	  gpu_harness/build
+
+# The tests marked `slow` (exhaustive parametrizations and end-to-end runs
+# that `make test` covers with a representative case), on both Keras lines.
+.PHONY: test-slow
+test-slow: build
+	@status=0; \
+	echo "== slow tests, Keras 3 =="; \
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS) || \
+	  { rc=$$?; [ $$rc -eq 5 ] || status=1; }; \
+	echo "== slow tests, tf-keras (TF_USE_LEGACY_KERAS=1) =="; \
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests -m slow $(PYTEST_ARGS) || \
+	  { rc=$$?; [ $$rc -eq 5 ] || status=1; }; \
+	exit $$status

@@ -149,9 +149,8 @@ def test_mirrored_strategy(tmp_path):
         import numpy as np
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        if tf.config.get_logical_device_configuration(cpu) is None:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras_bigmodels as kbm
         from keras_bigmodels.backend import keras
         rng = np.random.default_rng(0)
@@ -177,7 +176,7 @@ def test_mirrored_strategy(tmp_path):
                           "auc": h.history["attr/deletion_auc"]}}))
     """
     env = {"TF_USE_LEGACY_KERAS": "1" if IS_LEGACY_KERAS else None}
-    result = last_json_line(run_python(code, env=env, reuse="two_cpus"))
+    result = last_json_line(run_python(code, env=env))
     assert result["shape"] == [2, 8, 8, 1]
     assert np.isfinite(result["auc"]).all() and len(result["auc"]) == 2
     assert read_events(str(tmp_path)).Tensors("attributions/overlay")

@@ -280,9 +280,8 @@ def test_mirrored_strategy_matches_one_device():
         import numpy as np
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        if tf.config.get_logical_device_configuration(cpu) is None:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from keras_bigmodels.backend import keras
         from keras_bigmodels.optimizers.lookahead import Lookahead
         rng = np.random.default_rng(0)
@@ -316,7 +315,6 @@ def test_mirrored_strategy_matches_one_device():
         print(json.dumps({"diff": diff, "spread": spread, "copies": n}))
         """,
         env={"TF_USE_LEGACY_KERAS": "1" if IS_LEGACY_KERAS else None},
-        reuse="two_cpus",
     )
     result = last_json_line(out)
     assert result["copies"] == 2

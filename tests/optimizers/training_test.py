@@ -45,9 +45,18 @@ def test_fit_decreases_the_loss(keras, name):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", ["AdamW", "Lamb"])
-def test_mixed_precision(keras, policy, name):
+@pytest.mark.parametrize(
+    "name, policy",
+    [
+        ("AdamW", "mixed_float16"),
+        ("Lamb", "mixed_bfloat16"),
+        # Each optimizer and each policy once above; the other pairs in
+        # `make test-slow`.
+        pytest.param("AdamW", "mixed_bfloat16", marks=pytest.mark.slow),
+        pytest.param("Lamb", "mixed_float16", marks=pytest.mark.slow),
+    ],
+)
+def test_mixed_precision(keras, name, policy):
     x, y = data()
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
@@ -117,9 +126,8 @@ def test_mirrored_strategy_on_two_cpus(tmp_path):
         import numpy as np
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        if tf.config.get_logical_device_configuration(cpu) is None:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras_bigmodels as kbm
         from keras_bigmodels.backend import keras
 
@@ -151,7 +159,7 @@ def test_mirrored_strategy_on_two_cpus(tmp_path):
         print(json.dumps(out))
     """
     env = {"TF_USE_LEGACY_KERAS": "1" if IS_LEGACY_KERAS else None}
-    result = last_json_line(run_python(code, env=env, reuse="two_cpus"))
+    result = last_json_line(run_python(code, env=env))
     for name, (mirrored, single) in result.items():
         for a, b in zip(mirrored, single):
             assert_close(np.array(a), np.array(b), 1e-5, 1e-5, what=name)

@@ -166,3 +166,16 @@ SOAK_MINUTES ?= 30
 soak: build
 	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
 	$(PY) benchmarks/reliability.py
+
+# The tests marked `slow` (exhaustive parametrizations and end-to-end runs
+# that `make test` covers with a representative case), on both Keras lines.
+.PHONY: test-slow
+test-slow: build
+	@status=0; \
+	echo "== slow tests, Keras 3 =="; \
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS) || \
+	  { rc=$$?; [ $$rc -eq 5 ] || status=1; }; \
+	echo "== slow tests, tf-keras (TF_USE_LEGACY_KERAS=1) =="; \
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests -m slow $(PYTEST_ARGS) || \
+	  { rc=$$?; [ $$rc -eq 5 ] || status=1; }; \
+	exit $$status

@@ -45,3 +45,51 @@ def pytest_report_header(config):
 @pytest.fixture
 def keras():
     return backend.keras
+
+
+# Outcomes of the Keras compatibility harness (tests/keras_compat) in this
+# session, in pytest -v's words, for the README table that
+# tests/parity_test.py checks: when the whole harness ran earlier in the
+# session, its counts come from here instead of a second pytest run.
+_COMPAT = "tests/keras_compat/"
+_compat_outcomes = {}
+_compat_deselected = []
+
+
+def _outcome_word(report):
+    xfail = hasattr(report, "wasxfail")
+    if report.failed:
+        return "FAILED" if report.when == "call" else "ERROR"
+    if report.skipped:
+        return "XFAIL" if xfail else "SKIPPED"
+    if report.when == "call":
+        return "XPASS" if xfail else "PASSED"
+    return None
+
+
+def pytest_runtest_logreport(report):
+    if report.nodeid.startswith(_COMPAT):
+        word = _outcome_word(report)
+        if word is not None:
+            _compat_outcomes.setdefault(report.nodeid, []).append(word)
+
+
+def pytest_deselected(items):
+    _compat_deselected.extend(
+        i.nodeid for i in items if i.nodeid.startswith(_COMPAT)
+    )
+
+
+@pytest.fixture(scope="session")
+def keras_compat_session_outcomes(request):
+    """`{nodeid: [outcome, ...]}` of tests/keras_compat in this session.
+
+    None unless every test of the harness was selected, none deselected,
+    and all have run before the calling test.
+    """
+    items = [i for i in request.session.items if i.nodeid.startswith(_COMPAT)]
+    if not items or _compat_deselected:
+        return None
+    if any(i.nodeid not in _compat_outcomes for i in items):
+        return None
+    return _compat_outcomes

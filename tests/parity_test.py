@@ -3,8 +3,9 @@
 - Keras 3 / tf-keras: `tests/parity_exercises.py` (one small exercise per
   public name) runs in two fresh processes, one per Keras line.
 - Keras's own tests: the compatibility harness (`tests/keras_compat`, Keras
-  3's test modules with kbm's classes) runs in a fresh pytest process;
-  the table counts its outcomes per Keras test module.
+  3's test modules with kbm's classes); the table counts its outcomes per
+  Keras test module, taken from this session when the whole harness ran
+  earlier in it (as in `make test`), else from a fresh pytest process.
 
 Each test checks that README.md holds exactly its table between its
 markers. `KBM_WRITE_PARITY=1 pytest tests/parity_test.py` rewrites them.
@@ -91,8 +92,33 @@ def check_readme_block(start, end, table):
     )
 
 
-def run_harness():
-    """{harness file stem: Counter of outcomes} from a fresh pytest run."""
+def count_outcomes(lines):
+    """{harness file stem: Counter} from `nodeid OUTCOME` lines."""
+    pattern = re.compile(
+        r"^tests/keras_compat/(\w+)\.py::\S+ (" + "|".join(OUTCOMES) + ")"
+    )
+    counts = collections.defaultdict(collections.Counter)
+    for line in lines:
+        match = pattern.match(line)
+        if match:
+            counts[match.group(1)][match.group(2)] += 1
+    return counts
+
+
+def run_harness(session_outcomes=None):
+    """{harness file stem: Counter of outcomes}.
+
+    From `session_outcomes` (this session's run of the harness, every
+    harness file present), else from a fresh pytest run.
+    """
+    if session_outcomes is not None:
+        counts = count_outcomes(
+            f"{nodeid} {word}"
+            for nodeid, words in session_outcomes.items()
+            for word in words
+        )
+        if set(counts) == set(harness_stems()):
+            return counts
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_USE_LEGACY_KERAS", None)
     proc = subprocess.run(
@@ -104,16 +130,18 @@ def run_harness():
         text=True,
         timeout=900,
     )
-    pattern = re.compile(
-        r"^tests/keras_compat/(\w+)\.py::\S+ (" + "|".join(OUTCOMES) + ")"
-    )
-    counts = collections.defaultdict(collections.Counter)
-    for line in proc.stdout.splitlines():
-        match = pattern.match(line)
-        if match:
-            counts[match.group(1)][match.group(2)] += 1
+    counts = count_outcomes(proc.stdout.splitlines())
     assert counts, proc.stdout[-3000:] + proc.stderr[-3000:]
     return counts
+
+
+def harness_stems():
+    return [
+        os.path.basename(p)[:-3]
+        for p in sorted(
+            glob.glob(os.path.join(ROOT, "tests/keras_compat/*_test.py"))
+        )
+    ]
 
 
 def render_harness(counts):
@@ -127,10 +155,7 @@ def render_harness(counts):
         " skipped | other |",
         "|---|---|---|---|---|---|",
     ]
-    for path in sorted(
-        glob.glob(os.path.join(ROOT, "tests/keras_compat/*_test.py"))
-    ):
-        stem = os.path.basename(path)[:-3]
+    for stem in harness_stems():
         harness = importlib.import_module(f"tests.keras_compat.{stem}")
         module = harness.KERAS_MODULE.replace("keras.src.", "")
         classes = ", ".join(
@@ -146,8 +171,8 @@ def render_harness(counts):
 
 
 @pytest.mark.skipif(IS_LEGACY_KERAS, reason="the tf-keras wheel ships no tests")
-def test_keras_tests_table_is_current():
-    counts = run_harness()
+def test_keras_tests_table_is_current(keras_compat_session_outcomes):
+    counts = run_harness(keras_compat_session_outcomes)
     check_readme_block(HARNESS_START, HARNESS_END, render_harness(counts))
 
 

@@ -3,11 +3,14 @@
 No test-framework imports here: failures are plain `AssertionError`s.
 """
 
+import atexit
 import copy
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -97,17 +100,38 @@ def kernel_vs_reference(fn, inputs, tolerances, seed=0, **kwargs):
         )
 
 
-def run_python(code, env=None, timeout=300):
-    """Runs `code` in a fresh Python process; returns its stdout.
+# The loop of a reusable process (`run_python(..., reuse=...)`): one JSON
+# request per line on stdin, one JSON reply per line on a copy of the
+# original stdout; file descriptor 1 itself goes to stderr so that stray
+# writes (C++ logs, print before redirect) cannot break the protocol.
+_WORKER_LOOP = """
+import contextlib, io, json, os, sys, traceback
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+for line in sys.stdin:
+    code = json.loads(line)["code"]
+    out, error = io.StringIO(), None
+    try:
+        with contextlib.redirect_stdout(out):
+            code = compile(code, "<run_python>", "exec")
+            exec(code, {"__name__": "__main__"})
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            error = f"SystemExit({e.code!r})"
+    except BaseException:
+        error = traceback.format_exc()
+    replies.write(json.dumps({"stdout": out.getvalue(), "error": error}))
+    replies.write("\\n")
+    replies.flush()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # Stdin closed: skip the slow interpreter teardown.
+"""
 
-    Args:
-        code: Python source (dedented).
-        env: Extra environment variables (values None remove a variable).
-        timeout: Seconds before the process is killed.
+_workers = {}
 
-    Raises:
-        AssertionError: The process failed; the message holds its stderr.
-    """
+
+def _process_env(env):
     full_env = dict(os.environ)
     full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for k, v in (env or {}).items():
@@ -115,8 +139,110 @@ def run_python(code, env=None, timeout=300):
             full_env.pop(k, None)
         else:
             full_env[k] = v
+    return full_env
+
+
+class _Worker:
+    """A Python process that runs the code sent to it, one call at a time."""
+
+    def __init__(self, env):
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_LOOP],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+
+    def stderr_tail(self, n=4000):
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-n:]
+
+    def run(self, code, timeout):
+        try:
+            self.proc.stdin.write(json.dumps({"code": code}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # It died: reported below, with its stderr.
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            raise subprocess.TimeoutExpired(self.proc.args, timeout)
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            raise AssertionError(
+                f"reused process died (exit code {self.proc.returncode}):\n"
+                f"{self.stderr_tail()}"
+            )
+        return json.loads(line)
+
+    def close(self, wait=True):
+        if self.proc.poll() is None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        if wait:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@atexit.register
+def _close_workers():
+    workers = list(_workers.values())
+    _workers.clear()
+    for worker in workers:  # All at once: each exits on its own.
+        worker.close(wait=False)
+    for worker in workers:
+        worker.close()
+
+
+def run_python(code, env=None, timeout=300, reuse=None):
+    """Runs `code` in a separate Python process; returns its stdout.
+
+    By default each call starts a fresh process. With `reuse`, calls with
+    the same `reuse` key and `env` share one process, started by the first
+    of them (with the environment of that moment plus `env`) and kept
+    until this process exits: each call runs in its own
+    `__main__` namespace, but modules imported and global state set by
+    earlier calls stay. That saves the interpreter and TensorFlow start-up
+    (seconds) per call; keep `reuse=None` where a check needs a pristine
+    process (what an import pulls in, a first load).
+
+    Args:
+        code: Python source (dedented).
+        env: Extra environment variables (values None remove a variable).
+        timeout: Seconds before the process is killed. Defaults to `300`.
+        reuse: None, or a string naming a process to share. Defaults to
+            `None`.
+
+    Raises:
+        AssertionError: The code failed (exception or non-zero exit); the
+            message holds its traceback and stderr.
+        subprocess.TimeoutExpired: The code ran past `timeout`.
+    """
+    code = textwrap.dedent(code)
+    full_env = _process_env(env)
+    if reuse is not None:
+        # Keyed on `env`, not the whole environment: pytest changes
+        # PYTEST_CURRENT_TEST for every test.
+        key = (reuse, tuple(sorted((env or {}).items())))
+        worker = _workers.get(key)
+        if worker is None or worker.proc.poll() is not None:
+            worker = _workers[key] = _Worker(full_env)
+        reply = worker.run(code, timeout)
+        if reply["error"] is not None:
+            raise AssertionError(
+                f"code failed in a reused process:\n{reply['error'][-4000:]}"
+                f"\nstderr:\n{worker.stderr_tail(2000)}"
+            )
+        return reply["stdout"]
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", code],
         env=full_env,
         capture_output=True,
         text=True,
@@ -239,8 +365,10 @@ def run_layer_test(
        output is float16, the weights stay float32, and with the float32
        layer's weights the output matches it to float16 precision;
     6. (`run_saving_check`, needs `tmp_dir`) the model saved as `.keras`
-       loads in a fresh process with the kernel library disabled and gives
-       the same predictions.
+       loads in another process with the kernel library disabled and gives
+       the same predictions. That process is started fresh for the first
+       case of `layer_cls` and reused for its later cases (see
+       `run_python`'s `reuse`).
 
     Args:
         layer_cls: The layer class.
@@ -375,11 +503,17 @@ def run_layer_test(
     if run_saving_check:
         if tmp_dir is None:
             raise ValueError("run_saving_check needs tmp_dir")
-        _check_saved_model(model, x_fit, tmp_dir, rtol, atol, IS_LEGACY_KERAS)
+        _check_saved_model(
+            model, x_fit, tmp_dir, rtol, atol, IS_LEGACY_KERAS, layer_cls
+        )
 
 
-def _check_saved_model(model, x, tmp_dir, rtol, atol, legacy):
-    """`.keras` round trip, loaded in a process without the kernels."""
+def _check_saved_model(model, x, tmp_dir, rtol, atol, legacy, layer_cls):
+    """`.keras` round trip, loaded in a process without the kernels.
+
+    The loading process is shared by the cases of one layer class: the
+    class's first case loads in a fresh process, the others reuse it.
+    """
     expected = model.predict(x, verbose=0)
     path = os.path.join(str(tmp_dir), "layer_test.keras")
     model.save(path)
@@ -405,6 +539,7 @@ def _check_saved_model(model, x, tmp_dir, rtol, atol, legacy):
             "KERAS_BIGMODELS_DISABLE_FUSED": "1",
             "TF_USE_LEGACY_KERAS": "1" if legacy else None,
         },
+        reuse=f"layer_test:{layer_cls.__module__}.{layer_cls.__qualname__}",
     )
     result = last_json_line(out)
     if result["available"]:

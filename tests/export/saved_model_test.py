@@ -51,7 +51,8 @@ def test_stock_ops_export_loads_without_keras_bigmodels(
         print(json.dumps({{"input": name, "y": y.tolist(),
                           "kbm": [m for m in sys.modules
                                   if m.startswith("keras_bigmodels")]}}))
-        """
+        """,
+        reuse="tf_only",  # One TensorFlow-only process for these loads.
     )
     result = last_json_line(out)
     assert result["kbm"] == []
@@ -109,7 +110,7 @@ def test_fused_export_needs_the_op_library(model_and_data, tmp_path, caplog):
         except Exception as e:
             print(json.dumps({{"error": str(e)[:300]}}))
         """
-    result = last_json_line(run_python(code))
+    result = last_json_line(run_python(code, reuse="tf_only"))
     assert "Op type not registered 'Kbm>" in result["error"]
     with_lib = "import keras_bigmodels as kbm\n" + (
         "assert kbm.ops.kernels_available()\n"
@@ -175,7 +176,8 @@ def test_encoder_model_exports_with_stock_ops(tmp_path):
         y = list(fn(token_ids=tf.constant(tokens)).values())[0].numpy()
         print(json.dumps({{"y": y.tolist(), "kbm": [
             m for m in sys.modules if m.startswith("keras_bigmodels")]}}))
-        """
+        """,
+        reuse="tf_only",
     )
     result = last_json_line(out)
     assert result["kbm"] == []

@@ -107,7 +107,8 @@ def test_stock_export_serves_named_inputs_without_keras_bigmodels(
             "kbm": [m for m in sys.modules
                     if m.startswith("keras_bigmodels")],
         }}))
-        """
+        """,
+        reuse="tf_only",  # Shared with tests/export/saved_model_test.py.
     )
     result = last_json_line(out)
     assert result["kbm"] == []

@@ -265,6 +265,7 @@ def test_avx_baseline_variant_matches_reference():
         print("ok")
         """,
         env={"KERAS_BIGMODELS_ISA": "avx"},
+        reuse="avx_baseline",  # One process for all baseline checks.
     )
     assert out.strip().endswith("ok")
 
@@ -605,5 +606,6 @@ def test_dropout_in_avx_baseline_variant():
         print("ok")
         """,
         env={"KERAS_BIGMODELS_ISA": "avx"},
+        reuse="avx_baseline",  # One process for all baseline checks.
     )
     assert out.strip().endswith("ok")

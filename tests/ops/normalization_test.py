@@ -215,6 +215,7 @@ def test_avx_baseline_variant_matches_reference():
         print("ok")
         """,
         env={"KERAS_BIGMODELS_ISA": "avx"},
+        reuse="avx_baseline",  # One process for all baseline checks.
     )
     assert out.strip().endswith("ok")
 

@@ -45,9 +45,18 @@ def test_fit_decreases_the_loss(keras, name):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", ["AdamW", "Lamb"])
-def test_mixed_precision(keras, policy, name):
+@pytest.mark.parametrize(
+    "name, policy",
+    [
+        ("AdamW", "mixed_float16"),
+        ("Lamb", "mixed_bfloat16"),
+        # Each optimizer and each policy once above; the other pairs in
+        # `make test-slow`.
+        pytest.param("AdamW", "mixed_bfloat16", marks=pytest.mark.slow),
+        pytest.param("Lamb", "mixed_float16", marks=pytest.mark.slow),
+    ],
+)
+def test_mixed_precision(keras, name, policy):
     x, y = data()
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)

@@ -103,3 +103,14 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \
 	  gpu_harness/build
+
+# Property-based fuzzing of every op family (hypothesis profile "long":
+# 100,000 examples per test; Keras 3 line only, the ops do not depend on
+# the Keras line). FUZZ_SECONDS > 0 bounds each family's time (the JSON then
+# records how many examples really ran). Writes
+# benchmarks/results/reliability_fuzz.json.
+FUZZ_SECONDS ?= 0
+.PHONY: fuzz
+fuzz: build
+	KBM_HYPOTHESIS_PROFILE=long $(PY) benchmarks/fuzz.py \
+	  --seconds-per-family $(FUZZ_SECONDS)

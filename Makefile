@@ -179,3 +179,14 @@ test-slow: build
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests -m slow $(PYTEST_ARGS) || \
 	  { rc=$$?; [ $$rc -eq 5 ] || status=1; }; \
 	exit $$status
+
+# Property-based fuzzing of every op family (hypothesis profile "long":
+# 100,000 examples per test; Keras 3 line only, the ops do not depend on
+# the Keras line). FUZZ_SECONDS > 0 bounds each family's time (the JSON then
+# records how many examples really ran). Writes
+# benchmarks/results/reliability_fuzz.json.
+FUZZ_SECONDS ?= 0
+.PHONY: fuzz
+fuzz: build
+	KBM_HYPOTHESIS_PROFILE=long $(PY) benchmarks/fuzz.py \
+	  --seconds-per-family $(FUZZ_SECONDS)

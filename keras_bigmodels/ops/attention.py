@@ -482,6 +482,7 @@ def _flash_attention_reference(
     queries are zeros). `mask` is a boolean `[B or 1, Tq, Tk]` (or per head
     `[B or 1, Hq, Tq, Tk]`); dropout uses `attention_dropout_mask`'s stream.
     """
+    out_dtype = q.dtype
     dtype = compute_dtype(q.dtype)
     q, k, v = (tf.cast(t, dtype) for t in (q, k, v))
     group = tf.shape(q)[2] // tf.shape(k)[2]
@@ -506,9 +507,10 @@ def _flash_attention_reference(
         scores = scores + tf.cast(attention_bias, dtype)
     scores = tf.where(allowed, scores, tf.cast(_MASKED, dtype))
     probs = tf.nn.softmax(scores, axis=-1)
-    # A query with no visible key gets zeros, not a uniform average.
-    any_visible = tf.reduce_any(allowed, axis=-1, keepdims=True)
-    probs = tf.where(any_visible, probs, tf.zeros_like(probs))
+    # A query with no visible key gets zeros, not a uniform average; a
+    # masked key gets exactly 0 even when every visible score is -inf
+    # (overflow), where the finite _MASKED would otherwise win the softmax.
+    probs = tf.where(allowed, probs, tf.zeros_like(probs))
     dropped = probs
     if dropout_rate > 0:
         keep = _attention_dropout_mask_reference(
@@ -518,7 +520,8 @@ def _flash_attention_reference(
             keep, probs / tf.constant(1.0 - dropout_rate, dtype), 0.0
         )
     out = tf.einsum("bhqk,bkhd->bqhd", dropped, v)
-    out = tf.cast(out, q.dtype if not return_probs else out.dtype)
+    # In q's dtype (q itself was cast to the compute dtype above).
+    out = tf.cast(out, out_dtype if not return_probs else out.dtype)
     if return_probs:
         return out, probs
     return out

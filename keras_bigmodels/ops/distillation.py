@@ -125,8 +125,9 @@ def _softmax_kl_reference(teacher, student, temperature):
     log_q = tf.nn.log_softmax(s, axis=-1)
     p = tf.exp(log_p)
     # Masked classes (p = 0) contribute 0; their -inf logs are replaced
-    # before the product so the gradient is not 0 * inf = NaN.
-    kept = p > 0
+    # before the product so the gradient is not 0 * inf = NaN. A NaN p (NaN
+    # logits) is kept: the loss and its gradient are then NaN, not 0.
+    kept = tf.logical_not(tf.equal(p, 0))
     log_p = tf.where(kept, log_p, tf.zeros_like(log_p))
     log_q = tf.where(kept, log_q, tf.zeros_like(log_q))
     return tf.reduce_sum(p * (log_p - log_q), axis=-1)

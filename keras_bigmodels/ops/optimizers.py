@@ -35,6 +35,15 @@ def _tf_variable(v):
     return inner if isinstance(inner, tf.Variable) else v
 
 
+def _scalar(x, dtype):
+    """`x` as a scalar tensor of `dtype`. A Python number is converted
+    directly (tf.cast would round it to float32 first, costing float64
+    variables their hyperparameters' precision)."""
+    if isinstance(x, (int, float)):
+        return tf.constant(x, dtype)
+    return tf.cast(x, dtype)
+
+
 def _scalar_dtype(dtype):
     return tf.float64 if dtype == tf.float64 else tf.float32
 
@@ -67,8 +76,8 @@ def _run(lib_fn, slot_lists, grads, scalars, decays):
         lib_fn(
             *[[v.handle for v in s] for s in slots],
             [tf.convert_to_tensor(x, slots[0][0].dtype) for x in g],
-            **{k: tf.cast(x, sdtype) for k, x in scalars.items()},
-            decay=tf.cast(tf.stack(list(d)), sdtype),
+            **{k: _scalar(x, sdtype) for k, x in scalars.items()},
+            decay=tf.stack([_scalar(x, sdtype) for x in d]),
         )
 
 
@@ -154,7 +163,7 @@ def _adam_reference(p, m, v, g, d, omb1, omb2, coef_a, bias2, coef_sgd, eps):
     dt = p.dtype
     pc, mc, vc, g = _compute(p), _compute(m), _compute(v), _compute(g)
     omb1, omb2, coef_a, bias2, coef_sgd, eps, d = (
-        tf.cast(x, pc.dtype)
+        _scalar(x, pc.dtype)
         for x in (omb1, omb2, coef_a, bias2, coef_sgd, eps, d)
     )
     mc = mc + (g - mc) * omb1
@@ -217,7 +226,7 @@ def _lamb_reference(p, m, v, g, d, lr, omb1, omb2, bias1, bias2, eps):
     dt = p.dtype
     pc, mc, vc, g = _compute(p), _compute(m), _compute(v), _compute(g)
     lr, omb1, omb2, bias1, bias2, eps, d = (
-        tf.cast(x, pc.dtype) for x in (lr, omb1, omb2, bias1, bias2, eps, d)
+        _scalar(x, pc.dtype) for x in (lr, omb1, omb2, bias1, bias2, eps, d)
     )
     mc = mc + (g - mc) * omb1
     vc = vc + (tf.square(g) - vc) * omb2
@@ -270,7 +279,7 @@ def lion_update(
 def _lion_reference(p, m, g, d, lr, b1, b2):
     dt = p.dtype
     pc, mc, g = _compute(p), _compute(m), _compute(g)
-    lr, b1, b2, d = (tf.cast(x, pc.dtype) for x in (lr, b1, b2, d))
+    lr, b1, b2, d = (_scalar(x, pc.dtype) for x in (lr, b1, b2, d))
     pc = pc - pc * d
     pc = pc - lr * tf.sign(mc * b1 + g * (1.0 - b1))
     mc = mc * b2 + g * (1.0 - b2)
@@ -306,7 +315,7 @@ def adam_sparse_update(
         tf.cast(gradient.values, dt), segments, tf.shape(indices)[0]
     )
     omb1, omb2, coef_a, bias2, coef_sgd, eps, decay = (
-        tf.cast(x, dt)
+        _scalar(x, dt)
         for x in (
             one_minus_beta_1,
             one_minus_beta_2,

@@ -472,6 +472,9 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
             F* dpr = dp.data() + r * nkp;
             M::MulRow(dpr, dpr, z.data() + r * nkp, nkp);
           }
+          // A query that sees no key keeps dS = 0 (its P row is 0): an
+          // infinite dO must not turn 0 * (dP - delta) into NaN.
+          if (lse[r] == std::numeric_limits<F>::infinity()) continue;
           M::SoftmaxGradRow(p.data() + r * nkp, dp.data() + r * nkp, delta[r],
                             nkp);
         }

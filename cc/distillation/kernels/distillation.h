@@ -50,11 +50,13 @@ KLRow<U> KLForwardScalar(const U* t, const U* s, int64_t c, U inv_t) {
     const U et = t[j] == neg_inf ? U(0) : std::exp((t[j] - mt) * inv_t);
     st += et;
     ss += s[j] == neg_inf ? U(0) : std::exp((s[j] - ms) * inv_t);
-    if (et != U(0)) w += et * (t[j] - s[j]) * inv_t;
+    // Shifted by the maxima, as in the float kernels (no cancellation of
+    // max_t / T against max_s / T in the loss).
+    if (et != U(0)) w += et * ((t[j] - mt) - (s[j] - ms)) * inv_t;
   }
   const U lse_t = mt * inv_t + std::log(st);
   const U lse_s = ms * inv_t + std::log(ss);
-  return {w / st - lse_t + lse_s, lse_t, lse_s};
+  return {w / st - std::log(st) + std::log(ss), lse_t, lse_s};
 }
 
 template <typename U>

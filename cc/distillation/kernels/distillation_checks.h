@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -48,11 +49,14 @@ inline absl::Status CheckTemperature(float temperature) {
 // student_lse: inputs 0, 3, 4, 5) against the logits' leading shape.
 inline absl::Status CheckKLGradRowInputs(OpKernelContext* ctx,
                                          const TensorShape& rows_shape) {
-  for (int i : {0, 3, 4, 5}) {
+  // Named after the op's inputs (Kbm>SoftmaxKLDivergenceGrad).
+  constexpr std::pair<int, const char*> kRowInputs[] = {
+      {0, "dloss"}, {3, "loss"}, {4, "teacher_lse"}, {5, "student_lse"}};
+  for (const auto& [i, name] : kRowInputs) {
     if (ctx->input(i).shape() != rows_shape) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "input ", i, " of the gradient must have shape ",
-          rows_shape.DebugString(), ", got ", ShapeString(ctx->input(i))));
+          name, " must have shape ", rows_shape.DebugString(),
+          " (the logits' leading axes), got ", ShapeString(ctx->input(i))));
     }
   }
   return absl::OkStatus();

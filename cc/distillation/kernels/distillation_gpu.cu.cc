@@ -146,7 +146,9 @@ __global__ void __launch_bounds__(kMaxThreads)
         if (k < nvec) {
 #pragma unroll
           for (int e = 0; e < V; ++e) {
-            Update(st, vt[u][e] * inv_t, vs[u][e] * inv_t);
+            // Rounded products (never fused into an FMA), as in the
+            // backward pass: log q of the largest logit is then exact.
+            Update(st, __fmul_rn(vt[u][e], inv_t), __fmul_rn(vs[u][e], inv_t));
           }
         }
       }
@@ -206,8 +208,8 @@ __global__ void __launch_bounds__(kMaxThreads)
           float out_s[V], out_t[V];
 #pragma unroll
           for (int e = 0; e < V; ++e) {
-            const float lp = vt[u][e] * inv_t - lse_t;
-            const float lq = vs[u][e] * inv_t - lse_s;
+            const float lp = __fmul_rn(vt[u][e], inv_t) - lse_t;
+            const float lq = __fmul_rn(vs[u][e], inv_t) - lse_s;
             const float p = vt[u][e] == -INFINITY ? 0.0f : __expf(lp);
             const float q = vs[u][e] == -INFINITY ? 0.0f : __expf(lq);
             out_s[e] = g * (q - p);

@@ -25,6 +25,23 @@ inline void ForEachVector(int64_t n, F f) {
   if (i < n) f(i, n - i);
 }
 
+// x * y rounded to float before it meets a later addition: the compiler may
+// not fuse the two into an FMA (-ffp-contract=fast with -mfma), whose
+// unrounded product would not cancel against the forward pass's rounded
+// max * inv_t. Otherwise log q of a row's largest logit is off by the
+// product's rounding error, which overflows exp() for large logit /
+// temperature (a single class: dstudent inf instead of 0).
+template <typename V>
+inline V RoundedProduct(V x, V y) {
+  V r = x * y;
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(r));
+#else
+  asm volatile("" : "+m"(r));
+#endif
+  return r;
+}
+
 // Padded lanes load -inf: they are masked classes and contribute nothing.
 inline VecF LoadN(const float* p, int64_t count) {
   return count == kLanes ? Load(p) : LoadPartial(p, count, kNegInf);
@@ -54,12 +71,18 @@ KLRow<float> KLForward(const float* t, const float* s, int64_t c, float inv_t) {
     const VecF es = sv == neg_inf ? zero : Exp((sv - vms) * it);
     st += et;
     ss += es;
-    w += et == zero ? zero : et * ((tv - sv) * it);
+    // (t - s) / T - (max_t - max_s) / T, from the shifted logits: the
+    // terms stay as small as the loss instead of as large as the logits.
+    w += et == zero ? zero : et * (((tv - vmt) - (sv - vms)) * it);
   });
   const float sum_t = HorizontalSum(st), sum_s = HorizontalSum(ss);
-  const float lse_t = max_t * inv_t + __builtin_logf(sum_t);
-  const float lse_s = max_s * inv_t + __builtin_logf(sum_s);
-  return {HorizontalSum(w) / sum_t - lse_t + lse_s, lse_t, lse_s};
+  const float lse_t = RoundedProduct(max_t, inv_t) + __builtin_logf(sum_t);
+  const float lse_s = RoundedProduct(max_s, inv_t) + __builtin_logf(sum_s);
+  // loss = w / sum_t - (lse_t - lse_s) with the large max_t / T and
+  // max_s / T cancelled exactly (already subtracted in w).
+  const float loss =
+      HorizontalSum(w) / sum_t - __builtin_logf(sum_t) + __builtin_logf(sum_s);
+  return {loss, lse_t, lse_s};
 }
 
 void KLBackward(const float* t, const float* s, int64_t c, float inv_t,
@@ -73,7 +96,8 @@ void KLBackward(const float* t, const float* s, int64_t c, float inv_t,
                   (dteacher == nullptr || CanStream(dteacher));
   ForEachVector(c, [&](int64_t j, int64_t n) {
     const VecF tv = LoadN(t + j, n), sv = LoadN(s + j, n);
-    const VecF lp = tv * it - lt, lq = sv * it - ls;
+    const VecF lp = RoundedProduct(tv, it) - lt;
+    const VecF lq = RoundedProduct(sv, it) - ls;
     const VecF p = tv == neg_inf ? zero : Exp(lp);
     const VecF q = sv == neg_inf ? zero : Exp(lq);
     const VecF ds = git * (q - p);

@@ -71,6 +71,24 @@ class VariableGroups {
       ranges.emplace_back(start, stop);
       for (int i = start; i < stop; ++i) ids.push_back(i);
     }
+    // A variable of another dtype is rejected here, before
+    // GetInputTensorFromVariable<T>: its copy-on-write path CHECK-fails on
+    // it, aborting the process. (The dtype of a resource variable is fixed
+    // when it is created, so reading it before locking is safe.)
+    for (size_t s = 0; s < slot_lists.size(); ++s) {
+      for (int i = 0; i < n; ++i) {
+        core::RefCountPtr<Var> var;
+        TF_RETURN_IF_ERROR(LookupResource(
+            ctx, HandleFromInput(ctx, ranges[s].first + i), &var));
+        const DataType dtype = var->tensor()->dtype();
+        if (dtype != DataTypeToEnum<T>::value) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(slot_lists[s], "[", i, "] has dtype ",
+                           DataTypeString(dtype), " but the gradients are ",
+                           DataTypeString(DataTypeToEnum<T>::value)));
+        }
+      }
+    }
     lock_ = std::make_unique<VariableInputLockHolder>(
         MaybeLockVariableInputMutexesInOrder<CPUDevice, T>(ctx, true, false,
                                                            ids));

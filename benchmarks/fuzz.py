@@ -1,0 +1,190 @@
+"""Runs the property-based fuzz tests per op family and records the counts.
+
+Each family's `tests/ops/<family>_fuzz_test.py` runs in its own pytest
+process with the hypothesis profile given (default "long", 100,000 examples
+per test). `--seconds-per-family` bounds a family's time: its tests share
+the budget and each ends (as a skip) when its share is spent, so the
+recorded example count is what really ran. Examples are counted by the
+tests themselves (`tests/ops/_fuzz.py`), failures by pytest (JUnit XML).
+Writes benchmarks/results/reliability_fuzz.json.
+
+    KBM_HYPOTHESIS_PROFILE=long python benchmarks/fuzz.py
+    python benchmarks/fuzz.py --seconds-per-family 600 --families attention
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = REPO_ROOT / "tests" / "ops"
+OUTPUT = REPO_ROOT / "benchmarks" / "results" / "reliability_fuzz.json"
+COLUMNS = [
+    "op family",
+    "tests",
+    "examples",
+    "seconds",
+    "failures",
+    "tests ended by the time budget",
+]
+
+
+def families():
+    return sorted(
+        p.name[: -len("_fuzz_test.py")]
+        for p in TESTS_DIR.glob("*_fuzz_test.py")
+    )
+
+
+def machine():
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
+def run_family(family, profile, seconds, python):
+    path = TESTS_DIR / f"{family}_fuzz_test.py"
+    n_tests = len(re.findall(r"^def test_", path.read_text(), re.M))
+    with tempfile.TemporaryDirectory() as tmp:
+        counts_path = Path(tmp) / "counts.json"
+        junit = Path(tmp) / "junit.xml"
+        env = dict(
+            os.environ,
+            KBM_HYPOTHESIS_PROFILE=profile,
+            KBM_FUZZ_COUNTS=str(counts_path),
+            PYTHONPATH=os.pathsep.join(
+                [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
+            ),
+        )
+        if seconds:
+            env["KBM_FUZZ_TEST_SECONDS"] = str(seconds / n_tests)
+        cmd = [
+            python,
+            "-m",
+            "pytest",
+            str(path.relative_to(REPO_ROOT)),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+        ]
+        start = time.monotonic()
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True
+        )
+        elapsed = time.monotonic() - start
+        counts = (
+            json.loads(counts_path.read_text())
+            if counts_path.exists()
+            else {"examples": {}, "failing": {}}
+        )
+        failed = skipped = 0
+        if junit.exists():
+            for case in ET.parse(junit).getroot().iter("testcase"):
+                if case.find("failure") is not None:
+                    failed += 1
+                elif case.find("error") is not None:
+                    failed += 1
+                elif case.find("skipped") is not None:
+                    skipped += 1
+        elif proc.returncode:
+            failed = n_tests  # pytest itself failed (crash, import error)
+    if proc.returncode not in (0, 1):
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+    elif failed:
+        print(proc.stdout[-6000:], file=sys.stderr)
+    examples = sum(counts["examples"].values())
+    print(
+        f"{family}: {examples} examples in {elapsed:.0f} s, "
+        f"{failed} failing tests (pytest exit {proc.returncode})",
+        flush=True,
+    )
+    return [family, n_tests, examples, round(elapsed, 1), failed, skipped]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("KBM_HYPOTHESIS_PROFILE", "long"),
+    )
+    parser.add_argument(
+        "--seconds-per-family",
+        type=float,
+        default=float(os.environ.get("KBM_FUZZ_SECONDS", "0")),
+        help="time budget of each family (0: none, run every example)",
+    )
+    parser.add_argument("--families", nargs="*", default=None)
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="families run at once"
+    )
+    parser.add_argument("--output", default=str(OUTPUT))
+    args = parser.parse_args()
+    names = args.families or families()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(
+            pool.map(
+                lambda f: run_family(
+                    f, args.profile, args.seconds_per_family, sys.executable
+                ),
+                names,
+            )
+        )
+    import hypothesis  # noqa: PLC0415 - only for its version
+
+    budget = args.seconds_per_family
+    result = {
+        "topic": "fuzz",
+        "title": "Property-based fuzzing",
+        "command": "make fuzz",
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "columns": COLUMNS,
+        "rows": rows,
+        "notes": [
+            f"hypothesis {hypothesis.__version__}, profile "
+            f"'{args.profile}' (tests/conftest.py); one pytest process "
+            "per family, Keras 3 line (the ops do not depend on the "
+            "Keras line).",
+            (
+                f"Time budget {budget:g} s per family, shared by its tests; "
+                "a test whose share ran out before its example budget ends "
+                "as a skip and its examples so far are counted."
+                if budget
+                else "No time budget: every test ran its full example budget."
+            ),
+            "examples: test-function calls counted by tests/ops/_fuzz.py "
+            "(explicit @example regressions included); failures: tests "
+            "that failed or errored (pytest JUnit XML). Each test checks "
+            "no crash, kernel vs reference within the op's tolerances, "
+            "non-finite outputs only where the reference has them, and "
+            "errors naming the tensor for inconsistent inputs.",
+            f"Started {started.isoformat(timespec='seconds')}, finished "
+            f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.",
+        ],
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 1 if any(r[4] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

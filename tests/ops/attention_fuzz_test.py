@@ -1,0 +1,393 @@
+"""Property-based tests of flash attention: kernels and public op.
+
+Shapes (empty, single, prime and tile-boundary lengths; grouped-query
+heads; value_dim != head_dim), causal masks in both alignments, key-padding
+and general boolean masks (some, none or all keys masked), dropout, and
+special values. Properties: no crash; the kernels (forward and gradient)
+match the reference within `TOLERANCES` and are non-finite only where the
+reference is; inconsistent inputs and companion tensors (d_o, o, lse,
+masks, seed) are rejected with an error naming the tensor.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import keras_bigmodels as kbm
+from keras_bigmodels.ops import _loader
+from keras_bigmodels.ops.attention import (
+    TOLERANCES,
+    _flash_attention_reference,
+)
+from tests.ops import _fuzz
+
+FAMILY = "attention"
+LENGTHS = st.one_of(
+    st.sampled_from([0, 1, 2, 3, 7, 13, 31, 63, 64, 65, 127, 129]),
+    st.integers(1, 80),
+)
+HEAD_DIMS = st.sampled_from([1, 3, 7, 8, 16, 31, 32, 64, 65, 128])
+RATES = st.sampled_from([0.0, 0.0, 0.1, 0.5, 0.9])
+SCORE_ELEMENTS = 1 << 14  # batch * q_heads * q_length * kv_length
+TENSOR_ELEMENTS = 1 << 14
+
+
+@st.composite
+def attention_shapes(draw):
+    """(batch, tq, tk, hq, hkv, d, dv) within the element budgets."""
+    b = draw(st.sampled_from([0, 1, 1, 2, 3]))
+    hkv = draw(st.sampled_from([1, 1, 2, 3]))
+    hq = hkv * draw(st.sampled_from([1, 1, 2, 3]))
+    tq, tk = draw(LENGTHS), draw(LENGTHS)
+    d = draw(HEAD_DIMS)
+    dv = draw(st.one_of(st.just(d), HEAD_DIMS))
+    while b * hq * tq * tk > SCORE_ELEMENTS and max(tq, tk) > 1:
+        tq, tk = max(1, tq // 2), max(1, tk // 2)
+    while b * max(tq, tk) * hq * max(d, dv) > TENSOR_ELEMENTS and d > 1:
+        d, dv = max(1, d // 2), max(1, dv // 2)
+    return b, tq, tk, hq, hkv, d, dv
+
+
+def _masks(kind, b, tq, tk, seed):
+    """key_mask [b, tk] and mask [b or 1, tq, tk] (None when absent)."""
+    rng = np.random.default_rng(seed)
+    key_mask = mask = None
+    if kind in ("key", "both", "all_masked"):
+        key_mask = rng.random((b, tk)) < 0.7
+        if kind == "all_masked":
+            key_mask[:] = False
+    if kind in ("dense", "both", "dense_shared"):
+        mb = 1 if kind == "dense_shared" else b
+        mask = rng.random((mb, tq, tk)) < 0.6
+        if tq and tk and rng.random() < 0.3:
+            mask[..., rng.integers(tq), :] = False  # a fully masked row
+    to_tensor = lambda m: None if m is None else tf.constant(m)  # noqa: E731
+    return to_tensor(key_mask), to_tensor(mask)
+
+
+MASK_KINDS = st.sampled_from(
+    ["none", "key", "dense", "dense_shared", "both", "all_masked"]
+)
+
+
+def _grad_tol(tol, dtype, *specs):
+    """The gradient tolerance. Half types: the kernel's delta = rowsum(dO *
+    O) reads the output rounded to float16/bfloat16 (as FlashAttention
+    does), an error of about ulp(|O|) |dO| |K| in dQ: the tolerance grows
+    with the square of the values' scale above 1."""
+    if dtype not in (tf.float16, tf.bfloat16):
+        return tol
+    scale = max([1.0] + [s["scale"] for s in specs])
+    return {k: v * scale**2 for k, v in tol.items()}
+
+
+def _grad_ordinary(ordinary, dtype, *specs):
+    """Half types with values above 1: delta's rounding error (see
+    `_grad_tol`) is divided by nothing and the gradients of a saturated
+    softmax are tiny differences of it: finiteness only."""
+    half = dtype in (tf.float16, tf.bfloat16)
+    if (
+        ordinary is not _fuzz.NONFINITE
+        and half
+        and any(s["scale"] > 1 for s in specs if s["pattern"] != "huge")
+    ):
+        return None
+    return ordinary
+
+
+def _huge(*specs):
+    """Values near 1e30: scores overflow, and the gradients are not checked
+    (only that they run). The backward pass's delta = rowsum(dO * O) reads
+    O rounded to the output dtype; with |q|, |k| ~ 1e30 its rounding error
+    is multiplied into dQ, dK without bound (the reference, from the
+    unrounded O, gets 0 where the kernel gets 1e15 or inf)."""
+    return any(s["pattern"] == "huge" for s in specs[:2])
+
+
+def _empty_bool():
+    return tf.zeros([0], tf.bool)
+
+
+# Found by fuzzing: an infinite dO on a query that sees no key made its
+# dQ NaN (0 * (dP - delta)); the reference gives 0.
+@example(
+    shape=(1, 2, 1, 1, 1, 1, 1),
+    dtype=tf.float16,
+    q_spec={"pattern": "normal", "seed": 0, "scale": 0.001, "specials": []},
+    kv_spec={"pattern": "normal", "seed": 0, "scale": 0.001, "specials": []},
+    do_spec={"pattern": "huge", "seed": 0, "scale": 0.001, "specials": []},
+    mask_kind="dense",
+    causal=False,
+    top_left=False,
+    rate=0.0,
+    seed=(0, 0),
+    scale=None,
+)
+@given(
+    shape=attention_shapes(),
+    dtype=_fuzz.dtypes(),
+    q_spec=_fuzz.values(),
+    kv_spec=_fuzz.values(),
+    do_spec=_fuzz.values(allow_special=False),
+    mask_kind=MASK_KINDS,
+    causal=st.booleans(),
+    top_left=st.booleans(),
+    rate=RATES,
+    seed=st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(0, 99)),
+    scale=st.sampled_from([None, 0.01, 1.0, 10.0]),
+)
+@_fuzz.counted(FAMILY)
+def test_kernels_match_reference(
+    shape,
+    dtype,
+    q_spec,
+    kv_spec,
+    do_spec,
+    mask_kind,
+    causal,
+    top_left,
+    rate,
+    seed,
+    scale,
+):
+    lib = _loader.library()
+    b, tq, tk, hq, hkv, d, dv = shape
+    u = tf.float64 if dtype == tf.float64 else tf.float32
+    q = _fuzz.tensor(q_spec, (b, tq, hq, d), dtype)
+    k = _fuzz.tensor(kv_spec, (b, tk, hkv, d), dtype, offset=1)
+    v = _fuzz.tensor(kv_spec, (b, tk, hkv, dv), dtype, offset=2)
+    d_o = _fuzz.tensor(do_spec, (b, tq, hq, dv), dtype, offset=3)
+    key_mask, mask = _masks(mask_kind, b, tq, tk, q_spec["seed"])
+    seed = tf.constant(seed, tf.int64)
+    scale = float(np.float32(1 / math.sqrt(d) if scale is None else scale))
+    rate = float(np.float32(rate))
+    attrs = dict(
+        scale=scale, causal=causal, causal_top_left=top_left, dropout_rate=rate
+    )
+    km = _empty_bool() if key_mask is None else key_mask
+    dm = _empty_bool() if mask is None else mask
+    o, lse = lib.kbm_flash_attention(q, k, v, km, dm, seed, U=u, **attrs)
+    dq, dk, dv_ = lib.kbm_flash_attention_grad(
+        d_o, q, k, v, km, dm, seed, o, lse, **attrs
+    )
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        o_ref = _flash_attention_reference(
+            q,
+            k,
+            v,
+            causal,
+            key_mask,
+            scale,
+            causal_alignment="top_left" if top_left else "bottom_right",
+            mask=mask,
+            dropout_rate=rate,
+            seed=seed,
+        )
+    grads = tape.gradient(o_ref, [q, k, v], output_gradients=d_o)
+    tol = TOLERANCES[dtype]
+    ordinary = _fuzz.is_ordinary(q_spec, kv_spec, do_spec)
+    assert o.shape == (b, tq, hq, dv) and lse.shape == (b, hq, tq)
+    _fuzz.check_matches(o, o_ref, tol, ordinary, "o")
+    if _huge(q_spec, kv_spec, do_spec):
+        return
+    g_tol = _grad_tol(tol, dtype, q_spec, kv_spec)
+    ordinary = _grad_ordinary(ordinary, dtype, q_spec, kv_spec)
+    for got, want, what in zip((dq, dk, dv_), grads, ("dq", "dk", "dv")):
+        _fuzz.check_matches(got, want, g_tol, ordinary, what)
+
+
+# Found by fuzzing: the reference returned float32 for float16/bfloat16
+# inputs (so did the public op's fallback path); and, when every visible
+# score overflowed to -inf, it attended to a masked key.
+@example(
+    shape=(1, 3, 2, 1, 1, 1, 1),
+    dtype=tf.float16,
+    spec={"pattern": "normal", "seed": 0, "scale": 0.001, "specials": []},
+    mask_kind="none",
+    lengths=False,
+    causal=False,
+    alignment="bottom_right",
+    rate=0.0,
+)
+@example(
+    shape=(1, 3, 2, 1, 1, 1, 1),
+    dtype=tf.bfloat16,
+    spec={"pattern": "huge", "seed": 0, "scale": 0.001, "specials": []},
+    mask_kind="none",
+    lengths=False,
+    causal=True,
+    alignment="bottom_right",
+    rate=0.0,
+)
+@given(
+    shape=attention_shapes(),
+    dtype=_fuzz.dtypes(),
+    spec=_fuzz.values(allow_special=False),
+    mask_kind=MASK_KINDS,
+    lengths=st.booleans(),
+    causal=st.booleans(),
+    alignment=st.sampled_from(["bottom_right", "top_left"]),
+    rate=RATES,
+)
+@_fuzz.counted(FAMILY)
+def test_public_op_fused_matches_reference(
+    shape, dtype, spec, mask_kind, lengths, causal, alignment, rate
+):
+    b, tq, tk, hq, hkv, d, dv = shape
+    q = _fuzz.tensor(spec, (b, tq, hq, d), dtype)
+    k = _fuzz.tensor(spec, (b, tk, hkv, d), dtype, offset=1)
+    v = _fuzz.tensor(spec, (b, tk, hkv, dv), dtype, offset=2)
+    d_o = _fuzz.tensor(spec, (b, tq, hq, dv), dtype, offset=3)
+    key_mask, mask = _masks(mask_kind, b, tq, tk, spec["seed"])
+    if lengths and key_mask is not None:
+        key_mask = tf.reduce_sum(tf.cast(key_mask, tf.int32), axis=1)
+    results = []
+    for fused in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            o = kbm.ops.flash_attention(
+                q,
+                k,
+                v,
+                causal=causal,
+                key_mask=key_mask,
+                causal_alignment=alignment,
+                mask=mask,
+                dropout_rate=rate,
+                seed=[spec["seed"], 7],
+                use_fused_kernel=fused,
+            )
+        results.append((o, *tape.gradient(o, [q, k, v], output_gradients=d_o)))
+    tol = TOLERANCES[dtype]
+    ordinary = _fuzz.is_ordinary(spec)
+    g_tol = _grad_tol(tol, dtype, spec)
+    for got, want, what in zip(*results, ("o", "dq", "dk", "dv")):
+        if what != "o" and _huge(spec):
+            break
+        if what == "o":
+            _fuzz.check_matches(got, want, tol, ordinary, what)
+        else:
+            g_ordinary = _grad_ordinary(ordinary, dtype, spec)
+            _fuzz.check_matches(got, want, g_tol, g_ordinary, what)
+
+
+GRAD_TARGETS = ["d_o", "key_mask", "mask", "seed", "o", "lse"]
+
+
+@given(
+    shape=attention_shapes(),
+    dtype=_fuzz.dtypes(),
+    target=st.sampled_from(GRAD_TARGETS),
+    how=st.sampled_from(_fuzz.CORRUPTIONS),
+    forward=st.booleans(),
+    mask_kind=st.sampled_from(["none", "key", "both"]),
+)
+@_fuzz.counted(FAMILY)
+def test_kernels_reject_inconsistent_inputs(
+    shape, dtype, target, how, forward, mask_kind
+):
+    lib = _loader.library()
+    b, tq, tk, hq, hkv, d, dv = shape
+    u = tf.float64 if dtype == tf.float64 else tf.float32
+    q = tf.ones((b, tq, hq, d), dtype)
+    k = tf.ones((b, tk, hkv, d), dtype)
+    v = tf.ones((b, tk, hkv, dv), dtype)
+    key_mask, mask = _masks(mask_kind, b, tq, tk, 0)
+    km = _empty_bool() if key_mask is None else key_mask
+    dm = _empty_bool() if mask is None else mask
+    seed = tf.constant([1, 2], tf.int64)
+    attrs = dict(scale=0.5, dropout_rate=0.25)
+    o, lse = lib.kbm_flash_attention(q, k, v, km, dm, seed, U=u, **attrs)
+    inputs = {
+        "d_o": o,
+        "q": q,
+        "k": k,
+        "v": v,
+        "key_mask": km,
+        "mask": dm,
+        "seed": seed,
+        "o": o,
+        "lse": lse,
+    }
+    if forward:
+        del inputs["d_o"], inputs["o"], inputs["lse"]
+        if target not in inputs:
+            target = "seed"
+    t = inputs[target]
+    if t.dtype == tf.bool:
+        if how == "dtype":
+            bad = tf.cast(t, tf.int32)
+        elif t.shape.num_elements() == 0:
+            bad = tf.zeros([1, 1], tf.bool)  # non-empty, wrong shape
+        else:
+            bad = tf.cast(_fuzz.corrupt(tf.cast(t, tf.int32), how, u), tf.bool)
+    else:
+        other = tf.float64 if t.dtype != tf.float64 else tf.float32
+        if t.dtype == tf.int64:
+            other = tf.int32
+        bad = _fuzz.corrupt(t, how, other)
+    inputs[target] = bad
+    op = lib.kbm_flash_attention if forward else lib.kbm_flash_attention_grad
+    if forward:
+        attrs["U"] = u
+    index = list(inputs).index(target)
+    _fuzz.check_rejects_corrupt(
+        lambda: op(*inputs.values(), **attrs),
+        [target, f"input #{index}"],
+        how,
+    )
+
+
+@given(
+    shape=attention_shapes(),
+    what=st.sampled_from(
+        ["head_dim", "kv_length", "heads", "batch", "scale", "rate", "rank"]
+    ),
+    raw=st.booleans(),
+    bad_value=st.sampled_from([float("nan"), float("inf"), -0.5, 1.0, 1.5]),
+)
+@_fuzz.counted(FAMILY)
+def test_rejects_inconsistent_qkv_and_attributes(shape, what, raw, bad_value):
+    b, tq, tk, hq, hkv, d, dv = shape
+    dims = {"q": [b, tq, hq, d], "k": [b, tk, hkv, d], "v": [b, tk, hkv, dv]}
+    scale, rate = 0.5, 0.0
+    names = []
+    if what == "head_dim":
+        dims["k"][3] += 1
+        names = ["head_dim", "k must"]
+    elif what == "kv_length":
+        dims["v"][1] += 1
+        names = ["v must", "length"]
+    elif what == "heads":
+        dims["k"][2] = dims["v"][2] = hq + 1
+        names = ["heads"]
+    elif what == "batch":
+        dims["v"][0] += 1
+        dims["k"][0] += 1
+        names = ["batch"]
+    elif what == "rank":
+        dims["q"] = dims["q"][1:]
+        names = ["q must have rank 4"]
+    elif what == "scale":
+        scale = float("nan") if bad_value != float("inf") else bad_value
+        names = ["scale"]
+    else:
+        rate = bad_value if not 0 <= bad_value < 1 else 1.0
+        names = ["dropout_rate"]
+    q, k, v = (tf.ones(dims[n]) for n in ("q", "k", "v"))
+    if raw:
+        lib = _loader.library()
+        none = _empty_bool()
+        seed = tf.constant([1, 2], tf.int64)
+        fn = lambda: lib.kbm_flash_attention(  # noqa: E731
+            q, k, v, none, none, seed, scale=scale, dropout_rate=rate
+        )
+    else:
+        fn = lambda: kbm.ops.flash_attention(  # noqa: E731
+            q, k, v, scale=scale, dropout_rate=rate, seed=[1, 2]
+        )
+    _fuzz.check_rejects(fn, names)

@@ -1,0 +1,143 @@
+"""Property-based tests of bias + GELU (exact and tanh): kernels, public op.
+
+Properties: no crash; the kernels (forward and gradient) match the
+reference within `TOLERANCES` and are non-finite only where the reference
+is; inconsistent inputs (bias, dy) are rejected with an error naming the
+tensor.
+"""
+
+import numpy as np
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import keras_bigmodels as kbm
+from keras_bigmodels.ops import _loader
+from keras_bigmodels.ops.bias_activation import (
+    TOLERANCES,
+    _bias_gelu_reference,
+)
+from tests.ops import _fuzz
+
+FAMILY = "bias_activation"
+
+
+def _shape(shape, empty):
+    return shape[:-1] + (0,) if empty else shape
+
+
+def _param_tol(tol, shape):
+    rows = max(1, int(np.prod(shape[:-1])))
+    return {k: v * np.sqrt(rows) for k, v in tol.items()}
+
+
+@given(
+    approximate=st.booleans(),
+    shape=_fuzz.row_shapes(),
+    empty=st.sampled_from([False] * 9 + [True]),
+    dtype=_fuzz.dtypes(),
+    x_spec=_fuzz.values(),
+    b_spec=_fuzz.values(),
+    dy_spec=_fuzz.values(),
+)
+@_fuzz.counted(FAMILY)
+def test_kernels_match_reference(
+    approximate, shape, empty, dtype, x_spec, b_spec, dy_spec
+):
+    lib = _loader.library()
+    shape = _shape(shape, empty)
+    x = _fuzz.tensor(x_spec, shape, dtype)
+    bias = _fuzz.tensor(b_spec, shape[-1:], dtype, offset=1)
+    dy = _fuzz.tensor(dy_spec, shape, dtype, offset=2)
+    y = lib.kbm_bias_gelu(x, bias, approximate=approximate)
+    dx, dbias = lib.kbm_bias_gelu_grad(dy, x, bias, approximate=approximate)
+    with tf.GradientTape() as tape:
+        tape.watch([x, bias])
+        y_ref = _bias_gelu_reference(x, bias, approximate)
+    dx_ref, dbias_ref = tape.gradient(y_ref, [x, bias], output_gradients=dy)
+    tol = TOLERANCES[dtype]
+    ordinary = _fuzz.is_ordinary(x_spec, b_spec, dy_spec)
+    assert y.dtype == dtype and y.shape == x.shape
+    _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
+    _fuzz.check_matches(dx, dx_ref, tol, ordinary, "dx")
+    _fuzz.check_matches(
+        dbias, dbias_ref, _param_tol(tol, shape), ordinary, "dbias"
+    )
+
+
+@given(
+    approximate=st.booleans(),
+    shape=_fuzz.row_shapes(max_elements=1 << 13),
+    dtype=_fuzz.dtypes(),
+    x_spec=_fuzz.values(allow_special=False),
+    with_bias=st.booleans(),
+)
+@_fuzz.counted(FAMILY)
+def test_public_op_fused_matches_reference(
+    approximate, shape, dtype, x_spec, with_bias
+):
+    x = _fuzz.tensor(x_spec, shape, dtype)
+    bias = _fuzz.tensor(x_spec, shape[-1:], dtype, offset=1)
+    dy = _fuzz.tensor(x_spec, shape, dtype, offset=2)
+    results = []
+    for fused in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([x, bias])
+            y = kbm.ops.bias_gelu(
+                x,
+                bias if with_bias else None,
+                approximate=approximate,
+                use_fused_kernel=fused,
+            )
+        results.append((y, *tape.gradient(y, [x, bias], output_gradients=dy)))
+    tol = TOLERANCES[dtype]
+    ordinary = _fuzz.is_ordinary(x_spec)
+    (y, dx, db), (y_ref, dx_ref, db_ref) = results
+    _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
+    _fuzz.check_matches(dx, dx_ref, tol, ordinary, "dx")
+    if with_bias:
+        _fuzz.check_matches(db, db_ref, _param_tol(tol, shape), ordinary, "db")
+
+
+@given(
+    approximate=st.booleans(),
+    shape=_fuzz.row_shapes(max_elements=1 << 10),
+    dtype=_fuzz.dtypes(),
+    grad=st.booleans(),
+    target=st.sampled_from(["dy", "bias"]),
+    how=st.sampled_from(_fuzz.CORRUPTIONS),
+)
+@_fuzz.counted(FAMILY)
+def test_kernels_reject_inconsistent_inputs(
+    approximate, shape, dtype, grad, target, how
+):
+    lib = _loader.library()
+    x = tf.ones(shape, dtype)
+    inputs = {"dy": x, "x": x, "bias": tf.ones(shape[-1:], dtype)}
+    op = lib.kbm_bias_gelu_grad
+    if not grad:
+        del inputs["dy"]
+        target = "bias"
+        op = lib.kbm_bias_gelu
+    other = tf.float64 if dtype != tf.float64 else tf.float32
+    inputs[target] = _fuzz.corrupt(inputs[target], how, other)
+    index = list(inputs).index(target)
+    _fuzz.check_rejects_corrupt(
+        lambda: op(*inputs.values(), approximate=approximate),
+        [target, f"input #{index}"],
+        how,
+    )
+
+
+@given(
+    shape=_fuzz.row_shapes(max_elements=1 << 10),
+    how=st.sampled_from(["drop", "grow", "rank_up", "scalar"]),
+    fused=st.sampled_from([True, False, "auto"]),
+)
+@_fuzz.counted(FAMILY)
+def test_public_op_rejects_inconsistent_bias(shape, how, fused):
+    x = tf.ones(shape)
+    bias = _fuzz.corrupt(tf.ones(shape[-1:]), how, tf.float32)
+    _fuzz.check_rejects(
+        lambda: kbm.ops.bias_gelu(x, bias, use_fused_kernel=fused), ["bias"]
+    )

@@ -1,0 +1,197 @@
+"""Property-based tests of LayerNorm and RMSNorm: kernels and public ops.
+
+Properties: no crash; the kernels (forward and gradient) match the
+references within `TOLERANCES` and are non-finite only where the reference
+is; inconsistent inputs and companion tensors (mean, rstd, dy) are rejected
+with an error naming the tensor.
+"""
+
+import numpy as np
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import keras_bigmodels as kbm
+from keras_bigmodels.ops import _loader
+from keras_bigmodels.ops.normalization import (
+    TOLERANCES,
+    _layer_norm_reference,
+    _rms_norm_reference,
+)
+from tests.ops import _fuzz
+
+FAMILY = "normalization"
+EPSILONS = st.sampled_from([0.0, 1e-12, 1e-6, 1e-5, 1e-3, 0.1, 1.0, 1e3])
+
+
+def _u(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _ordinary(eps, shape, *specs):
+    # Rows of equal values (and single columns) are ill-conditioned unless
+    # epsilon dominates their (rounding-error) variance: 1/sqrt(epsilon)
+    # multiplies rounding errors, so only the finiteness property holds.
+    ordinary = _fuzz.is_ordinary(*specs)
+    equal = shape[-1] == 1 or any(s["pattern"] == "equal" for s in specs)
+    if equal and eps < 1e-3 and ordinary is not _fuzz.NONFINITE:
+        return None
+    return ordinary
+
+
+def _param_tol(tol, shape):
+    # Parameter gradients sum over rows (as in kernel_vs_reference).
+    rows = max(1, int(np.prod(shape[:-1])))
+    return {k: v * np.sqrt(rows) for k, v in tol.items()}
+
+
+def _reference_grads(fn, dy, inputs):
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = fn(*inputs)
+    return y, tape.gradient(y, inputs, output_gradients=dy)
+
+
+@given(
+    rms=st.booleans(),
+    shape=_fuzz.row_shapes(),
+    dtype=_fuzz.dtypes(),
+    x_spec=_fuzz.values(),
+    p_spec=_fuzz.values(allow_special=False),
+    dy_spec=_fuzz.values(),
+    eps=EPSILONS,
+)
+@_fuzz.counted(FAMILY)
+def test_kernels_match_reference(
+    rms, shape, dtype, x_spec, p_spec, dy_spec, eps
+):
+    lib = _loader.library()
+    u = _u(dtype)
+    eps = float(np.float32(eps))
+    x = _fuzz.tensor(x_spec, shape, dtype)
+    dy = _fuzz.tensor(dy_spec, shape, dtype, offset=1)
+    gamma = _fuzz.tensor(p_spec, shape[-1:], u, offset=2)
+    beta = _fuzz.tensor(p_spec, shape[-1:], u, offset=3)
+    tol = TOLERANCES[dtype]
+    ordinary = _ordinary(eps, shape, x_spec, p_spec, dy_spec)
+    if rms:
+        y, rstd = lib.kbm_fused_rms_norm(x, gamma, epsilon=eps)
+        dx, dgamma = lib.kbm_fused_rms_norm_grad(
+            dy, x, gamma, rstd, epsilon=eps
+        )
+        y_ref, (dx_ref, dgamma_ref) = _reference_grads(
+            lambda x, g: _rms_norm_reference(x, g, eps), dy, [x, gamma]
+        )
+        pairs = [(dgamma, dgamma_ref, "dgamma")]
+    else:
+        y, mean, rstd = lib.kbm_fused_layer_norm(x, gamma, beta, epsilon=eps)
+        dx, dgamma, dbeta = lib.kbm_fused_layer_norm_grad(
+            dy, x, gamma, mean, rstd, epsilon=eps
+        )
+        y_ref, (dx_ref, dgamma_ref, dbeta_ref) = _reference_grads(
+            lambda x, g, b: _layer_norm_reference(x, g, b, eps),
+            dy,
+            [x, gamma, beta],
+        )
+        pairs = [(dgamma, dgamma_ref, "dgamma"), (dbeta, dbeta_ref, "dbeta")]
+    assert y.dtype == dtype and y.shape == x.shape and rstd.dtype == u
+    _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
+    _fuzz.check_matches(dx, dx_ref, tol, ordinary, "dx")
+    for got, want, what in pairs:
+        _fuzz.check_matches(got, want, _param_tol(tol, shape), ordinary, what)
+
+
+@given(
+    rms=st.booleans(),
+    shape=_fuzz.row_shapes(max_elements=1 << 13),
+    dtype=_fuzz.dtypes(),
+    x_spec=_fuzz.values(allow_special=False),
+    eps=EPSILONS,
+)
+@_fuzz.counted(FAMILY)
+def test_public_ops_fused_match_reference(rms, shape, dtype, x_spec, eps):
+    x = _fuzz.tensor(x_spec, shape, dtype)
+    gamma = _fuzz.tensor(x_spec, shape[-1:], tf.float32, offset=2)
+    dy = _fuzz.tensor(x_spec, shape, dtype, offset=1)
+    results = []
+    for fused in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma])
+            if rms:
+                y = kbm.ops.rms_norm(x, gamma, eps, use_fused_kernel=fused)
+            else:
+                y = kbm.ops.layer_norm(
+                    x, gamma, None, eps, use_fused_kernel=fused
+                )
+        results.append((y, *tape.gradient(y, [x, gamma], output_gradients=dy)))
+    tol = TOLERANCES[dtype]
+    ordinary = _ordinary(eps, shape, x_spec)
+    (y, dx, dg), (y_ref, dx_ref, dg_ref) = results
+    _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
+    _fuzz.check_matches(dx, dx_ref, tol, ordinary, "dx")
+    _fuzz.check_matches(dg, dg_ref, _param_tol(tol, shape), ordinary, "dgamma")
+
+
+@given(
+    rms=st.booleans(),
+    shape=_fuzz.row_shapes(max_elements=1 << 10),
+    dtype=_fuzz.dtypes(),
+    target=st.sampled_from(["dy", "x", "gamma", "mean", "rstd"]),
+    how=st.sampled_from(_fuzz.CORRUPTIONS),
+)
+@_fuzz.counted(FAMILY)
+def test_gradient_kernels_reject_inconsistent_inputs(
+    rms, shape, dtype, target, how
+):
+    lib = _loader.library()
+    u = _u(dtype)
+    x = tf.ones(shape, dtype)
+    gamma = tf.ones(shape[-1:], u)
+    if rms:
+        _, rstd = lib.kbm_fused_rms_norm(x, gamma)
+        inputs = {"dy": x, "x": x, "gamma": gamma, "rstd": rstd}
+        op = lib.kbm_fused_rms_norm_grad
+    else:
+        _, mean, rstd = lib.kbm_fused_layer_norm(x, gamma, gamma)
+        inputs = {"dy": x, "x": x, "gamma": gamma, "mean": mean, "rstd": rstd}
+        op = lib.kbm_fused_layer_norm_grad
+    if target not in inputs:
+        target = "rstd"
+    other = tf.float64 if inputs[target].dtype != tf.float64 else tf.float32
+    bad = _fuzz.corrupt(inputs[target], how, other)
+    inputs[target] = bad
+    index = list(inputs).index(target)
+    names = [target, f"input #{index}"]
+    if target == "x":
+        # x sets the expected shapes: the others are then inconsistent.
+        names += ["dy", "gamma", "mean", "rstd", "x"]
+    _fuzz.check_rejects_corrupt(lambda: op(*inputs.values()), names, how)
+
+
+@given(
+    rms=st.booleans(),
+    shape=_fuzz.row_shapes(max_elements=1 << 10),
+    target=st.sampled_from(["gamma", "beta", "epsilon", "x"]),
+    how=st.sampled_from(["drop", "grow", "rank_up", "scalar"]),
+    eps=st.sampled_from([-1.0, -1e-30, float("nan"), float("inf")]),
+    fused=st.sampled_from([True, False, "auto"]),
+)
+@_fuzz.counted(FAMILY)
+def test_public_ops_reject_inconsistent_inputs(
+    rms, shape, target, how, eps, fused
+):
+    x = tf.ones(shape)
+    gamma = tf.ones(shape[-1:])
+    kwargs = {"gamma": gamma, "use_fused_kernel": fused}
+    if not rms:
+        kwargs["beta"] = gamma
+    if target == "beta" and rms:
+        target = "gamma"
+    if target == "epsilon":
+        kwargs["epsilon"] = eps
+    elif target == "x":
+        x = tf.ones(shape[:-1] + (0,)) if how != "scalar" else tf.ones([])
+    else:
+        kwargs[target] = _fuzz.corrupt(kwargs[target], how, tf.float32)
+    op = kbm.ops.rms_norm if rms else kbm.ops.layer_norm
+    _fuzz.check_rejects(lambda: op(x, **kwargs), [target])

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from keras_bigmodels import backend  # noqa: E402
 
-
 # Property-based tests: a small fixed budget in the default run ("ci"), a long
 # one on demand ("long": make fuzz). Select with --hypothesis-profile=NAME or
 # KBM_HYPOTHESIS_PROFILE.

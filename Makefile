@@ -103,3 +103,9 @@ gpu-harness-check: $(TORCH_STAMP) $(DEPS_STAMP)
 clean:
 	rm -rf build keras_bigmodels/_kbm_ops.so keras_bigmodels/_build_info.json \
 	  gpu_harness/build
+
+# Safe loading and serving inputs on both Keras lines; writes
+# benchmarks/results/reliability_safe.json.
+.PHONY: reliability-safe
+reliability-safe: build
+	$(PY) benchmarks/reliability_safe.py

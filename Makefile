@@ -190,3 +190,9 @@ FUZZ_SECONDS ?= 0
 fuzz: build
 	KBM_HYPOTHESIS_PROFILE=long $(PY) benchmarks/fuzz.py \
 	  --seconds-per-family $(FUZZ_SECONDS)
+
+# Safe loading and serving inputs on both Keras lines; writes
+# benchmarks/results/reliability_safe.json.
+.PHONY: reliability-safe
+reliability-safe: build
+	$(PY) benchmarks/reliability_safe.py

@@ -80,7 +80,7 @@ def test_a_tampered_function_from_another_module_is_refused(tmp_path):
     path = str(tmp_path / "model.keras")
     case.model.save(path)
     config = _cases.read_config(path)
-    (layer,) = _cases.find_configs(config, "FusedDense")
+    layer = _cases.find_configs(config, "FusedDense")[0]
     layer["config"]["activation"] = {
         "module": "os",
         "class_name": "function",

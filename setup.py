@@ -526,13 +526,16 @@ class BuildOps(build_ext):
     def build_extension(self, ext):
         build_library(self.get_ext_fullpath(ext.name))
 
-    def copy_extensions_to_source(self):
-        if _sanitizers():
+    def run(self):
+        if self.inplace and _sanitizers():
             raise RuntimeError(
                 "a sanitizer build (KBM_SANITIZE) must not replace the "
                 "shipped library: build it with `setup.py build_ext "
                 "--build-lib DIR` instead of --inplace"
             )
+        super().run()
+
+    def copy_extensions_to_source(self):
         # In-place and editable builds: setuptools copies the library into
         # the source tree; its build-info file must travel with it.
         super().copy_extensions_to_source()

@@ -74,7 +74,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT = REPO_ROOT / "benchmarks" / "results" / "reliability_soak.json"
 RESULT_ATOMIC = RESULT.with_name("reliability_soak_atomic.json")
 COMMAND = "make soak  (python benchmarks/soak.py --minutes 30)"
-COMMAND_ATOMIC = "python benchmarks/soak.py --atomic --minutes 20"
 
 # The model and data (small: the soak is about restarts, not speed).
 VOCAB = 512
@@ -546,6 +545,20 @@ def check_left_behind(args, works):
     ]
 
 
+def _command():
+    """This run's command line (without --out and --keep)."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out=") and a != "--keep":
+            argv.append(a)
+    line = " ".join(["python benchmarks/soak.py", *argv])
+    return COMMAND if line == "python benchmarks/soak.py" else line
+
+
 def _machine():
     cpu = "?"
     try:
@@ -634,7 +647,7 @@ def supervise(args):
             if args.atomic
             else "Soak: training killed at random points and resumed"
         ),
-        "command": COMMAND_ATOMIC if args.atomic else COMMAND,
+        "command": _command(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"
         ),

@@ -455,8 +455,12 @@ def run_interrupted(args, work, total, setup, deadline):
         if phase is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills[phase] += 1
             events = _events(work)
+            if events and events[-1]["event"] == "done":
+                # It finished (and was exiting) when the kill came.
+                trained += total - events[-2]["start_step"]
+                return kills, trained
+            kills[phase] += 1
             step = _progress(work) if len(events) > before else None
             if step is not None:
                 trained += max(0, step - events[-1]["start_step"])

@@ -74,7 +74,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT = REPO_ROOT / "benchmarks" / "results" / "reliability_soak.json"
 RESULT_ATOMIC = RESULT.with_name("reliability_soak_atomic.json")
 COMMAND = "make soak  (python benchmarks/soak.py --minutes 30)"
-COMMAND_ATOMIC = "python benchmarks/soak.py --atomic --minutes 20"
 
 # The model and data (small: the soak is about restarts, not speed).
 VOCAB = 512
@@ -456,8 +455,12 @@ def run_interrupted(args, work, total, setup, deadline):
         if phase is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills[phase] += 1
             events = _events(work)
+            if events and events[-1]["event"] == "done":
+                # It finished (and was exiting) when the kill came.
+                trained += total - events[-2]["start_step"]
+                return kills, trained
+            kills[phase] += 1
             step = _progress(work) if len(events) > before else None
             if step is not None:
                 trained += max(0, step - events[-1]["start_step"])
@@ -544,6 +547,20 @@ def check_left_behind(args, works):
     return [
         json.loads(line) for line in out.splitlines() if line.startswith("{")
     ]
+
+
+def _command():
+    """This run's command line (without --out and --keep)."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out=") and a != "--keep":
+            argv.append(a)
+    line = " ".join(["python benchmarks/soak.py", *argv])
+    return COMMAND if line == "python benchmarks/soak.py" else line
 
 
 def _machine():
@@ -634,7 +651,7 @@ def supervise(args):
             if args.atomic
             else "Soak: training killed at random points and resumed"
         ),
-        "command": COMMAND_ATOMIC if args.atomic else COMMAND,
+        "command": _command(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"
         ),

@@ -38,13 +38,13 @@ script adds so the two runs take identical steps:
 With all of this the weights are expected to be bitwise equal; the result
 records the largest absolute difference and how many arrays differ.
 
-Checkpoints: Keras writes `latest.weights.h5` in place, so a SIGKILL
-during a save leaves it unreadable (h5py's OSError). With
-`double_checkpoint=True` the callback then restores the previous one
-(`.bkp`) and training replays from there; the result counts such files as
-corrupt. `--atomic` replaces the callback's `_save_model` with one that
-writes each file under a temporary name and renames it over the old one,
-so a kill leaves either the old or the new file.
+Checkpoints: the run uses `kbm.callbacks.BackupAndRestore`, which writes
+each file under a temporary name and renames it over the old one, so a
+kill leaves either the old or the new file. `--keras-callback` runs Keras's
+own callback instead: it writes `latest.weights.h5` in place, so a SIGKILL
+during a save leaves it unreadable (h5py's OSError); with
+`double_checkpoint=True` it then restores the previous one (`.bkp`) and
+training replays from there. The result counts such files as corrupt.
 
 Keras 3 only (tf-keras's `BackupAndRestore` is a different implementation).
 Not part of CI: `make soak` (30 minutes) or
@@ -72,7 +72,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT = REPO_ROOT / "benchmarks" / "results" / "reliability_soak.json"
-RESULT_ATOMIC = RESULT.with_name("reliability_soak_atomic.json")
+RESULT_KERAS = RESULT.with_name("reliability_soak_keras.json")
 COMMAND = "make soak  (python benchmarks/soak.py --minutes 30)"
 
 # The model and data (small: the soak is about restarts, not speed).
@@ -241,42 +241,16 @@ def child_train(args):
         .prefetch(2)
     )
 
-    class Backup(keras.callbacks.BackupAndRestore):
-        def on_epoch_begin(self, epoch, logs=None):
-            self._current_epoch = epoch
+    if args.keras_callback:
+        # Keras's own callback, with its epoch counter set at each epoch's
+        # start (Keras 3.15 records epoch 0 until a resumed epoch ends).
+        class Backup(keras.callbacks.BackupAndRestore):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._current_epoch = epoch
 
-        def _save_model(self):
-            if not args.atomic:
-                return super()._save_model()
-            # Every file written to a temporary name, then renamed over
-            # the old one (os.replace is atomic on POSIX): a kill leaves
-            # the old file or the new one, never half of one. (No fsync:
-            # a killed process's writes stay in the page cache; a power
-            # loss would need one.)
-            os.makedirs(self.backup_dir, exist_ok=True)
-            weights = self._weights_path
-            meta = self._training_metadata_path
-            if self.double_checkpoint:
-                for src, dst in (
-                    (weights, self._prev_weights_path),
-                    (meta, self._prev_training_metadata_path),
-                ):
-                    if os.path.exists(src):
-                        shutil.copyfile(src, dst + ".tmp")
-                        os.replace(dst + ".tmp", dst)
-            tmp = weights[: -len(".weights.h5")] + ".tmp.weights.h5"
-            self.model.save_weights(tmp, overwrite=True)
-            os.replace(tmp, weights)
-            with open(meta + ".tmp", "w") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "epoch": self._current_epoch,
-                            "batch": self._last_batch_seen,
-                        }
-                    )
-                )
-            os.replace(meta + ".tmp", meta)
+    else:
+        # Atomic writes, the same epoch fix, fallback on any load error.
+        Backup = kbm.callbacks.BackupAndRestore
 
     class StepSeeds(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -367,7 +341,7 @@ def _child_cmd(args, *extra):
         os.path.abspath(__file__),
         "--optimizer",
         args.optimizer,
-        *(["--atomic"] if args.atomic else []),
+        *(["--keras-callback"] if args.keras_callback else []),
         *extra,
     ]
 
@@ -645,11 +619,12 @@ def supervise(args):
     minutes = (time.time() - t0) / 60
     equal = diff["arrays_not_bitwise_equal"] == 0
     result = {
-        "topic": "soak_atomic" if args.atomic else "soak",
+        "topic": "soak_keras" if args.keras_callback else "soak",
         "title": (
-            "Soak with atomic checkpoint writes (temporary file + rename)"
-            if args.atomic
-            else "Soak: training killed at random points and resumed"
+            "Soak with Keras's own BackupAndRestore (writes in place)"
+            if args.keras_callback
+            else "Soak: training killed at random points and resumed "
+            "(kbm.callbacks.BackupAndRestore)"
         ),
         "command": _command(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -686,10 +661,14 @@ def supervise(args):
             f"Model: TokenAndPositionEmbedding({VOCAB}, {SEQ}, {DIM}), "
             f"{LAYERS} x TransformerEncoder({FFN}, {HEADS} heads, dropout "
             f"{DROPOUT}), FusedDense({CLASSES}); batch {BATCH}, kbm "
-            f"{args.optimizer}; BackupAndRestore(save_freq={SAVE_FREQ}, "
-            "double_checkpoint=True"
-            + (", _save_model writing atomically" if args.atomic else "")
-            + "); one thread, op determinism, nice "
+            f"{args.optimizer}; "
+            + (
+                "keras.callbacks.BackupAndRestore"
+                if args.keras_callback
+                else "kbm.callbacks.BackupAndRestore"
+            )
+            + f"(save_freq={SAVE_FREQ}, double_checkpoint=True); one "
+            "thread, op determinism, nice "
             f"{args.nice}; Keras 3 line only.",
             f"SIGKILL: {STARTUP_KILLS:.0%} of starts at a uniform random "
             "time in 20-90% of the start-up (imports, build, checkpoint "
@@ -756,11 +735,11 @@ def main():
     )
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument(
-        "--atomic",
+        "--keras-callback",
         action="store_true",
-        help="BackupAndRestore writing each file to a temporary name, then "
-        "renaming it (Keras writes in place); results go to "
-        "reliability_soak_atomic.json",
+        help="Keras's BackupAndRestore (writes in place) instead of "
+        "kbm.callbacks.BackupAndRestore; results go to "
+        "reliability_soak_keras.json",
     )
     parser.add_argument("--out", default=None)
     parser.add_argument(
@@ -772,7 +751,7 @@ def main():
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.out is None:
-        args.out = str(RESULT_ATOMIC if args.atomic else RESULT)
+        args.out = str(RESULT_KERAS if args.keras_callback else RESULT)
     if args.train:
         return child_train(args)
     if args.check:

@@ -12,11 +12,11 @@ from keras_bigmodels.backend import IS_LEGACY_KERAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
 # The longest run is left to `make test-slow` on tf-keras: the Keras 3 pass
 # runs it, and the library code it uses is tested on both lines.
-slow_on_tf_keras = (
-    pytest.mark.slow if IS_LEGACY_KERAS else pytest.mark.usefixtures()
-)
+def slow_on_tf_keras(test):
+    return pytest.mark.slow(test) if IS_LEGACY_KERAS else test
 
 
 def run_example(args, tmp_path):

@@ -399,6 +399,12 @@ def _():
     )
 
 
+@exercise("callbacks.BackupAndRestore")
+def _():
+    with tempfile.TemporaryDirectory() as tmp:
+        _fit_with(kbm.callbacks.BackupAndRestore(tmp))
+
+
 # -------------------------------------------------------------- export ----
 
 

@@ -280,8 +280,17 @@ def test_public_op_fused_matches_reference(
 GRAD_TARGETS = ["d_o", "key_mask", "mask", "seed", "o", "lse"]
 
 
-# Long run: a corrupted empty key_mask of shape [1, 1] was a valid one
-# (batch = kv_length = 1); the test now makes one of no valid shape.
+# Long run: a corrupted key_mask of shape [1, 1] (batch = kv_length = 1)
+# or with no elements (= no mask) was a valid one; the test now makes one
+# of no valid shape.
+@example(
+    shape=(1, 0, 1, 1, 1, 1, 1),
+    dtype=tf.float16,
+    target="key_mask",
+    how="drop",
+    forward=False,
+    mask_kind="key",
+)
 @example(
     shape=(1, 0, 1, 1, 1, 1, 1),
     dtype=tf.float16,
@@ -339,6 +348,8 @@ def test_kernels_reject_inconsistent_inputs(
             bad = tf.zeros([b + 2, tk + 3], tf.bool)
         else:
             bad = tf.cast(_fuzz.corrupt(tf.cast(t, tf.int32), how, u), tf.bool)
+            if bad.shape.num_elements() == 0:  # empty = no mask: valid
+                bad = tf.zeros([b + 2, tk + 3], tf.bool)
     else:
         other = tf.float64 if t.dtype != tf.float64 else tf.float32
         if t.dtype == tf.int64:

@@ -134,6 +134,11 @@ def main():
     parser.add_argument(
         "--jobs", type=int, default=1, help="families run at once"
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other families' rows of an existing output file",
+    )
     parser.add_argument("--output", default=str(OUTPUT))
     args = parser.parse_args()
     names = args.families or families()
@@ -180,10 +185,22 @@ def main():
             f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.",
         ],
     }
+    out = Path(args.output)
+    if args.merge and out.exists():
+        previous = json.loads(out.read_text())
+        kept = [r for r in previous["rows"] if r[0] not in names]
+        result["rows"] = sorted(kept + rows)
+        result["notes"].append(
+            f"Rows of {', '.join(names)} from this run; the others "
+            f"({', '.join(r[0] for r in kept)}) from the run of "
+            f"{previous['date']} (its notes: "
+            + " ".join(previous["notes"][:2])
+            + ")."
+        )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
-    return 1 if any(r[4] for r in rows) else 0
+    return 1 if any(r[4] for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":

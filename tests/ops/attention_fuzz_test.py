@@ -89,10 +89,12 @@ def _grad_ordinary(ordinary, dtype, *specs):
     `_grad_tol`) is divided by nothing and the gradients of a saturated
     softmax are tiny differences of it: finiteness only."""
     half = dtype in (tf.float16, tf.bfloat16)
-    if (
-        ordinary is not _fuzz.NONFINITE
-        and half
-        and any(s["scale"] > 1 for s in specs if s["pattern"] != "huge")
+    # Any dtype: with values ~30 the scores saturate the softmax and dS =
+    # P * (dP - delta) is a rounding error of dP (e.g. 0.0036 for 0 in
+    # float32 with one key).
+    limit = 1 if half else 10
+    if ordinary is not _fuzz.NONFINITE and any(
+        s["scale"] > limit for s in specs if s["pattern"] != "huge"
     ):
         return None
     return ordinary
@@ -278,6 +280,25 @@ def test_public_op_fused_matches_reference(
 GRAD_TARGETS = ["d_o", "key_mask", "mask", "seed", "o", "lse"]
 
 
+# Long run: a corrupted key_mask of shape [1, 1] (batch = kv_length = 1)
+# or with no elements (= no mask) was a valid one; the test now makes one
+# of no valid shape.
+@example(
+    shape=(1, 0, 1, 1, 1, 1, 1),
+    dtype=tf.float16,
+    target="key_mask",
+    how="drop",
+    forward=False,
+    mask_kind="key",
+)
+@example(
+    shape=(1, 0, 1, 1, 1, 1, 1),
+    dtype=tf.float16,
+    target="key_mask",
+    how="drop",
+    forward=False,
+    mask_kind="none",
+)
 @given(
     shape=attention_shapes(),
     dtype=_fuzz.dtypes(),
@@ -322,9 +343,13 @@ def test_kernels_reject_inconsistent_inputs(
         if how == "dtype":
             bad = tf.cast(t, tf.int32)
         elif t.shape.num_elements() == 0:
-            bad = tf.zeros([1, 1], tf.bool)  # non-empty, wrong shape
+            # Non-empty and of no valid shape ([1, 1] is a valid key_mask
+            # when batch = kv_length = 1).
+            bad = tf.zeros([b + 2, tk + 3], tf.bool)
         else:
             bad = tf.cast(_fuzz.corrupt(tf.cast(t, tf.int32), how, u), tf.bool)
+            if bad.shape.num_elements() == 0:  # empty = no mask: valid
+                bad = tf.zeros([b + 2, tk + 3], tf.bool)
     else:
         other = tf.float64 if t.dtype != tf.float64 else tf.float32
         if t.dtype == tf.int64:

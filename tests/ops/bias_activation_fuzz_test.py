@@ -26,6 +26,15 @@ def _shape(shape, empty):
     return shape[:-1] + (0,) if empty else shape
 
 
+def _dx_tol(tol, dy):
+    """dx = dy * gelu'(z): the kernel's erf has an absolute error (1.5e-7),
+    so dx's error is absolute in units of |dy| (large in gelu's tails)."""
+    d = np.asarray(tf.cast(dy, tf.float64))
+    big = float(np.nanmax(np.abs(d))) if d.size else 1.0
+    big = big if np.isfinite(big) else 1.0
+    return {"rtol": tol["rtol"], "atol": tol["atol"] * max(1.0, big)}
+
+
 def _param_tol(tol, shape):
     rows = max(1, int(np.prod(shape[:-1])))
     return {k: v * np.sqrt(rows) for k, v in tol.items()}
@@ -59,7 +68,7 @@ def test_kernels_match_reference(
     ordinary = _fuzz.is_ordinary(x_spec, b_spec, dy_spec)
     assert y.dtype == dtype and y.shape == x.shape
     _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
-    _fuzz.check_matches(dx, dx_ref, tol, ordinary, "dx")
+    _fuzz.check_matches(dx, dx_ref, _dx_tol(tol, dy), ordinary, "dx")
     _fuzz.check_matches(
         dbias, dbias_ref, _param_tol(tol, shape), ordinary, "dbias"
     )
@@ -94,7 +103,7 @@ def test_public_op_fused_matches_reference(
     ordinary = _fuzz.is_ordinary(x_spec)
     (y, dx, db), (y_ref, dx_ref, db_ref) = results
     _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
-    _fuzz.check_matches(dx, dx_ref, tol, ordinary, "dx")
+    _fuzz.check_matches(dx, dx_ref, _dx_tol(tol, dy), ordinary, "dx")
     if with_bias:
         _fuzz.check_matches(db, db_ref, _param_tol(tol, shape), ordinary, "db")
 

@@ -42,6 +42,9 @@ def _kl_tol(tol, dtype, temperature, *logits):
         ]
     )
     cond = 8 * eps * big / temperature
+    # The loss is a difference of log-sums of size log(classes).
+    classes = max([1] + [np.shape(x)[-1] for x in logits if np.ndim(x)])
+    cond += 16 * eps * np.log(classes + 1.0)
     return {k: v + cond * (1.0 + 1.0 / temperature) for k, v in tol.items()}
 
 
@@ -215,6 +218,10 @@ def test_public_op_fused_matches_reference(
     )
     ordinary = _fuzz.is_ordinary(spec)
     for got, want, what in zip(*results, ["loss", "dteacher", "dstudent"]):
+        if what != "loss" and spec["pattern"] == "huge":
+            # Logits / T near 1e33: the gradients are differences of such
+            # terms (1e49 for 0 in float64): finiteness only.
+            ordinary = None
         _fuzz.check_matches(got, want, tol, ordinary, what)
 
 

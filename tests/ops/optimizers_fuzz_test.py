@@ -177,6 +177,37 @@ def test_kernels_match_reference(c):
     _check_update(c, fused)
 
 
+# Found by fuzzing: with epsilon = 0 the LAMB kernel's padded SIMD lanes
+# gave u = 0 / 0 = NaN, so the trust ratio fell back to 1 (any variable
+# whose size is not a multiple of 8, e.g. a scalar).
+@example(
+    c={
+        "kind": "lamb",
+        "shapes": [(), (8191,)],
+        "dtype": tf.float16,
+        "spec": {
+            "pattern": "normal",
+            "seed": 0,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "g_spec": {
+            "pattern": "normal",
+            "seed": 0,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "hp": {
+            "learning_rate": 0.001,
+            "one_minus_beta_1": 0.0,
+            "one_minus_beta_2": 0.0,
+            "bias_1": 0.001,
+            "bias_2": 0.1,
+            "epsilon": 0.0,
+        },
+        "decay": 0.0,
+    }
+)
 @given(c=case(allow_special=False))
 @_fuzz.counted(FAMILY)
 def test_public_updates_fused_match_reference(c):

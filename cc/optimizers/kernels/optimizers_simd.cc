@@ -76,8 +76,15 @@ void LambMoments(const float* p, float* m, float* v, const float* g, int64_t n,
     StoreN(m + i, mv, c);
     StoreN(v + i, vv, c);
     const VecF pd = pv - pv * dec;
-    // Padded lanes: m = v = 0 give u = 0; p = 0 gives pd = 0.
-    const VecF u = LambU(mv, vv, bias1, bias2, eps);
+    // Padded lanes: p = 0 gives pd = 0; their u (0 / 0 = NaN when epsilon
+    // is 0) is zeroed, or the trust ratio's norm would be NaN.
+    VecF u = LambU(mv, vv, bias1, bias2, eps);
+    if (c < kLanes) {
+      float lanes[kLanes];
+      __builtin_memcpy(lanes, &u, sizeof(u));
+      for (int64_t l = c; l < kLanes; ++l) lanes[l] = 0.f;
+      __builtin_memcpy(&u, lanes, sizeof(u));
+    }
     aw += pd * pd;
     au += u * u;
     if (++in_block == 256) {

@@ -9,7 +9,7 @@ epoch 0 in every checkpoint it writes until the first resumed epoch ends,
 so a second interruption in that epoch restarts training from epoch 0.
 
 This subclass keeps Keras's arguments, files and restore logic and changes
-three things:
+these things:
 
 * every file is written under a temporary name in the backup directory and
   renamed over the old one (`os.replace`, atomic on POSIX file systems;
@@ -17,7 +17,8 @@ three things:
   a killed process), so a kill leaves the old file or the new one;
 * the epoch counter is set at each epoch's start;
 * with `double_checkpoint=True`, any error loading the latest checkpoint
-  (not only `OSError`) falls back to the previous one.
+  (not only `OSError`) falls back to the previous one;
+* under `MultiWorkerMirroredStrategy` only the chief writes.
 
 As in Keras, a restore resumes at the start of the interrupted epoch with
 the weights and optimizer state (including `optimizer.iterations`) of the
@@ -122,6 +123,12 @@ if not IS_LEGACY_KERAS:
                 self._load_model()
 
         def _save_model(self):
+            # Under MultiWorkerMirroredStrategy only the chief writes (the
+            # workers share the directory).
+            strategy = getattr(self.model, "distribute_strategy", None)
+            extended = getattr(strategy, "extended", None)
+            if not getattr(extended, "should_checkpoint", True):
+                return
             os.makedirs(self.backup_dir, exist_ok=True)
             if self.double_checkpoint:
                 for src, dst in (

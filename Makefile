@@ -43,12 +43,28 @@ setup: $(DEPS_STAMP)
 build: $(DEPS_STAMP)
 	$(PY) setup.py --quiet build_ext --inplace
 
+# The two Keras lines run side by side (most tests use one core), each
+# into its own log, printed when both are done; either failing fails.
+# TEST_SERIAL=1 runs them one after the other with live output.
+TEST_LOGS := build/test-logs
 test: build
 	@status=0; \
-	echo "== tests, Keras 3 =="; \
-	$(PY) -m pytest tests $(PYTEST_ARGS) || status=1; \
+	if [ -n "$(TEST_SERIAL)" ]; then \
+	  echo "== tests, Keras 3 =="; \
+	  $(PY) -m pytest tests $(PYTEST_ARGS) || status=1; \
+	  echo "== tests, tf-keras (TF_USE_LEGACY_KERAS=1) =="; \
+	  TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests $(PYTEST_ARGS) || status=1; \
+	  exit $$status; \
+	fi; \
+	mkdir -p $(TEST_LOGS); \
+	echo "== tests, Keras 3 and tf-keras side by side (logs in $(TEST_LOGS)) =="; \
+	$(PY) -m pytest tests $(PYTEST_ARGS) > $(TEST_LOGS)/keras3.log 2>&1 & k3=$$!; \
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests $(PYTEST_ARGS) \
+	  > $(TEST_LOGS)/tf-keras.log 2>&1 & tk=$$!; \
+	wait $$k3 || status=1; wait $$tk || status=1; \
+	echo "== tests, Keras 3 =="; cat $(TEST_LOGS)/keras3.log; \
 	echo "== tests, tf-keras (TF_USE_LEGACY_KERAS=1) =="; \
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest tests $(PYTEST_ARGS) || status=1; \
+	cat $(TEST_LOGS)/tf-keras.log; \
 	exit $$status
 
 test-keras3: build

@@ -60,6 +60,11 @@ def _replace_file(write, path, fsync):
             os.remove(tmp)
 
 
+def _copy_file(src, dst, fsync):
+    """Copies `src` over `dst` atomically."""
+    _replace_file(lambda tmp: shutil.copyfile(src, tmp), dst, fsync)
+
+
 if not IS_LEGACY_KERAS:
 
     class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -113,11 +118,7 @@ if not IS_LEGACY_KERAS:
                     ),
                 ):
                     if os.path.exists(prev):
-                        _replace_file(
-                            lambda tmp, src=prev: shutil.copyfile(src, tmp),
-                            latest,
-                            self.fsync,
-                        )
+                        _copy_file(prev, latest, self.fsync)
                     elif os.path.exists(latest):
                         os.remove(latest)
                 self._load_model()
@@ -139,11 +140,7 @@ if not IS_LEGACY_KERAS:
                     ),
                 ):
                     if os.path.exists(src):
-                        _replace_file(
-                            lambda tmp, s=src: shutil.copyfile(s, tmp),
-                            dst,
-                            self.fsync,
-                        )
+                        _copy_file(src, dst, self.fsync)
             _replace_file(
                 lambda tmp: self.model.save_weights(tmp, overwrite=True),
                 self._weights_path,

@@ -8,6 +8,14 @@ from keras_bigmodels.ops.attention import (
 from keras_bigmodels.ops.bias_activation import bias_gelu
 from keras_bigmodels.ops.distillation import softmax_kl_divergence
 from keras_bigmodels.ops.normalization import layer_norm, rms_norm
+from keras_bigmodels.ops.quantization import (
+    dequantize_kernel,
+    pack_kernel,
+    quantize_kernel,
+    quantized_matmul,
+    unpack_kernel,
+    weight_only_matmul,
+)
 
 __all__ = [
     "KernelStatus",
@@ -15,7 +23,13 @@ __all__ = [
     "bias_gelu",
     "flash_attention",
     "kernels_available",
+    "dequantize_kernel",
     "layer_norm",
+    "pack_kernel",
+    "quantize_kernel",
+    "quantized_matmul",
     "rms_norm",
     "softmax_kl_divergence",
+    "unpack_kernel",
+    "weight_only_matmul",
 ]

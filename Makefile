@@ -11,6 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.kbm-deps-installed
 PYTEST_ARGS ?= -q
+TORCH_VENV := build/torch-venv
 
 .PHONY: setup build test test-keras3 test-tf-keras demo bench lint format \
 	clean gpu-harness-check dist test-large
@@ -76,9 +77,21 @@ test-tf-keras: build
 demo: build
 	$(PY) -m keras_bigmodels.demo
 
-bench: build
+bench: build $(TORCH_VENV)/bin/python
 	$(PY) -m pip install --quiet shap==0.51.0 lime==0.2.0.1
 	$(PY) benchmarks/run_all.py
+
+# Model-level benchmark (benchmarks/models.py) and its PyTorch peer, which
+# runs in its own virtual environment (torch's CPU wheel + transformers).
+$(TORCH_VENV)/bin/python:
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet torch==2.13.0 transformers \
+		safetensors numpy
+
+.PHONY: bench-models
+bench-models: build $(TORCH_VENV)/bin/python
+	$(PY) benchmarks/models.py
+	$(PY) benchmarks/report.py
 
 # C++ sources checked by clang-format (style: .clang-format, Google).
 CC_SOURCES = $(shell find cc -name '*.h' -o -name '*.cc' -o -name '*.cuh')

@@ -1,0 +1,576 @@
+"""Benchmark: BERT-family models end to end, fine-tuning and inference.
+
+What is measured, per model (MiniLM-L6 on its real all-MiniLM-L6-v2
+checkpoint; a BERT-base-shaped encoder with random weights: 12 layers,
+hidden 768, 12 heads, intermediate 3072), sequences of 128 tokens (random
+ids, lengths 64-128, the rest padding), a classifier on top (masked mean
+pooling, dropout 0.1, a 2-way dense head):
+
+* **training step** at batch 32: forward with the checkpoint's dropouts
+  (hidden and attention 0.1), cross-entropy, backward, AdamW update;
+* **inference** at batch 1, 8 and 32 (dropout off).
+
+Variants, each in its own process (the same thread count), timed
+interleaved: in every round each variant runs one call in turn, while the
+others wait, so drifts of a shared machine hit all of them alike:
+
+* `kbm`: `kbm.models.BertEncoder` + `kbm.optimizers.AdamW`, fused kernels
+  on; `model.train_on_batch` / `model.predict_on_batch`;
+* `kbm, kernels off`: the same with `KERAS_BIGMODELS_DISABLE_FUSED=1` (the
+  pure-TensorFlow references: what stock TensorFlow runs);
+* `Keras layers`: the same architecture from stock Keras layers
+  (`Embedding`, `MultiHeadAttention`, `LayerNormalization`, `Dense`) and
+  `keras.optimizers.AdamW`;
+* `SavedModel (stock ops)` and `SavedModel, jit_compile`: inference only;
+  the kbm model exported by `kbm.export.export_saved_model` (stock ops),
+  loaded by a process that never imports keras_bigmodels (what an
+  unmodified TF Serving runs), its `serving_default` called directly and
+  inside `tf.function(jit_compile=True)`;
+* `PyTorch`: Hugging Face transformers' `BertModel` (its default attention,
+  SDPA) with the same head, `torch.optim.AdamW`, eager; inference under
+  `torch.inference_mode()`. It runs in its own virtual environment
+  (`--torch-python`; `make bench-models` creates it with the pinned
+  `torch==2.13.0` CPU wheel and transformers).
+
+Model FLOPs count the matmuls of the encoder on all 128 positions (padding
+included: every variant computes them): per layer and sequence
+`2 S (4 H^2 + 2 H I) + 4 S^2 H`; a training step is 3x the forward pass.
+"% of FMA peak" divides FLOP/s by this machine's float32 FMA peak,
+measured in the same run (`benchmarks/_fma_peak.c`: 10 independent
+8-wide FMA chains per thread, as many threads as the variants use) before
+and after the timings; the table uses the larger of the two. A ratio is
+the median over rounds of (variant time / kbm time in the same round): above
+1 means kbm is faster.
+
+Run alone with `python benchmarks/models.py [--quick] [--models ...]`
+(Keras 3; it needs the checkpoint package for MiniLM).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ALLOCATORS = ("default",)
+FAMILY = "models"
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+LENGTH, QUICK_LENGTH = 128, 16
+TRAIN_BATCH = 32
+INFER_BATCHES = (1, 8, 32)
+QUICK_TRAIN_BATCH, QUICK_INFER_BATCHES = 4, (1, 4)
+VOCAB = 30522
+
+MODELS = {
+    "MiniLM-L6": {
+        "num_layers": 6,
+        "hidden": 384,
+        "heads": 12,
+        "intermediate": 1536,
+        "checkpoint": True,
+    },
+    "BERT-base": {
+        "num_layers": 12,
+        "hidden": 768,
+        "heads": 12,
+        "intermediate": 3072,
+        "checkpoint": False,
+    },
+}
+QUICK_MODELS = {
+    "tiny": {
+        "num_layers": 2,
+        "hidden": 64,
+        "heads": 4,
+        "intermediate": 128,
+        "checkpoint": False,
+    }
+}
+
+KBM = "kbm"
+VARIANTS = {
+    # name: (worker kind, extra environment, tasks)
+    KBM: ("kbm", {}, ("train", "infer")),
+    "kbm, kernels off": (
+        "kbm",
+        {"KERAS_BIGMODELS_DISABLE_FUSED": "1"},
+        ("train", "infer"),
+    ),
+    "Keras layers": ("keras", {}, ("train", "infer")),
+    "SavedModel (stock ops)": ("savedmodel", {}, ("infer",)),
+    "SavedModel, jit_compile": ("savedmodel_xla", {}, ("infer",)),
+    "PyTorch": ("torch", {}, ("train", "infer")),
+}
+TORCH_VENV = REPO_ROOT / "build" / "torch-venv"
+
+
+def model_gflop(cfg, batch, length, train):
+    s, h, i = length, cfg["hidden"], cfg["intermediate"]
+    per_layer = 2 * s * (4 * h * h + 2 * h * i) + 4 * s * s * h
+    forward = cfg["num_layers"] * per_layer * batch
+    return forward * (3 if train else 1) / 1e9
+
+
+def token_batch(batch, length, seed=1):
+    """Token ids [batch, length] (lengths length/2..length, 0 = padding) and
+    labels, as NumPy arrays."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(1, length // 2), length + 1, batch)
+    ids = rng.integers(1000, VOCAB, (batch, length)).astype("int32")
+    ids[np.arange(length)[None, :] >= lengths[:, None]] = 0
+    ids[:, 0] = 101  # [CLS]
+    labels = rng.integers(0, 2, (batch,)).astype("int32")
+    return ids, labels
+
+
+# --------------------------------------------------------------- peak ----
+
+
+def fma_peak(threads):
+    """This machine's float32 FMA peak in GFLOP/s on `threads` threads."""
+    out_dir = REPO_ROOT / "build" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / "fma_peak"
+    src = BENCH_DIR / "_fma_peak.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(
+            [
+                "gcc",
+                "-O2",
+                "-mavx2",
+                "-mfma",
+                "-pthread",
+                str(src),
+                "-o",
+                str(exe),
+            ],
+            check=True,
+        )
+    out = subprocess.run(
+        [str(exe), str(threads), "20000000", "5"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out.split()[0])
+
+
+# ------------------------------------------------------------- workers ----
+
+
+def _kbm_model(cfg, length, name):
+    import keras_bigmodels as kbm
+    from keras_bigmodels.backend import keras
+    from keras_bigmodels.demo import classifier
+
+    if cfg["checkpoint"]:
+        encoder = kbm.models.BertEncoder.from_checkpoint(
+            kbm.models.minilm_l6_v2_path(), name=f"{name}_encoder"
+        )
+    else:
+        encoder = kbm.models.BertEncoder(
+            vocabulary_size=VOCAB,
+            num_layers=cfg["num_layers"],
+            num_heads=cfg["heads"],
+            hidden_dim=cfg["hidden"],
+            intermediate_dim=cfg["intermediate"],
+            dropout=0.1,
+            attention_dropout=0.1,
+            name=f"{name}_encoder",
+        )
+    model = classifier(encoder, 2, length, name)
+    model.compile(
+        optimizer=kbm.optimizers.AdamW(2e-5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _keras_model(cfg, length):
+    """The same classifier from stock Keras layers (post-LN BERT)."""
+    from keras_bigmodels.backend import keras
+
+    ops = keras.ops
+    h, heads = cfg["hidden"], cfg["heads"]
+
+    class Glue(keras.layers.Layer):
+        """Positions, segments and the attention mask from token ids."""
+
+        def call(self, t):
+            m = ops.not_equal(t, 0)
+            positions = ops.zeros_like(t) + ops.arange(length, dtype=t.dtype)
+            attn = ops.broadcast_to(
+                m[:, None, :], (ops.shape(t)[0], length, length)
+            )
+            return positions, ops.zeros_like(t), attn, m
+
+    class MeanPool(keras.layers.Layer):
+        def call(self, seq, m):
+            m = ops.cast(m, seq.dtype)[:, :, None]
+            return ops.sum(seq * m, axis=1) / ops.maximum(
+                ops.sum(m, axis=1), 1.0
+            )
+
+    ids = keras.Input((length,), dtype="int32", name="token_ids")
+    positions, segments, attn_mask, mask = Glue()(ids)
+    x = keras.layers.Add()(
+        [
+            keras.layers.Embedding(VOCAB, h)(ids),
+            keras.layers.Embedding(512, h)(positions),
+            keras.layers.Embedding(2, h)(segments),
+        ]
+    )
+    x = keras.layers.LayerNormalization(epsilon=1e-12)(x)
+    x = keras.layers.Dropout(0.1)(x)
+    for _ in range(cfg["num_layers"]):
+        a = keras.layers.MultiHeadAttention(heads, h // heads, dropout=0.1)(
+            x, x, attention_mask=attn_mask
+        )
+        a = keras.layers.Dropout(0.1)(a)
+        x = keras.layers.LayerNormalization(epsilon=1e-12)(
+            keras.layers.Add()([x, a])
+        )
+        f = keras.layers.Dense(cfg["intermediate"], activation="gelu")(x)
+        f = keras.layers.Dropout(0.1)(keras.layers.Dense(h)(f))
+        x = keras.layers.LayerNormalization(epsilon=1e-12)(
+            keras.layers.Add()([x, f])
+        )
+    pooled = MeanPool()(x, mask)
+    pooled = keras.layers.Dropout(0.1)(pooled)
+    logits = keras.layers.Dense(2)(pooled)
+    model = keras.Model(ids, logits)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(2e-5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def export_stock_savedmodel(cfg, length, path):
+    """Writes the kbm classifier as a stock-ops SavedModel (own process)."""
+    import keras_bigmodels as kbm
+
+    model = _kbm_model(cfg, length, "exported")
+    kbm.export.export_saved_model(model, path, stock_ops=True)
+
+
+_KEEP_ALIVE = []
+
+
+def _tf_worker(kind, cfg, length):
+    """Returns {task: fn(batch) -> None} for a TensorFlow variant."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    if kind in ("kbm", "keras"):
+        from keras_bigmodels.backend import keras
+
+        keras.utils.set_random_seed(0)
+        model = (
+            _kbm_model(cfg, length, "classifier")
+            if kind == "kbm"
+            else _keras_model(cfg, length)
+        )
+        data = {}
+
+        def get(batch):
+            if batch not in data:
+                data[batch] = token_batch(batch, length)
+            return data[batch]
+
+        return {
+            "train": lambda b: model.train_on_batch(*get(b)),
+            "infer": lambda b: model.predict_on_batch(get(b)[0]),
+        }
+    # A SavedModel, exported by a child process that imports kbm; this one
+    # imports only TensorFlow.
+    path = Path(tempfile.mkdtemp(prefix="kbm-models-")) / "saved"
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--export",
+            str(path),
+            "--model-config",
+            json.dumps(cfg),
+            "--length",
+            str(length),
+        ],
+        check=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    if "keras_bigmodels" in sys.modules:
+        raise RuntimeError("the SavedModel worker must not import kbm")
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures["serving_default"]
+    _KEEP_ALIVE.append(loaded)  # Its variables must outlive this frame.
+    if kind == "savedmodel_xla":
+        fn = tf.function(lambda ids: serve(token_ids=ids), jit_compile=True)
+    else:
+        fn = lambda ids: serve(token_ids=ids)  # noqa: E731
+    data = {}
+
+    def infer(batch):
+        if batch not in data:
+            data[batch] = tf.constant(token_batch(batch, length)[0])
+        return fn(data[batch])
+
+    return {"infer": infer}
+
+
+def worker_main(kind, cfg, length, threads):
+    """Serves timing requests on stdin: "TASK BATCH" -> seconds on stdout."""
+    if kind == "torch":
+        import _models_torch
+
+        tasks = _models_torch.tasks(cfg, length, threads, token_batch)
+    else:
+        tasks = _tf_worker(kind, cfg, length)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts or parts[0] == "quit":
+            break
+        task, batch = parts[0], int(parts[1])
+        t0 = time.perf_counter()
+        tasks[task](batch)
+        print(json.dumps(time.perf_counter() - t0), flush=True)
+
+
+class Worker:
+    """One variant's process."""
+
+    def __init__(self, name, kind, env, cfg, length, threads, torch_python):
+        self.name = name
+        python = torch_python if kind == "torch" else sys.executable
+        cmd = [
+            str(python),
+            __file__,
+            "--worker",
+            kind,
+            "--model-config",
+            json.dumps(cfg),
+            "--length",
+            str(length),
+            "--threads",
+            str(threads),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(BENCH_DIR)]),
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                **env,
+            },
+        )
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"{name}: worker failed to start ({line!r})")
+
+    def run(self, task, batch):
+        self.proc.stdin.write(f"{task} {batch}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name}: worker died during {task}")
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=120)
+
+
+# ------------------------------------------------------------- driver ----
+
+
+def _add_arguments(parser):
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(MODELS),
+        default=sorted(MODELS, reverse=True),
+        help="models to run (default: all)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="variants to run (default: all; kbm is always run)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="threads per variant (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--torch-python",
+        type=Path,
+        default=TORCH_VENV / "bin" / "python",
+        help="Python of the PyTorch virtual environment",
+    )
+
+
+def _bench_model(results, model_name, cfg, args, length, peak):
+    import _harness
+
+    train_batch = QUICK_TRAIN_BATCH if args.quick else TRAIN_BATCH
+    infer_batches = QUICK_INFER_BATCHES if args.quick else INFER_BATCHES
+    names = [KBM] + [v for v in args.variants if v != KBM]
+    if not args.torch_python.exists() and "PyTorch" in names:
+        names.remove("PyTorch")
+        results.notes.append(
+            f"PyTorch skipped: no {args.torch_python} (make bench-models "
+            "creates it)."
+        )
+    workers = {}
+    try:
+        for name in names:
+            kind, env, _ = VARIANTS[name]
+            _harness.progress(FAMILY, f"{model_name}: starting {name}")
+            workers[name] = Worker(
+                name, kind, env, cfg, length, args.threads, args.torch_python
+            )
+        cases = [("train", train_batch)] + [("infer", b) for b in infer_batches]
+        rows = []
+        for task, batch in cases:
+            active = [n for n in names if task in VARIANTS[n][2]]
+            _harness.progress(FAMILY, f"{model_name}: {task} batch {batch}")
+            for _ in range(args.warmup):
+                for n in active:
+                    workers[n].run(task, batch)
+            times = {n: [] for n in active}
+            for _ in range(args.rounds):
+                for n in active:
+                    times[n].append(workers[n].run(task, batch))
+            gflop = model_gflop(cfg, batch, length, task == "train")
+            for n in active:
+                med = statistics.median(times[n])
+                ratios = [t / k for t, k in zip(times[n], times[KBM])]
+                rows.append(
+                    {
+                        "model": model_name,
+                        "task": (
+                            f"training step, batch {batch}"
+                            if task == "train"
+                            else f"inference, batch {batch}"
+                        ),
+                        "variant": n,
+                        "kbm": n == KBM,
+                        "ms": 1e3 * med,
+                        "gflop": gflop,
+                        "gflops": gflop / med,
+                        "pct_peak": 100.0 * gflop / med / peak,
+                        "kbm_speedup": (
+                            None if n == KBM else statistics.median(ratios)
+                        ),
+                        "times_ms": [1e3 * t for t in times[n]],
+                    }
+                )
+        return rows
+    finally:
+        for w in workers.values():
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                w.proc.kill()
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] in ("--worker", "--export"):
+        p = argparse.ArgumentParser()
+        p.add_argument("--worker")
+        p.add_argument("--export")
+        p.add_argument("--model-config", type=json.loads)
+        p.add_argument("--length", type=int)
+        p.add_argument("--threads", type=int, default=os.cpu_count())
+        a = p.parse_args(argv)
+        if a.export:
+            return export_stock_savedmodel(a.model_config, a.length, a.export)
+        return worker_main(a.worker, a.model_config, a.length, a.threads)
+
+    import _harness
+
+    args = _harness.parse_args(
+        __doc__,
+        argv,
+        add_arguments=_add_arguments,
+        quick_rounds=2,
+        quick_warmup=1,
+    )
+    if "--rounds" not in " ".join(argv) and not args.quick:
+        args.rounds = 5
+    if "--warmup" not in " ".join(argv) and not args.quick:
+        args.warmup = 1
+    results = _harness.Results(FAMILY, __doc__.split("\n\n")[0], args)
+    length = QUICK_LENGTH if args.quick else LENGTH
+    models = QUICK_MODELS if args.quick else {m: MODELS[m] for m in args.models}
+    peak_before = fma_peak(args.threads)
+    results.notes = []
+    all_rows = {}
+    for model_name, cfg in models.items():
+        all_rows[model_name] = _bench_model(
+            results, model_name, cfg, args, length, peak_before
+        )
+    peak_after = fma_peak(args.threads)
+    peak = max(peak_before, peak_after)
+    results.shapes = {"token_ids": [[None, length]]}
+    columns = [
+        _harness.Column("task", "task", group=True),
+        _harness.Column("variant", "variant"),
+        _harness.Column("ms", "median ms", "ms"),
+        _harness.Column("gflops", "model GFLOP/s", "gflops"),
+        _harness.Column("pct_peak", "% of FMA peak", "pct"),
+        _harness.Column("kbm_speedup", "time / kbm time", "ratio"),
+    ]
+    for model_name, rows in all_rows.items():
+        cfg = models[model_name]
+        for row in rows:  # Against the larger of the two peak readings.
+            row["pct_peak"] = 100.0 * row["gflops"] / peak
+        table = results.table(
+            f"{model_name}: fine-tuning step and inference",
+            columns,
+            description=(
+                f"{cfg['num_layers']} layers, hidden {cfg['hidden']}, "
+                f"{cfg['heads']} heads, intermediate {cfg['intermediate']}"
+                + (
+                    ", the all-MiniLM-L6-v2 checkpoint"
+                    if cfg["checkpoint"]
+                    else ", random weights"
+                )
+                + f"; {length} tokens; {args.threads} threads per variant; "
+                f"float32 FMA peak {peak_before:.1f} GFLOP/s before and "
+                f"{peak_after:.1f} after the timings."
+            ),
+        )
+        table.rows = rows
+        table.notes = list(results.notes)
+    results.fma_peak = {"before": peak_before, "after": peak_after}
+    out = args.out or _harness.results_path(FAMILY, args.quick)
+    results.write(out)
+    # Keep the peak in the JSON next to the copy bandwidth.
+    payload = json.loads(Path(out).read_text())
+    payload["fma_peak_gflops"] = results.fma_peak
+    payload["threads"] = args.threads
+    Path(out).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -524,14 +524,6 @@ def main(argv=None):
     models = QUICK_MODELS if args.quick else {m: MODELS[m] for m in args.models}
     peak_before = fma_peak(args.threads)
     results.notes = []
-    all_rows = {}
-    for model_name, cfg in models.items():
-        all_rows[model_name] = _bench_model(
-            results, model_name, cfg, args, length, peak_before
-        )
-    peak_after = fma_peak(args.threads)
-    peak = max(peak_before, peak_after)
-    results.shapes = {"token_ids": [[None, length]]}
     columns = [
         _harness.Column("task", "task", group=True),
         _harness.Column("variant", "variant"),
@@ -540,27 +532,35 @@ def main(argv=None):
         _harness.Column("pct_peak", "% of FMA peak", "pct"),
         _harness.Column("kbm_speedup", "time / kbm time", "ratio"),
     ]
-    for model_name, rows in all_rows.items():
-        cfg = models[model_name]
-        for row in rows:  # Against the larger of the two peak readings.
-            row["pct_peak"] = 100.0 * row["gflops"] / peak
+    tables = {}
+    for model_name, cfg in models.items():
         table = results.table(
-            f"{model_name}: fine-tuning step and inference",
-            columns,
-            description=(
-                f"{cfg['num_layers']} layers, hidden {cfg['hidden']}, "
-                f"{cfg['heads']} heads, intermediate {cfg['intermediate']}"
-                + (
-                    ", the all-MiniLM-L6-v2 checkpoint"
-                    if cfg["checkpoint"]
-                    else ", random weights"
-                )
-                + f"; {length} tokens; {args.threads} threads per variant; "
-                f"float32 FMA peak {peak_before:.1f} GFLOP/s before and "
-                f"{peak_after:.1f} after the timings."
-            ),
+            f"{model_name}: fine-tuning step and inference", columns
         )
-        table.rows = rows
+        with table:
+            table.rows = _bench_model(
+                results, model_name, cfg, args, length, peak_before
+            )
+        tables[model_name] = table
+    peak_after = fma_peak(args.threads)
+    peak = max(peak_before, peak_after)
+    results.shapes = {"token_ids": [[None, length]]}
+    for model_name, table in tables.items():
+        cfg = models[model_name]
+        for row in table.rows:  # Against the larger of the two readings.
+            row["pct_peak"] = 100.0 * row["gflops"] / peak
+        table.description = (
+            f"{cfg['num_layers']} layers, hidden {cfg['hidden']}, "
+            f"{cfg['heads']} heads, intermediate {cfg['intermediate']}"
+            + (
+                ", the all-MiniLM-L6-v2 checkpoint"
+                if cfg["checkpoint"]
+                else ", random weights"
+            )
+            + f"; {length} tokens; {args.threads} threads per variant; "
+            f"float32 FMA peak {peak_before:.1f} GFLOP/s before and "
+            f"{peak_after:.1f} after the timings."
+        )
         table.notes = list(results.notes)
     results.fma_peak = {"before": peak_before, "after": peak_after}
     out = args.out or _harness.results_path(FAMILY, args.quick)

@@ -84,6 +84,27 @@ def _():
     kbm.ops.softmax_kl_divergence(_x(4, 10), _x(4, 10), 2.0)
 
 
+@exercise(
+    "ops.quantize_kernel",
+    "ops.pack_kernel",
+    "ops.unpack_kernel",
+    "ops.dequantize_kernel",
+    "ops.quantized_matmul",
+    "ops.weight_only_matmul",
+)
+def _():
+    w = _x(16, 8)
+    q, s = kbm.ops.quantize_kernel(w)
+    packed = kbm.ops.pack_kernel(q)
+    np.testing.assert_array_equal(kbm.ops.unpack_kernel(packed, 16, 8), q)
+    kbm.ops.dequantize_kernel(packed, s, 16)
+    kbm.ops.quantized_matmul(_x(4, 16), packed, s, activation="gelu")
+    q4, s4 = kbm.ops.quantize_kernel(w, bits=4, group_size=8)
+    kbm.ops.weight_only_matmul(
+        _x(2, 16), kbm.ops.pack_kernel(q4, bits=4), s4, group_size=8, bits=4
+    )
+
+
 @exercise("ops.kernels_available", "ops.KernelStatus")
 def _():
     status = kbm.ops.kernels_available()

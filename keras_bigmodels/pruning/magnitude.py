@@ -224,8 +224,8 @@ class _PrunedMixin:
         return {
             **super().get_config(),
             "pruning_schedule": schedules_lib.serialize(self._kbm_schedule),
-            "block": self._kbm_block,
-            "sparsity_m_by_n": self._kbm_m_by_n,
+            "block": _as_list(self._kbm_block),
+            "sparsity_m_by_n": _as_list(self._kbm_m_by_n),
         }
 
 
@@ -291,8 +291,8 @@ _PRUNED_CLASSES = tuple(_PRUNED.values())
 
 def _set_pruning_attrs(layer, schedule, block, m_by_n):
     layer._kbm_schedule = schedule
-    layer._kbm_block = None if block is None else list(block)
-    layer._kbm_m_by_n = None if m_by_n is None else list(m_by_n)
+    # Tuples (Keras wraps lists set as layer attributes for tracking).
+    layer._kbm_block, layer._kbm_m_by_n = _check_pattern_args(block, m_by_n)
     layer._kbm_step = None  # Set by UpdatePruningStep / update_masks.
     layer._kbm_last_step = None  # Last step whose update was applied.
 
@@ -301,7 +301,7 @@ def _add_mask(layer):
     if layer.__dict__.get("_kbm_mask") is not None:
         return
     variable = layer._kbm_variable()
-    _check_pattern(layer, variable.shape)
+    _check_pattern(layer, variable.shape, layer._kbm_m_by_n, layer.name)
     tracker = getattr(layer, "_tracker", None)
     locked = bool(getattr(tracker, "locked", False))
     if locked:
@@ -362,8 +362,8 @@ def _reduction_axes(layer, ndim):
     return tuple(range(ndim - 1))  # Dense: (in,)
 
 
-def _check_pattern(layer, shape):
-    m_by_n = layer._kbm_m_by_n
+def _check_pattern(layer, shape, m_by_n, name):
+    """Raises unless the input dimension is a multiple of n."""
     if m_by_n is None:
         return
     axes = _reduction_axes(layer, len(shape))
@@ -371,7 +371,7 @@ def _check_pattern(layer, shape):
     if inner % m_by_n[1]:
         raise ValueError(
             f"sparsity_m_by_n={tuple(m_by_n)} needs the input dimension of "
-            f"layer {layer.name!r} (kernel axis {axes[-1]} of shape "
+            f"layer {name!r} (kernel axis {axes[-1]} of shape "
             f"{tuple(shape)}) to be a multiple of {m_by_n[1]}. "
             f"Received: {inner}"
         )
@@ -399,13 +399,12 @@ def _update_mask(layer, sparsity):
         sparsity_m_by_n=layer._kbm_m_by_n,
         reduction_axes=_reduction_axes(layer, current.ndim),
     )
-    mask_var.assign(mask.astype(np.dtype(_np_dtype(mask_var))))
+    mask_var.assign(tf.cast(mask, mask_var.dtype))
     _apply_mask_to_variable(layer)
 
 
-def _np_dtype(variable):
-    dtype = variable.dtype
-    return getattr(dtype, "as_numpy_dtype", dtype)
+def _as_list(pair):
+    return None if pair is None else [int(v) for v in pair]
 
 
 # --------------------------------------------------------------------------
@@ -498,6 +497,22 @@ def _check_pair(name, value, positive_second=True):
     return tuple(int(v) for v in value)
 
 
+def _check_pattern_args(block, m_by_n):
+    block = _check_pair("block", block)
+    m_by_n = _check_pair("sparsity_m_by_n", m_by_n)
+    if block is not None and m_by_n is not None:
+        raise ValueError(
+            "Pass block or sparsity_m_by_n, not both. Received: "
+            f"block={block}, sparsity_m_by_n={m_by_n}"
+        )
+    if m_by_n is not None and not m_by_n[0] < m_by_n[1]:
+        raise ValueError(
+            "sparsity_m_by_n=(m, n) needs m < n. "
+            f"Received: sparsity_m_by_n={m_by_n}"
+        )
+    return block, m_by_n
+
+
 # --------------------------------------------------------------------------
 # Public API.
 
@@ -565,20 +580,7 @@ def prune_low_magnitude(
             "schedule must be a kbm.pruning.PolynomialDecay or "
             f"ConstantSparsity. Received: schedule={schedule!r}"
         )
-    block = _check_pair("block", block)
-    sparsity_m_by_n = _check_pair("sparsity_m_by_n", sparsity_m_by_n)
-    if block is not None and sparsity_m_by_n is not None:
-        raise ValueError(
-            "Pass block or sparsity_m_by_n, not both. Received: "
-            f"block={block}, sparsity_m_by_n={sparsity_m_by_n}"
-        )
-    if sparsity_m_by_n is not None and not (
-        sparsity_m_by_n[0] < sparsity_m_by_n[1]
-    ):
-        raise ValueError(
-            "sparsity_m_by_n=(m, n) needs m < n. "
-            f"Received: sparsity_m_by_n={sparsity_m_by_n}"
-        )
+    block, sparsity_m_by_n = _check_pattern_args(block, sparsity_m_by_n)
     if not isinstance(model_or_layer, keras.layers.Layer):
         raise ValueError(
             "model_or_layer must be a Keras model or layer. "
@@ -616,18 +618,8 @@ def prune_low_magnitude(
             )
         if not layer.built:
             raise ValueError(f"Layer {path!r} is not built.")
-    for path, layer in chosen:
-        if sparsity_m_by_n is not None:
-            # Check every layer before changing any.
-            shape = tuple(_variable_of(layer).shape)
-            axes = _reduction_axes(layer, len(shape))
-            if shape[axes[-1]] % sparsity_m_by_n[1]:
-                raise ValueError(
-                    f"sparsity_m_by_n={sparsity_m_by_n} needs the input "
-                    f"dimension of layer {path!r} (kernel axis {axes[-1]} "
-                    f"of shape {shape}) to be a multiple of "
-                    f"{sparsity_m_by_n[1]}. Received: {shape[axes[-1]]}"
-                )
+        # Check every layer before changing any.
+        _check_pattern(layer, _variable_of(layer).shape, sparsity_m_by_n, path)
     for _, layer in chosen:
         layer.__class__ = _PRUNED[type(layer)]
         _set_pruning_attrs(layer, schedule, block, sparsity_m_by_n)

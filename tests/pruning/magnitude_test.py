@@ -558,3 +558,56 @@ def test_bad_arguments(keras):
         P.prune_low_magnitude(model, schedule, targets="d1")
     with pytest.raises(ValueError, match="pruning_schedule"):
         schedules.deserialize({"class_name": "Nope", "config": {}})
+
+
+def test_sequential_block_pruning_round_trip(keras, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(8, name="a"),
+            keras.layers.Dense(4, name="b"),
+        ]
+    )
+    P.prune_low_magnitude(model, P.ConstantSparsity(0.5, 0), block=(2, 2))
+    P.update_pruning_masks(model, 0)
+    mask = mask_of(model.get_layer("a"))
+    blocks = mask.reshape(8, 2, 4, 2)
+    assert np.all(blocks.min(axis=(1, 3)) == blocks.max(axis=(1, 3)))
+    assert np.mean(mask == 0) == 0.5
+    path = os.path.join(tmp_path, "seq.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_layer("a").get_config()["block"] == [2, 2]
+    np.testing.assert_array_equal(mask_of(loaded.get_layer("a")), mask)
+    x, _ = data(d=16)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+def test_mixed_precision(keras):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((8,))
+        model = keras.Model(inp, keras.layers.Dense(4, name="d")(inp))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    P.prune_low_magnitude(model, P.ConstantSparsity(0.5, 0))
+    P.update_pruning_masks(model, 0)
+    x, _ = data(d=8)
+    out = model(x)
+    assert out.dtype == tf.float16
+    P.strip_pruning(model)
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(out))
+
+
+def test_pruned_layer_from_config_validates(keras):
+    config = schedules.serialize(P.ConstantSparsity(0.5, 0))
+    with pytest.raises(ValueError, match="not both"):
+        P.PrunedDense(
+            4, pruning_schedule=config, block=(2, 2), sparsity_m_by_n=(2, 4)
+        )
+    layer = P.PrunedDense(4, pruning_schedule=config, sparsity_m_by_n=(2, 4))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        layer.build((None, 6))
+    with pytest.raises(ValueError, match="pruning_schedule"):
+        P.PrunedDense(4)

@@ -4,9 +4,10 @@ import keras_bigmodels as kbm
 model = keras.Sequential([..., kbm.layers.FusedDense(512, "gelu"), ...])
 
 `kbm.datasets` (TensorFlow Datasets builders), `kbm.models` (BERT and its
-checkpoint loader) and `kbm.distribute` (multi-worker training) are imported
-on first use, so `import keras_bigmodels` loads neither TensorFlow Datasets
-nor the model and distribution code. Their serializable classes register
+checkpoint loader), `kbm.distribute` (multi-worker training) and
+`kbm.pruning` (magnitude pruning) are imported on first use, so
+`import keras_bigmodels` loads neither TensorFlow Datasets nor the model,
+distribution and pruning code. Their serializable classes register
 with Keras on that import: load a saved model holding `kbm.models` layers
 after `import keras_bigmodels.models`.
 """

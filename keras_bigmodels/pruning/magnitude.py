@@ -26,12 +26,16 @@ layers (functional and Sequential models whose pruned layers are their
 own), they come back pruned, with the masks rebuilt from the kernel's
 zeros; where the config rebuilds the sublayers itself (subclassed models,
 attention layers), they come back as plain layers holding the zeros, i.e.
-the stripped model; call `prune_low_magnitude` again to continue.
+the stripped model; call `prune_low_magnitude` again to continue. (A
+kept weight that is exactly zero is masked after loading: harmless.) The
+pruned classes keep the plain class's `__name__` (Keras names weight-file
+entries after it) and register as `keras_bigmodels>PrunedDense` etc.
 
 These masks shrink nothing and speed nothing: the kernels keep their dense
 shape and storage and run on the dense matmul/convolution kernels, on CPU
-and GPU alike; kbm provides no sparse storage and no sparse kernels. The
-zeros compress well (a zipped file shrinks), and 2:4 patterns only pay on
+and GPU alike; kbm provides no sparse storage and no sparse kernels. A
+`.keras` file keeps its size (Keras stores it uncompressed; gzip applied
+to it shrinks it with the zeros), and 2:4 patterns only pay on
 GPUs with sparse tensor cores (NVIDIA Ampere and later) with a runtime
 that uses them (e.g. TensorRT), not in TensorFlow.
 """

@@ -611,3 +611,22 @@ def test_pruned_layer_from_config_validates(keras):
         layer.build((None, 6))
     with pytest.raises(ValueError, match="pruning_schedule"):
         P.PrunedDense(4)
+
+
+def test_steps_per_execution_applies_updates_between_callbacks(keras):
+    model = mlp(keras)
+    schedule = P.PolynomialDecay(0.0, 0.5, 0, 10, frequency=3)
+    P.prune_low_magnitude(model, schedule, targets="d1")
+    model.compile("sgd", "mse", steps_per_execution=4)
+    x, y = data(n=40)
+    # Batch callbacks at steps 0, 4, 8; updates due at 0, 3, 6, 9, 10.
+    model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=1,
+        verbose=0,
+        callbacks=[P.UpdatePruningStep()],
+    )
+    mask = mask_of(model.get_layer("d1"))
+    assert np.sum(mask == 0) == round(0.5 * mask.size)

@@ -248,6 +248,25 @@ def _weight_property(name):
     return property(getter, setter)
 
 
+_PRUNED_DOC = """A pruned `{base}`: its `{weight}` is read as `{weight} * mask`.
+
+    Made in place by `kbm.pruning.prune_low_magnitude` (which changes the
+    class of an existing `{base}`), or by Keras when it loads a model
+    saved with one. It has the plain layer's arguments and variables plus
+    a non-trainable `{weight}_mask` of the same shape (all ones until the
+    first update), saves exactly the plain layer's variables (the
+    `{weight}` multiplied by the mask; the mask is rebuilt from its zeros
+    on loading) and turns back into a `{base}` with
+    `kbm.pruning.strip_pruning`.
+
+    Args:
+        pruning_schedule: A `kbm.pruning` schedule or its serialized form.
+        block: `(rows, cols)` blocks, or `None`. Defaults to `None`.
+        sparsity_m_by_n: `(m, n)`, or `None`. Defaults to `None`.
+        *args, **kwargs: The arguments of `{base}`.
+    """
+
+
 def _make_pruned(base, weight="kernel"):
     # The class keeps the plain class's __name__: Keras names the entries
     # of a model's weights file after it (layers/dense, layers/dense_1...),
@@ -261,12 +280,7 @@ def _make_pruned(base, weight="kernel"):
             "_kbm_weight": weight,
             weight: _weight_property(weight),
             "__module__": __name__,
-            "__doc__": (
-                f"A pruned `{base.__name__}`: its `{weight}` is read as "
-                f"`{weight} * mask`. Made by "
-                "`kbm.pruning.prune_low_magnitude`; `strip_pruning` turns "
-                f"it back into a `{base.__name__}`."
-            ),
+            "__doc__": _PRUNED_DOC.format(base=base.__name__, weight=weight),
         },
     )
     cls.__qualname__ = "Pruned" + base.__name__
@@ -297,7 +311,7 @@ def _set_pruning_attrs(layer, schedule, block, m_by_n):
     layer._kbm_schedule = schedule
     # Tuples (Keras wraps lists set as layer attributes for tracking).
     layer._kbm_block, layer._kbm_m_by_n = _check_pattern_args(block, m_by_n)
-    layer._kbm_step = None  # Set by UpdatePruningStep / update_masks.
+    layer._kbm_step = None  # Set by update_pruning_masks.
     layer._kbm_last_step = None  # Last step whose update was applied.
 
 

@@ -558,7 +558,9 @@ def prune_low_magnitude(
 
     Args:
         model_or_layer: A built Keras model or layer. It is modified in
-            place (clone it first to keep the dense one).
+            place (clone it first to keep the dense one). Under a
+            `tf.distribute` strategy, call this inside `strategy.scope()`
+            (the masks are variables).
         schedule: A `kbm.pruning.PolynomialDecay` or `ConstantSparsity`.
         targets: Which layers: `None` (every supported layer), a layer
             name or regular expression matched (`re.fullmatch`) against

@@ -4,9 +4,10 @@ import keras_bigmodels as kbm
 model = keras.Sequential([..., kbm.layers.FusedDense(512, "gelu"), ...])
 
 `kbm.datasets` (TensorFlow Datasets builders), `kbm.models` (BERT and its
-checkpoint loader) and `kbm.distribute` (multi-worker training) are imported
-on first use, so `import keras_bigmodels` loads neither TensorFlow Datasets
-nor the model and distribution code. Their serializable classes register
+checkpoint loader), `kbm.distribute` (multi-worker training) and
+`kbm.pruning` (magnitude pruning) are imported on first use, so
+`import keras_bigmodels` loads neither TensorFlow Datasets nor the model,
+distribution and pruning code. Their serializable classes register
 with Keras on that import: load a saved model holding `kbm.models` layers
 after `import keras_bigmodels.models`.
 """
@@ -29,7 +30,7 @@ from keras_bigmodels import (
 __version__ = "0.1.0"
 
 # Submodules imported on first attribute access (PEP 562).
-_LAZY_SUBMODULES = ("datasets", "distribute", "models")
+_LAZY_SUBMODULES = ("datasets", "distribute", "models", "pruning")
 
 __all__ = [
     "backend",
@@ -44,6 +45,7 @@ __all__ = [
     "models",
     "ops",
     "optimizers",
+    "pruning",
     "utils",
     "__version__",
 ]

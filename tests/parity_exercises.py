@@ -574,6 +574,80 @@ def _():
     assert isinstance(figure, kbm.utils.MachineFigure) and figure.gflops > 0
 
 
+# ---------------------------------------------------- magnitude pruning ----
+
+
+@exercise(
+    "pruning.PolynomialDecay",
+    "pruning.ConstantSparsity",
+    "pruning.PruningSchedule",
+    "pruning.prune_low_magnitude",
+    "pruning.UpdatePruningStep",
+    "pruning.update_pruning_masks",
+    "pruning.get_sparsity",
+    "pruning.strip_pruning",
+    "pruning.compute_mask",
+    "pruning.PrunedDense",
+    "pruning.PrunedFusedDense",
+)
+def _():
+    inputs = keras.Input((8,))
+    h = kbm.layers.FusedDense(8, activation="gelu", name="fd")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="d")(h))
+    schedule = kbm.pruning.PolynomialDecay(0.0, 0.5, 0, 2, frequency=1)
+    assert isinstance(schedule, kbm.pruning.PruningSchedule)
+    kbm.pruning.prune_low_magnitude(model, schedule)
+    assert isinstance(model.get_layer("d"), kbm.pruning.PrunedDense)
+    assert isinstance(model.get_layer("fd"), kbm.pruning.PrunedFusedDense)
+    model.compile("adam", "mse")
+    model.fit(
+        _x(6, 8),
+        _x(6, 4),
+        batch_size=2,
+        verbose=0,
+        callbacks=[kbm.pruning.UpdatePruningStep()],
+    )
+    assert kbm.pruning.get_sparsity(model) == {"fd": 0.5, "d": 0.5}
+    kbm.pruning.update_pruning_masks(model, 3)
+    kbm.pruning.strip_pruning(model)
+    assert len(model.weights) == 4
+    mask = kbm.pruning.compute_mask(np.arange(4.0), 0.5)
+    assert mask.tolist() == [0, 0, 1, 1]
+    kbm.pruning.ConstantSparsity(0.5, 0)
+
+
+@exercise(
+    "pruning.PrunedEinsumDense",
+    "pruning.PrunedConv2D",
+    "pruning.PrunedEmbedding",
+)
+def _():
+    img = keras.Input((5, 5, 4))
+    ids = keras.Input((3,), dtype="int32")
+    c = keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3, name="c")(img)
+    )
+    e = keras.layers.Embedding(10, 4, name="e")(ids)
+    e = keras.layers.EinsumDense("abc,cd->abd", (3, 4), name="ein")(e)
+    model = keras.Model([img, ids], [c, e])
+    kbm.pruning.prune_low_magnitude(
+        model, kbm.pruning.ConstantSparsity(0.5, 0), sparsity_m_by_n=(2, 4)
+    )
+    kbm.pruning.update_pruning_masks(model, 0)
+    for name, cls in (
+        ("c", kbm.pruning.PrunedConv2D),
+        ("e", kbm.pruning.PrunedEmbedding),
+        ("ein", kbm.pruning.PrunedEinsumDense),
+    ):
+        assert isinstance(model.get_layer(name), cls)
+    assert set(kbm.pruning.get_sparsity(model).values()) == {0.5}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("ein"), kbm.pruning.PrunedEinsumDense)
+
+
 def public_names():
     """Every public name the parity table must cover."""
     names = []

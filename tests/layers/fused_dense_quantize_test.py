@@ -191,3 +191,45 @@ def test_tf_keras_says_quantize_needs_keras3():
     layer.build((None, 4))
     with pytest.raises(NotImplementedError, match="needs Keras 3"):
         layer.quantize("int8")
+
+
+def composite_model(kind):
+    inputs = keras.Input((8, 32))
+    if kind == "MultiHeadAttention":
+        outputs = kbm.layers.MultiHeadAttention(2, 16)(inputs, inputs)
+    elif kind == "GroupedQueryAttention":
+        outputs = kbm.layers.GroupedQueryAttention(16, 4, 2)(inputs, inputs)
+    else:
+        outputs = getattr(kbm.layers, kind)(64, 2)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+@keras3_only
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "TransformerEncoder",
+        "TransformerDecoder",
+        "MultiHeadAttention",
+        "GroupedQueryAttention",
+    ],
+)
+def test_quantized_composite_keras_round_trip(tmp_path, kind, mode):
+    # The sublayers' quantized policies travel in the composite's `dtype`
+    # (a DTypePolicyMap); a loaded model saves and loads again.
+    model = composite_model(kind)
+    x = random_tensor((2, 8, 32), tf.float32, seed=7)
+    model.quantize(mode)
+    expected = model(x)
+    for step in ("first", "second"):
+        path = str(tmp_path / f"{step}.keras")
+        model.save(path)
+        model = keras.saving.load_model(path)
+        modes = {
+            layer.quantization_mode
+            for layer in model._flatten_layers()
+            if getattr(layer, "quantization_mode", None)
+        }
+        assert modes == {mode}
+        assert_close(model(x), expected, 0, 0, what=f"{step} load")

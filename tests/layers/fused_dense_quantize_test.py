@@ -233,3 +233,46 @@ def test_quantized_composite_keras_round_trip(tmp_path, kind, mode):
         }
         assert modes == {mode}
         assert_close(model(x), expected, 0, 0, what=f"{step} load")
+
+
+@keras3_only
+@pytest.mark.parametrize("mode", ["gptq", "awq"])
+def test_calibrated_modes_through_a_transformer_encoder(mode):
+    # GPTQ / AWQ calibrate the Dense and EinsumDense sublayers of the
+    # sequential blocks Keras is given: here a kbm TransformerEncoder,
+    # whose FFN is FusedDense.
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((8,), dtype="int32")
+    embedding = keras.layers.Embedding(50, 32)
+    block = kbm.layers.TransformerEncoder(64, 4, activation="gelu")
+    model = keras.Model(tokens, block(embedding(tokens)))
+    rng = np.random.default_rng(8)
+    dataset = [rng.integers(0, 50, (1, 8)).astype("int32") for _ in range(4)]
+    x = np.concatenate(dataset)
+    expected = model(x)
+    config_cls = {
+        "gptq": keras.quantizers.GPTQConfig,
+        "awq": keras.quantizers.AWQConfig,
+    }[mode]
+    extra = {"weight_bits": 4} if mode == "gptq" else {}
+    config = config_cls(
+        dataset=dataset,
+        tokenizer=lambda sample: sample,
+        num_samples=4,
+        sequence_length=8,
+        group_size=16,
+        quantization_layer_structure={
+            "pre_block_layers": [embedding],
+            "sequential_blocks": [block],
+        },
+        **extra,
+    )
+    model.quantize(
+        mode, config=config, filters=lambda layer: layer is not embedding
+    )
+    for layer in (block._ffn_intermediate, block._ffn_output):
+        assert isinstance(layer, kbm.layers.FusedDense)
+        assert layer.quantization_mode == mode
+    # 4-bit weights, post-LN output of unit scale (measured: 0.2; plain
+    # int4 on the same block: 0.23).
+    assert np.max(np.abs(np.asarray(model(x)) - expected)) < 0.5

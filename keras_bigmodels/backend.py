@@ -87,3 +87,50 @@ def set_keras_mask(x, mask):
     )
 
     _set(x, mask)
+
+
+def with_sublayer_dtype_policies(layer, config):
+    """`config` with a `dtype` that rebuilds `layer`'s quantized sublayers.
+
+    Keras 3's `model.quantize` quantizes leaf layers, setting each one's
+    dtype policy (e.g. `"int8_from_float32"`); a composite layer that
+    creates its sublayers in `build` would rebuild them as float on
+    loading and fail to load their quantized variables. As keras-hub does,
+    the composite saves a `DTypePolicyMap` (sublayer path -> policy, its
+    own policy as the default) as its `dtype`: sublayers built with
+    `dtype=self.dtype_policy` look their own path up in it. Unchanged when
+    no sublayer is quantized, and on tf-keras (no quantization).
+    """
+    if IS_LEGACY_KERAS:
+        return config
+    policy_map_cls = keras.dtype_policies.DTypePolicyMap
+    policy = layer.dtype_policy
+    if isinstance(policy, policy_map_cls):
+        policy_map = policy
+    else:
+        policy_map = policy_map_cls(default_policy=policy)
+        for sublayer in layer._flatten_layers(include_self=False):
+            if sublayer.quantization_mode is not None:
+                policy_map[sublayer.path] = sublayer.dtype_policy
+    if len(policy_map):
+        config["dtype"] = keras.dtype_policies.serialize(policy_map)
+    return config
+
+
+def resolve_sublayer_dtype_policies(layer):
+    """Ends `build` of a composite loaded with a `DTypePolicyMap` dtype.
+
+    Each built sublayer (and `layer` itself) that holds the map gets its
+    own policy from it, looked up by path. Keras's quantized layers read
+    `self.dtype_policy.quantization_mode` when saving, which on a layer
+    holding the map is the map's default (float), so without this a
+    loaded quantized model would save its scales wrongly. No-op on
+    tf-keras and for layers without a map.
+    """
+    if IS_LEGACY_KERAS:
+        return
+    policy_map_cls = keras.dtype_policies.DTypePolicyMap
+    for sublayer in layer._flatten_layers(include_self=True):
+        policy = sublayer._dtype_policy
+        if isinstance(policy, policy_map_cls) and sublayer.path:
+            sublayer._dtype_policy = policy[sublayer.path]

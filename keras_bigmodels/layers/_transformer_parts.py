@@ -7,7 +7,12 @@ from keras_bigmodels._validation import (
     check_positive_number,
     check_rate,
 )
-from keras_bigmodels.backend import IS_LEGACY_KERAS, get_keras_mask, keras
+from keras_bigmodels.backend import (
+    IS_LEGACY_KERAS,
+    get_keras_mask,
+    keras,
+    with_sublayer_dtype_policies,
+)
 from keras_bigmodels.layers.fused_dense import FusedDense
 from keras_bigmodels.layers.grouped_query_attention import (
     GroupedQueryAttention,
@@ -274,7 +279,7 @@ class TransformerBlock(keras.layers.Layer):
         )
 
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "intermediate_dim": self.intermediate_dim,
             "num_heads": self.num_heads,
@@ -293,3 +298,4 @@ class TransformerBlock(keras.layers.Layer):
             ),
             "rope_max_wavelength": self.rope_max_wavelength,
         }
+        return with_sublayer_dtype_policies(self, config)

@@ -4,7 +4,11 @@ import tensorflow as tf
 
 from keras_bigmodels import ops
 from keras_bigmodels._validation import check_positive_int
-from keras_bigmodels.backend import keras, register_serializable
+from keras_bigmodels.backend import (
+    IS_LEGACY_KERAS,
+    keras,
+    register_serializable,
+)
 
 # Activation name -> the `approximate` flag of the fused GELU epilogue.
 FUSED_ACTIVATIONS = {"gelu": False, "gelu_tanh": True}
@@ -29,8 +33,16 @@ class FusedDense(keras.layers.Dense):
     other activation (or None) is applied as `keras.layers.Dense` does.
 
     Kernels: CPU, float16/bfloat16/float32/float64; fallback and
-    serialisation as in `kbm.layers.LayerNormalization`. Keras 3 quantised
-    modes (`layer.quantize(...)`) and LoRA use Dense's own code paths.
+    serialisation as in `kbm.layers.LayerNormalization`.
+
+    Keras 3 quantisation: `layer.quantize(mode)` and `model.quantize(mode)`
+    accept every mode `keras.layers.Dense` accepts (`"int8"`, `"int4"`,
+    `"float8"`, `"gptq"`, `"awq"`, and `QuantizationConfig` objects). A
+    quantised FusedDense holds Dense's quantised variables and runs Dense's
+    quantised call paths, which add the bias and apply the activation
+    unfused (the fused epilogue is a float-path kernel); it saves, loads
+    and takes LoRA (`enable_lora`) as Dense does. tf-keras has no
+    quantisation API.
 
     Args:
         units: Output width, a positive integer.
@@ -84,6 +96,23 @@ class FusedDense(keras.layers.Dense):
         return ops.bias_gelu(
             x, bias, approximate=FUSED_ACTIVATIONS[self._fused_activation]
         )
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Quantises the layer in place, as `keras.layers.Dense.quantize`.
+
+        Keras 3 only. FusedDense computes exactly Dense's function with
+        Dense's variables, so Dense's quantisation applies unchanged. As
+        Dense does for its own subclasses, a subclass of FusedDense (which
+        may compute something else) is refused unless `type_check=False`.
+        """
+        if IS_LEGACY_KERAS:
+            raise NotImplementedError(
+                "FusedDense.quantize needs Keras 3: tf-keras has no "
+                "quantization API."
+            )
+        if type_check and type(self) is not FusedDense:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)
 
     def get_config(self):
         config = super().get_config()

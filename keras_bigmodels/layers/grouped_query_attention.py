@@ -14,7 +14,9 @@ from keras_bigmodels.backend import (
     get_keras_mask,
     keras,
     register_serializable,
+    resolve_sublayer_dtype_policies,
     set_keras_mask,
+    with_sublayer_dtype_policies,
 )
 from keras_bigmodels.layers._attention_core import (
     attention,
@@ -257,6 +259,7 @@ class GroupedQueryAttention(keras.layers.Layer):
         key_shape = value_shape if key_shape is None else key_shape
         self._build_sublayers(query_shape, value_shape, key_shape)
         self.built = True
+        resolve_sublayer_dtype_policies(self)
 
     def call(
         self,
@@ -463,4 +466,4 @@ class GroupedQueryAttention(keras.layers.Layer):
         if self.rope_max_wavelength is not None:
             config["rope_max_wavelength"] = self.rope_max_wavelength
             config["rope_scaling_factor"] = self.rope_scaling_factor
-        return config
+        return with_sublayer_dtype_policies(self, config)

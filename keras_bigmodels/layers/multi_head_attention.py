@@ -14,7 +14,9 @@ from keras_bigmodels.backend import (
     get_keras_mask,
     keras,
     register_serializable,
+    resolve_sublayer_dtype_policies,
     set_keras_mask,
+    with_sublayer_dtype_policies,
 )
 from keras_bigmodels.layers._attention_core import (
     attention,
@@ -350,10 +352,17 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
         output = tf.einsum(self._combine_equation, dropped, value)
         return output, scores
 
+    if not IS_LEGACY_KERAS:
+        # tf-keras's MultiHeadAttention builds from its first call instead
+        # (and has no quantization to resolve).
+        def build(self, query_shape, value_shape, key_shape=None):
+            super().build(query_shape, value_shape, key_shape)
+            resolve_sublayer_dtype_policies(self)
+
     def get_config(self):
         config = super().get_config()
         config.pop("flash_attention", None)
         if self.rope_max_wavelength is not None:
             config["rope_max_wavelength"] = self.rope_max_wavelength
             config["rope_scaling_factor"] = self.rope_scaling_factor
-        return config
+        return with_sublayer_dtype_policies(self, config)

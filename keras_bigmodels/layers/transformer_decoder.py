@@ -1,6 +1,10 @@
 """`kbm.layers.TransformerDecoder`: one decoder block on fused kernels."""
 
-from keras_bigmodels.backend import keras, register_serializable
+from keras_bigmodels.backend import (
+    keras,
+    register_serializable,
+    resolve_sublayer_dtype_policies,
+)
 from keras_bigmodels.layers._transformer_parts import (
     FeedForward,
     TransformerBlock,
@@ -114,6 +118,7 @@ class TransformerDecoder(TransformerBlock):
         self._ffn.build(shape, self.intermediate_dim)
         self._ffn_norm.build(shape)
         self.built = True
+        resolve_sublayer_dtype_policies(self)
 
     def _build_cross_attention(self, decoder_shape, encoder_shape):
         dtype = self.dtype_policy

@@ -2,7 +2,11 @@
 
 import tensorflow as tf
 
-from keras_bigmodels.backend import keras, register_serializable
+from keras_bigmodels.backend import (
+    keras,
+    register_serializable,
+    resolve_sublayer_dtype_policies,
+)
 from keras_bigmodels.layers._transformer_parts import (
     FeedForward,
     TransformerBlock,
@@ -116,6 +120,7 @@ class TransformerEncoder(TransformerBlock):
         self._ffn.build(shape, self.intermediate_dim)
         self._ffn_norm.build(shape)
         self.built = True
+        resolve_sublayer_dtype_policies(self)
 
     def call(
         self, inputs, padding_mask=None, attention_mask=None, training=None

@@ -29,9 +29,10 @@ from keras_bigmodels import (
 __version__ = "0.1.0"
 
 # Submodules imported on first attribute access (PEP 562).
-_LAZY_SUBMODULES = ("datasets", "distribute", "models")
+_LAZY_SUBMODULES = ("adapters", "datasets", "distribute", "models")
 
 __all__ = [
+    "adapters",
     "backend",
     "callbacks",
     "config",

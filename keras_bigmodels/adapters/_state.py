@@ -167,6 +167,8 @@ class LayerAdapters:
         if self.kind == EMBEDDING:
             return self._embedding_call(adapter, inputs)
         training = kwargs.get("training", args[0] if args else None)
+        if training is None:
+            training = _context_training()
         dtype = layer.compute_dtype
         x = tf.cast(inputs, dtype)
         if (
@@ -278,6 +280,19 @@ class LayerAdapters:
             )
         for i, var in enumerate(targets):
             var.assign(store[str(i)])
+
+
+def _context_training():
+    """The training flag of the enclosing Keras call.
+
+    tf-keras passes `training` only to layers whose `call` takes it (its
+    EinsumDense does not); the call context holds the outer value.
+    """
+    if not IS_LEGACY_KERAS:
+        return None
+    from tf_keras.src.engine import base_layer_utils
+
+    return base_layer_utils.call_context().training
 
 
 def _dropout(x, rate, training):

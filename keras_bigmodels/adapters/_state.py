@@ -18,7 +18,8 @@ from keras_bigmodels.adapters._targets import (
     base_variable,
     layer_kind,
 )
-from keras_bigmodels.backend import IS_LEGACY_KERAS, add_weight, keras
+from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+from keras_bigmodels.backend import add_weight as _add_weight
 
 ATTR = "_kbm_adapters"
 _EPS = 1e-12
@@ -44,6 +45,12 @@ class Adapter:
     def variables(self):
         out = [self.a, self.b]
         return out + ([self.magnitude] if self.magnitude is not None else [])
+
+
+def add_weight(layer, name, shape, initializer, dtype):
+    """A float32 variable read as float32 under any dtype policy."""
+    kwargs = {"experimental_autocast": False} if IS_LEGACY_KERAS else {}
+    return _add_weight(layer, name, shape, initializer, dtype=dtype, **kwargs)
 
 
 def get_state(layer):

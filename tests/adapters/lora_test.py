@@ -357,3 +357,41 @@ def test_keras_file_of_base_loads_into_adapted_model(tmp_path):
     model.load_weights(path)
     x = bert_inputs()
     np.testing.assert_allclose(model(x).numpy(), base(x).numpy(), atol=1e-6)
+
+
+def test_merged_model_exports_as_saved_model(tmp_path):
+    model = mha_model()
+    x = mha_inputs()
+    adapters.enable_lora(model, rank=2, targets=["mha/", "head"])
+    perturb(model)
+    y = model(x).numpy()
+    adapters.merge(model)
+    path = kbm.export.export_saved_model(model, str(tmp_path / "served"))
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    out = list(served(tf.constant(x)).values())[0].numpy()
+    np.testing.assert_allclose(out, y, atol=1e-5, rtol=0)
+
+
+def test_mixed_precision_policy():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SEQ, HIDDEN))
+    h = kbm.layers.FusedDense(
+        INTER, activation="gelu", name="up", dtype="mixed_float16"
+    )(inp)
+    out = keras.layers.Dense(4, name="down", dtype="mixed_float16")(h)
+    model = keras.Model(inp, out)
+    x = mha_inputs()
+    y0 = model(x).numpy()
+    adapters.enable_dora(model, rank=2, targets=["up", "down"])
+    np.testing.assert_allclose(model(x).numpy(), y0, atol=2e-3)
+    perturb(model, scale=0.05)
+    y = model(x)
+    assert y.dtype == tf.float16
+    for v in model.trainable_weights:
+        assert v.dtype == "float32"
+    adapters.merge(model)
+    np.testing.assert_allclose(
+        model(x).numpy().astype("float32"),
+        y.numpy().astype("float32"),
+        atol=5e-3,
+    )

@@ -11,7 +11,12 @@ kbm.adapters.merge(model)                      # plain layers, no extra op
 ```
 """
 
-from keras_bigmodels.adapters.io import load_adapters, save_adapters
+from keras_bigmodels.adapters.io import (
+    load_adapters,
+    load_model,
+    save_adapters,
+    save_model,
+)
 from keras_bigmodels.adapters.lora import (
     active_adapter,
     adapter_names,
@@ -29,8 +34,10 @@ __all__ = [
     "enable_dora",
     "enable_lora",
     "load_adapters",
+    "load_model",
     "merge",
     "save_adapters",
+    "save_model",
     "set_active",
     "trainable_fraction",
     "unmerge",

@@ -69,6 +69,7 @@ class LayerAdapters:
         self.active = None
         self.merged = None
         self._base_copy = None
+        self.save_base = False
         object.__setattr__(layer, ATTR, self)
         self._install()
         object.__setattr__(layer, "save_own_variables", self._save)
@@ -256,7 +257,11 @@ class LayerAdapters:
         layer = self.layer
         kernel = base_variable(layer)
         adapter = self.adapters.get(self.active) if self.active else None
-        if adapter is not None and self.merged is None:
+        if self.save_base:
+            # The base weights (`kbm.adapters.save_model`).
+            merged = self.merged is not None
+            value = self._base_copy if merged else kernel.numpy()
+        elif adapter is not None and self.merged is None:
             value = self.effective_kernel(adapter).numpy()
             value = value.astype(tf.as_dtype(kernel.dtype).as_numpy_dtype)
         else:

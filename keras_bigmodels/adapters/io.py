@@ -2,6 +2,8 @@
 
 import json
 import os
+import tempfile
+import zipfile
 
 import numpy as np
 
@@ -151,6 +153,100 @@ def load_adapters(model, path, name=None):
         head = lora._train_also_layers(model, [], "head")
         lora._freeze(model, head)
     return name
+
+
+_INDEX = "kbm_adapters/index.json"
+
+
+def save_model(model, path):
+    """Saves a model with its adapters unmerged, as one `.keras` file.
+
+    The file is a normal `.keras` archive holding the **base** weights
+    (Keras's `keras.models.load_model` reads it as the base model), plus
+    every named adapter as a `save_adapters` file under `kbm_adapters/` in
+    the archive, which `kbm.adapters.load_model` restores (names, active
+    adapter, merged state). `model.save` instead writes the active adapter
+    merged into the weights.
+
+    Args:
+        model: A model with adapters.
+        path: The file to write; must end in `.keras`.
+
+    Raises:
+        ValueError: `path` does not end in `.keras`, or no adapters.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"path must end in '.keras'. Received: path={path!r}")
+    names = lora.adapter_names(model)
+    if not names:
+        raise ValueError("The model has no adapters; use model.save.")
+    states = lora._states(model)
+    merged = [s.merged for s in states if s.merged is not None]
+    active = lora.active_adapter(model)
+    for state in states:
+        state.save_base = True
+    try:
+        model.save(path)
+    finally:
+        for state in states:
+            state.save_base = False
+    index = {
+        "adapters": names,
+        "active": active,
+        "merged": merged[0] if merged else None,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(path, "a") as archive:
+            for name in names:
+                file = os.path.join(tmp, f"{name}.safetensors")
+                save_adapters(model, file, name=name)
+                archive.write(file, f"kbm_adapters/{name}.safetensors")
+            archive.writestr(_INDEX, json.dumps(index))
+
+
+def load_model(path, **kwargs):
+    """Loads a `.keras` file written by `save_model`, adapters included.
+
+    Args:
+        path: The file.
+        **kwargs: Passed to `keras.models.load_model` (`custom_objects`,
+            `compile`, ...).
+
+    Returns:
+        The model with its base weights, adapters (trainable as after
+        `enable_*` with the default `train_also`), active adapter and
+        merged state as saved.
+
+    Raises:
+        ValueError: The file holds no adapters (load it with
+            `keras.models.load_model`).
+    """
+    from keras_bigmodels.backend import keras
+
+    path = os.fspath(path)
+    with zipfile.ZipFile(path) as archive:
+        if _INDEX not in archive.namelist():
+            raise ValueError(
+                f"{path!r} holds no kbm adapters; load it with "
+                "keras.models.load_model."
+            )
+        index = json.loads(archive.read(_INDEX))
+        blobs = {
+            name: archive.read(f"kbm_adapters/{name}.safetensors")
+            for name in index["adapters"]
+        }
+    model = keras.models.load_model(path, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, blob in blobs.items():
+            file = os.path.join(tmp, f"{name}.safetensors")
+            with open(file, "wb") as f:
+                f.write(blob)
+            load_adapters(model, file, name=name)
+    lora.set_active(model, index["active"])
+    if index["merged"] is not None:
+        lora.merge(model, index["merged"])
+    return model
 
 
 def _write_safetensors(path, tensors, metadata):

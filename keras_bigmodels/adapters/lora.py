@@ -41,7 +41,7 @@ def enable_lora(
     saves to `.keras` with the active adapter merged into the weights
     (what it computes; as Keras's own LoRA does), so the file loads
     anywhere as a plain model; keep the adapter itself with
-    `save_adapters`.
+    `save_adapters`, or the unmerged model with `kbm.adapters.save_model`.
 
     Args:
         model: A built Keras model (or layer).

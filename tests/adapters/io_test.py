@@ -160,3 +160,44 @@ def test_trainable_fraction():
     trainable, total = adapters.trainable_fraction(model)
     assert trainable == 2 * 2 * 2 * (16 + 16)
     assert total > trainable
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_keras_file_round_trip_unmerged(tmp_path, merged):
+    model = bert_classifier()
+    x = bert_inputs()
+    y_base = model(x).numpy()
+    adapters.enable_lora(model, rank=2, name="a")
+    perturb(model, seed=1)
+    y_a = model(x).numpy()
+    adapters.enable_dora(model, rank=2, name="b", targets=["value"])
+    perturb(model, seed=2)
+    adapters.set_active(model, "a")
+    if merged:
+        adapters.merge(model)
+    path = str(tmp_path / "adapted.keras")
+    adapters.save_model(model, path)
+    # Plain Keras reads the base model.
+    plain = keras.models.load_model(path)
+    np.testing.assert_allclose(plain(x).numpy(), y_base, atol=1e-6)
+    assert not adapters.adapter_names(plain)
+    loaded = adapters.load_model(path)
+    assert adapters.adapter_names(loaded) == ["a", "b"]
+    assert adapters.active_adapter(loaded) == "a"
+    np.testing.assert_allclose(loaded(x).numpy(), y_a, atol=1e-5)
+    if merged:
+        adapters.unmerge(loaded)
+    for name in ("a", "b", None):
+        adapters.set_active(loaded, name)
+        if merged:
+            adapters.unmerge(model)
+            merged = False
+        adapters.set_active(model, name)
+        np.testing.assert_allclose(
+            loaded(x).numpy(), model(x).numpy(), atol=1e-6
+        )
+    with pytest.raises(ValueError, match="holds no kbm adapters"):
+        plain.save(str(tmp_path / "plain.keras"))
+        adapters.load_model(str(tmp_path / "plain.keras"))
+    with pytest.raises(ValueError, match="Received: path="):
+        adapters.save_model(model, str(tmp_path / "x.h5"))

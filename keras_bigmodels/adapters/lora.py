@@ -410,6 +410,21 @@ def _freeze(model, keep_layers):
         if id(var) in adapter_ids:
             continue  # `_activate` decides.
         _set_trainable(owner, var, id(var) in keep_ids)
+    # A container frozen with `trainable = False` hides its sublayers'
+    # weights: set the flag (only, not the variables) on the way down to
+    # every adapter and kept layer.
+    wanted = {id(s.layer) for s in _states(model)}
+    wanted |= {id(layer) for layer in keep_layers}
+
+    def open_path(layer):
+        found = id(layer) in wanted
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            found = open_path(child) or found
+        if found and not layer.trainable:
+            layer._trainable = True
+        return found
+
+    open_path(model)
     _reset_compiled(model)
 
 

@@ -395,3 +395,13 @@ def test_mixed_precision_policy():
         y.numpy().astype("float32"),
         atol=5e-3,
     )
+
+
+def test_adapters_train_inside_a_frozen_encoder():
+    model = bert_classifier()
+    encoder = [la for la in model.layers if "bert" in la.name][0]
+    encoder.trainable = False
+    adapters.enable_lora(model, rank=2)
+    names = [v.name for v in model.trainable_weights]
+    assert sum("lora" in n for n in names) == LAYERS * 2 * 2
+    assert len(names) == LAYERS * 2 * 2 + 2

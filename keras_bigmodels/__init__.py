@@ -30,9 +30,10 @@ from keras_bigmodels import (
 __version__ = "0.1.0"
 
 # Submodules imported on first attribute access (PEP 562).
-_LAZY_SUBMODULES = ("datasets", "distribute", "models", "pruning")
+_LAZY_SUBMODULES = ("adapters", "datasets", "distribute", "models", "pruning")
 
 __all__ = [
+    "adapters",
     "backend",
     "callbacks",
     "config",

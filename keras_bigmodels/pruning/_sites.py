@@ -136,6 +136,8 @@ def _inbound_names(node_config):
                 and isinstance(x[2], int)
             ):
                 found.append(x[0])
+                for v in x[3:]:  # tf-keras: the call's keyword tensors.
+                    walk(v)
             else:
                 for v in x:
                     walk(v)

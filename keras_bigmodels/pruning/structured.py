@@ -232,7 +232,11 @@ def _keep(spec, sites, what, kind):
                 )
             pruned.add(int(i))
         if len(pruned) == count:
-            extra = " (use drop_layers to remove a block)"
+            extra = (
+                " (use drop_layers to remove a block)"
+                if isinstance(sites[name].owner, BLOCKS)
+                else ""
+            )
             raise ValueError(
                 f"Cannot prune all {count} {noun} of layer {name!r}: at "
                 f"least one must stay{extra}. Received: {sorted(pruned)}"

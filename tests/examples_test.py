@@ -164,3 +164,19 @@ def test_demo_reports_bad_data_without_a_traceback(tmp_path):
     assert "has no column(s) ['text', 'label']" in proc.stderr
     assert "['review', 'sentiment']" in proc.stderr
     assert "--text-column" in proc.stderr
+
+
+@slow_on_tf_keras
+def test_prune_minilm_default(tmp_path):
+    out = run_example(
+        [os.path.join(ROOT, "examples", "prune_minilm.py")], tmp_path
+    )
+    assert "Removed 4 heads and 64 feed-forward units" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| teacher",
+        "| pruned, no recovery",
+        "| pruned + distilled",
+    ]
+    params = [int(row.split(" | ")[2].replace(",", "")) for row in rows[1:]]
+    assert params[1] == params[2] < params[0]

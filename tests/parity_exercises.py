@@ -706,6 +706,38 @@ def _():
     assert isinstance(loaded.get_layer("ein"), kbm.pruning.PrunedEinsumDense)
 
 
+@exercise(
+    "pruning.SkippedBlock",
+    "pruning.drop_layers",
+    "pruning.head_importance",
+    "pruning.neuron_importance",
+    "pruning.prune",
+    "pruning.prune_and_distil",
+    "pruning.prune_heads",
+    "pruning.prune_neurons",
+    "pruning.select_lowest",
+)
+def _():
+    inputs = keras.Input((5, 8))
+    h = kbm.layers.TransformerEncoder(12, 2, name="a")(inputs)
+    h = kbm.layers.TransformerEncoder(12, 2, name="b")(h)
+    model = keras.Model(inputs, h)
+    x = _x(2, 5, 8)
+    heads = kbm.pruning.head_importance(model, x)
+    units = kbm.pruning.neuron_importance(model, x)
+    assert heads["a"].shape == (2,) and units["b"].shape == (12,)
+    chosen = kbm.pruning.select_lowest(units, 0.5)
+    small = kbm.pruning.prune_neurons(model, chosen)
+    small = kbm.pruning.prune_heads(small, {"a": [0]})
+    small = kbm.pruning.drop_layers(small, ["b"])
+    assert isinstance(small.get_layer("b"), kbm.pruning.SkippedBlock)
+    assert kbm.pruning.prune(model).count_params() == model.count_params()
+    student, report = kbm.pruning.prune_and_distil(
+        model, [x], target_heads_fraction=0.5, epochs=1
+    )
+    assert student.count_params() < model.count_params()
+
+
 def public_names():
     """Every public name the parity table must cover."""
     names = []

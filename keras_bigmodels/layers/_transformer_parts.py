@@ -37,7 +37,17 @@ def check_block_args(
     norm_first=False,
     rope_max_wavelength=None,
     flash_attention=None,
+    head_dim=None,
 ):
+    if head_dim is not None and (
+        isinstance(head_dim, bool)
+        or not isinstance(head_dim, int)
+        or head_dim <= 0
+    ):
+        raise ValueError(
+            f"head_dim must be None or a positive integer. Received: "
+            f"head_dim={head_dim!r}"
+        )
     for name, value in (
         ("intermediate_dim", intermediate_dim),
         ("num_heads", num_heads),
@@ -95,15 +105,18 @@ def make_attention(
     dtype,
     rope_max_wavelength,
     flash_attention,
+    head_dim=None,
 ):
     """Self- or cross-attention: MultiHeadAttention, or GroupedQueryAttention
-    when there are fewer key/value heads. `common()` gives initializers."""
-    if hidden_dim % num_heads:
-        raise ValueError(
-            f"The hidden size ({hidden_dim}) must be a multiple of num_heads "
-            f"({num_heads})."
-        )
-    head_dim = hidden_dim // num_heads
+    when there are fewer key/value heads. `common()` gives initializers.
+    `head_dim` None means `hidden_dim // num_heads`."""
+    if head_dim is None:
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"The hidden size ({hidden_dim}) must be a multiple of "
+                f"num_heads ({num_heads})."
+            )
+        head_dim = hidden_dim // num_heads
     kwargs = dict(
         dropout=dropout,
         name=name,
@@ -235,6 +248,7 @@ class TransformerBlock(keras.layers.Layer):
         bias_initializer="zeros",
         rope_max_wavelength=None,
         flash_attention=None,
+        head_dim=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -250,6 +264,7 @@ class TransformerBlock(keras.layers.Layer):
             norm_first,
             rope_max_wavelength,
             flash_attention,
+            head_dim,
         )
         self.intermediate_dim = intermediate_dim
         self.num_heads = num_heads
@@ -263,6 +278,7 @@ class TransformerBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.rope_max_wavelength = rope_max_wavelength
+        self.head_dim = head_dim
         self._flash = flash_attention
         self.supports_masking = True
         self.supports_jit = False
@@ -279,8 +295,10 @@ class TransformerBlock(keras.layers.Layer):
         )
 
     def get_config(self):
+        extra = {} if self.head_dim is None else {"head_dim": self.head_dim}
         config = {
             **super().get_config(),
+            **extra,
             "intermediate_dim": self.intermediate_dim,
             "num_heads": self.num_heads,
             "num_key_value_heads": self.num_key_value_heads,

@@ -49,6 +49,10 @@ class TransformerDecoder(TransformerBlock):
         rope_max_wavelength: Rotary position embeddings in self-attention.
             Defaults to `None`.
         flash_attention: `None`, `True` or `False`. Defaults to `None`.
+        head_dim: Size of each attention head; `None` means the model
+            width divided by `num_heads`. Set it when `num_heads * head_dim`
+            differs from the width (a block whose heads were pruned).
+            Defaults to `None`.
         **kwargs: Base layer arguments.
 
     Call arguments:
@@ -91,6 +95,7 @@ class TransformerDecoder(TransformerBlock):
             dtype,
             self.rope_max_wavelength,
             self._flash,
+            self.head_dim,
         )
         self._self_attention_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "self_attention_norm", dtype
@@ -132,6 +137,7 @@ class TransformerDecoder(TransformerBlock):
             dtype,
             None,
             self._flash,
+            self.head_dim,
         )
         self._cross_attention_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "cross_attention_norm", dtype

@@ -58,6 +58,10 @@ class TransformerEncoder(TransformerBlock):
             Defaults to `None`.
         flash_attention: `None` (kernel when possible), `True` or `False`.
             Defaults to `None`.
+        head_dim: Size of each attention head; `None` means the model
+            width divided by `num_heads`. Set it when `num_heads * head_dim`
+            differs from the width (a block whose heads were pruned).
+            Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -100,6 +104,7 @@ class TransformerEncoder(TransformerBlock):
             dtype,
             self.rope_max_wavelength,
             self._flash,
+            self.head_dim,
         )
         self._self_attention_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "self_attention_norm", dtype

@@ -96,6 +96,14 @@ class BertEncoder(keras.Model):
             `1e-12`.
         activation: Feed-forward activation, `"gelu"` (exact, erf),
             `"gelu_tanh"` or `"relu"`. Defaults to `"gelu"`.
+        layer_num_heads: Optional list of `num_layers` head counts, one per
+            block, overriding `num_heads` (a model whose heads were pruned
+            by `kbm.pruning.prune_heads`). Defaults to `None`.
+        layer_intermediate_dims: Optional list of `num_layers`
+            feed-forward widths, one per block, overriding
+            `intermediate_dim`. Defaults to `None`.
+        head_dim: Size of each attention head; `None` means `hidden_dim //
+            num_heads`. Defaults to `None`.
         dtype: Dtype or dtype policy name of the layers. Defaults to
             `None` (the global policy).
         **kwargs: `name` and `trainable`.
@@ -141,6 +149,9 @@ class BertEncoder(keras.Model):
         layer_norm_epsilon=1e-12,
         activation="gelu",
         dtype=None,
+        layer_num_heads=None,
+        layer_intermediate_dims=None,
+        head_dim=None,
         **kwargs,
     ):
         for name, value in (
@@ -153,7 +164,15 @@ class BertEncoder(keras.Model):
             ("type_vocabulary_size", type_vocabulary_size),
         ):
             check_positive_int(name, value)
-        if hidden_dim % num_heads:
+        if head_dim is not None:
+            check_positive_int("head_dim", head_dim)
+        layer_num_heads = _per_layer(
+            "layer_num_heads", layer_num_heads, num_layers
+        )
+        layer_intermediate_dims = _per_layer(
+            "layer_intermediate_dims", layer_intermediate_dims, num_layers
+        )
+        if head_dim is None and hidden_dim % num_heads:
             raise ValueError(
                 "hidden_dim must be a multiple of num_heads "
                 f"({num_heads}). Received: hidden_dim={hidden_dim}"
@@ -205,8 +224,11 @@ class BertEncoder(keras.Model):
         )
         blocks = [
             TransformerEncoder(
-                intermediate_dim,
-                num_heads,
+                (layer_intermediate_dims or [intermediate_dim] * num_layers)[i],
+                (layer_num_heads or [num_heads] * num_layers)[i],
+                head_dim=head_dim
+                if head_dim is not None or layer_num_heads is None
+                else hidden_dim // num_heads,
                 dropout=dropout,
                 attention_dropout=attention_dropout,
                 activation=activation,
@@ -258,6 +280,9 @@ class BertEncoder(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.activation = activation
         self._dtype_arg = dtype
+        self.layer_num_heads = layer_num_heads
+        self.layer_intermediate_dims = layer_intermediate_dims
+        self.head_dim = head_dim
         self.token_embedding = token_embedding
         self.position_embedding = position_embedding
         self.segment_embedding = segment_embedding
@@ -267,8 +292,19 @@ class BertEncoder(keras.Model):
     def get_config(self):
         # Not `super().get_config()`: a functional model's config is its
         # graph; this model is rebuilt from its constructor arguments (as
-        # keras-hub backbones are).
+        # keras-hub backbones are). The per-layer sizes are written only
+        # when set, so other configs stay as they were.
+        extra = {
+            name: getattr(self, name)
+            for name in (
+                "layer_num_heads",
+                "layer_intermediate_dims",
+                "head_dim",
+            )
+            if getattr(self, name) is not None
+        }
         return {
+            **extra,
             "name": self.name,
             "trainable": self.trainable,
             "vocabulary_size": self.vocabulary_size,
@@ -356,6 +392,21 @@ class BertEncoder(keras.Model):
         tensors = load_safetensors(weights_path, names=names.values())
         _assign_weights(encoder, tensors, names)
         return encoder
+
+
+def _per_layer(name, values, num_layers):
+    """None, or a list of `num_layers` positive ints (else a ValueError)."""
+    if values is None:
+        return None
+    values = list(values)
+    if len(values) != num_layers:
+        raise ValueError(
+            f"{name} must have one entry per layer ({num_layers}). "
+            f"Received: {name}={values!r}"
+        )
+    for value in values:
+        check_positive_int(name, value)
+    return [int(v) for v in values]
 
 
 def _arguments_from_hf_config(config):

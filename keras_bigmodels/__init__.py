@@ -29,7 +29,7 @@ from keras_bigmodels import (
 __version__ = "0.1.0"
 
 # Submodules imported on first attribute access (PEP 562).
-_LAZY_SUBMODULES = ("datasets", "distribute", "models")
+_LAZY_SUBMODULES = ("datasets", "distribute", "models", "quantization")
 
 __all__ = [
     "backend",
@@ -44,6 +44,7 @@ __all__ = [
     "models",
     "ops",
     "optimizers",
+    "quantization",
     "utils",
     "__version__",
 ]

@@ -185,7 +185,7 @@ class _QuantizedMixin:
 
 
 class _MatmulMixin(_QuantizedMixin):
-    """A 2-D `[K, N]` kernel packed for kbm.ops.{quantized,weight_only}_matmul."""
+    """A `[K, N]` kernel packed for the kbm quantized matmul ops."""
 
     def _build_packed(self, k, n):
         mode = self._kbm_spec["mode"]

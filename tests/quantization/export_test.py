@@ -102,9 +102,8 @@ def test_export_loads_without_keras_bigmodels(exports, tmp_path):
                 fn = loaded.signatures["serving_default"]
                 x = np.load({str(tmp_path / "x.npy")!r})
                 y = list(fn(features=tf.constant(x)).values())[0].numpy()
-                print(json.dumps({{"y": y.tolist(),
-                                  "kbm": [m for m in sys.modules
-                                          if m.startswith("keras_bigmodels")]}}))
+                kbm = [m for m in sys.modules if m.startswith("keras_bigm")]
+                print(json.dumps({{"y": y.tolist(), "kbm": kbm}}))
                 """,
                 reuse="tf_only",
             )

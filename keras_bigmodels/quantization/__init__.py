@@ -39,6 +39,11 @@ Load a saved quantized model after `import keras_bigmodels.quantization`
 Subclassed models other than `BertEncoder` need
 `quantized_model_class(MyModel)` called before loading.
 
+Quantization-aware training: `quantize_aware(model, mode)` switches the same
+layers to fake-quantized subclasses (`QATDense`, ...; straight-through
+gradients), `fit` trains them, and `convert(model)` quantizes the result
+(see `keras_bigmodels.quantization.qat`).
+
 Keras 3 only: tf-keras layers track variables differently, and `quantize`
 raises NotImplementedError there.
 """
@@ -49,6 +54,15 @@ from keras_bigmodels.quantization.layers import (
     QuantizedDense,
     QuantizedEinsumDense,
     QuantizedEmbedding,
+)
+from keras_bigmodels.quantization.qat import (
+    QATConv2D,
+    QATDense,
+    QATEinsumDense,
+    QATEmbedding,
+    QATFusedDense,
+    convert,
+    quantize_aware,
 )
 from keras_bigmodels.quantization.quantize import (
     apply_layer_specs,
@@ -71,11 +85,18 @@ _register_models()
 
 __all__ = [
     "MODES",
+    "QATConv2D",
+    "QATDense",
+    "QATEinsumDense",
+    "QATEmbedding",
+    "QATFusedDense",
     "QuantizedConv2D",
     "QuantizedDense",
     "QuantizedEinsumDense",
     "QuantizedEmbedding",
     "apply_layer_specs",
+    "convert",
     "quantize",
+    "quantize_aware",
     "quantized_model_class",
 ]

@@ -290,11 +290,17 @@ class QuantizedModelMixin:
 
 def apply_layer_specs(model, specs):
     """Converts the sublayers named in `specs` (a rebuilt model) in place."""
+    from keras_bigmodels.quantization import qat
+
     for key, spec in sorted(specs.items()):
         layer = _locate(model, key)
-        if isinstance(layer, _QUANTIZED):
+        if isinstance(layer, _QUANTIZED + qat._QAT_CLASSES):
             continue  # Rebuilt quantized from its own config.
-        target = _target_class(layer)
+        if spec.get("qat"):
+            target = qat._QAT_TARGETS.get(type(layer))
+            spec = {k: v for k, v in spec.items() if k != "qat"}
+        else:
+            target = _target_class(layer)
         if target is None:
             raise ValueError(
                 f"The quantized sublayer {key!r} of {model.name!r} was "

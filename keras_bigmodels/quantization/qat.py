@@ -198,9 +198,23 @@ class QATEinsumDense(_QATMixin, keras.layers.EinsumDense):
 
     def call(self, inputs, training=None):
         plan = qlayers.parse_einsum(self.equation)
-        if plan is None:  # Converted layers run weight-only here.
-            return super().call(inputs)
-        return super().call(self._fq_inputs(inputs))
+        if plan is None or self._kbm_qat["mode"] != "int8":
+            return super().call(inputs)  # Weight-only (see QuantizedEinsum).
+        # Rows are quantized over all contracted axes, as the converted
+        # layer flattens them into one K.
+        inp = plan["input"]
+        order = plan["batch"] + plan["contracted"]
+        x = inputs
+        if order != inp:
+            x = tf.transpose(x, [inp.index(c) for c in order])
+        shape = tf.shape(x)
+        nb = len(plan["batch"])
+        x2 = tf.reshape(x, tf.concat([shape[:nb], [-1]], 0))
+        x = tf.reshape(fake_quantize_rows(x2), shape)
+        if order != inp:
+            x = tf.transpose(x, [order.index(c) for c in inp])
+        x = tf.ensure_shape(x, inputs.shape)
+        return super().call(x)
 
 
 @register_serializable

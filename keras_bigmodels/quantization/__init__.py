@@ -65,7 +65,6 @@ from keras_bigmodels.quantization.qat import (
     quantize_aware,
 )
 from keras_bigmodels.quantization.quantize import (
-    apply_layer_specs,
     quantize,
     quantized_model_class,
 )
@@ -94,7 +93,6 @@ __all__ = [
     "QuantizedDense",
     "QuantizedEinsumDense",
     "QuantizedEmbedding",
-    "apply_layer_specs",
     "convert",
     "quantize",
     "quantize_aware",

@@ -637,9 +637,8 @@ class QuantizedConv2D(_QuantizedMixin, keras.layers.Conv2D):
     """`Conv2D` with an int8 kernel (one scale per output channel).
 
     Weight-only in every mode: the kernel is dequantized (stock ops) and the
-    float convolution runs. An im2col + int8 GEMM path did not pay on
-    x86-64 CPUs for the conv shapes of small CNNs, so the gain is the 4x
-    smaller kernel on disk and in memory.
+    float convolution runs, so the gain is the 4x smaller kernel on disk and
+    in memory. (An im2col + int8 GEMM path is not implemented.)
     """
 
     def __init__(self, filters, kernel_size, kbm_quantization=None, **kwargs):

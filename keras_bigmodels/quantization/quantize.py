@@ -190,7 +190,6 @@ def quantize(
     is_excluded = _excluder(exclude)
     specs = dict(getattr(model, "_kbm_layer_specs", {}))
     plan = []
-    skip = set()
 
     def visit(layer, path):
         if is_excluded(layer):
@@ -216,7 +215,6 @@ def quantize(
             visit(child, (i,))
     else:
         visit(model, ())
-    del skip
     # Validate every layer before converting any (no half-quantized model).
     converted = []
     for path, layer in plan:

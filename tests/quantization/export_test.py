@@ -123,3 +123,29 @@ def test_export_keeps_fused_ops_when_asked(tmp_path):
     assert any(op.startswith("Kbm>Quantized") for op in fused) == bool(
         has_kernel
     )
+
+
+def test_quantized_bert_encoder_exports_stock_ops(tmp_path):
+    model = kbm.models.BertEncoder(
+        vocabulary_size=60,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=16,
+    )
+    ids = np.random.default_rng(3).integers(1, 60, (2, 9)).astype("int32")
+    x = {
+        "token_ids": ids,
+        "segment_ids": np.zeros_like(ids),
+        "padding_mask": np.ones_like(ids),
+    }
+    kbm.quantization.quantize(model, "int8")
+    expected = model.predict(x, verbose=0)
+    path = kbm.export.export_saved_model(model, tmp_path / "bert")
+    assert kbm.export.find_fused_ops(path) == {}
+    loaded = tf.saved_model.load(path)
+    assert tf.int8 in [v.dtype for v in loaded.variables]
+    fn = loaded.signatures["serving_default"]
+    y = list(fn(**{k: tf.constant(v) for k, v in x.items()}).values())[0]
+    assert_close(y, expected, 1e-5, 1e-5)

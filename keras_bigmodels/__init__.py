@@ -30,7 +30,14 @@ from keras_bigmodels import (
 __version__ = "0.1.0"
 
 # Submodules imported on first attribute access (PEP 562).
-_LAZY_SUBMODULES = ("adapters", "datasets", "distribute", "models", "pruning")
+_LAZY_SUBMODULES = (
+    "adapters",
+    "datasets",
+    "distribute",
+    "models",
+    "pruning",
+    "quantization",
+)
 
 __all__ = [
     "adapters",
@@ -47,6 +54,7 @@ __all__ = [
     "ops",
     "optimizers",
     "pruning",
+    "quantization",
     "utils",
     "__version__",
 ]

@@ -738,6 +738,78 @@ def _():
     assert student.count_params() < model.count_params()
 
 
+# ------------------------------------------------------- quantization ----
+
+
+def _quantization_model():
+    ids = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(20, 16)(ids)
+    h = keras.layers.EinsumDense("abc,cd->abd", (None, 16), bias_axes="d")(h)
+    h = keras.layers.Reshape((6, 16, 1))(h)
+    h = keras.layers.Conv2D(2, 3)(h)
+    h = keras.layers.Flatten()(h)
+    h = kbm.layers.FusedDense(8, activation="gelu")(h)
+    return keras.Model(ids, keras.layers.Dense(2)(h))
+
+
+@exercise(
+    "quantization.quantize",
+    "quantization.MODES",
+    "quantization.QuantizedDense",
+    "quantization.QuantizedEinsumDense",
+    "quantization.QuantizedEmbedding",
+    "quantization.QuantizedConv2D",
+    "quantization.quantized_model_class",
+)
+def _():
+    ids = RNG.integers(0, 20, (3, 6))
+    for mode in kbm.quantization.MODES:
+        model = _quantization_model()
+        kbm.quantization.quantize(model, mode, group_size=8)
+        kinds = {type(layer).__name__ for layer in model._flatten_layers()}
+        assert {
+            "QuantizedDense",
+            "QuantizedEinsumDense",
+            "QuantizedEmbedding",
+            "QuantizedConv2D",
+        } <= kinds
+        y = model.predict(ids, verbose=0)
+        with tempfile.TemporaryDirectory() as d:
+            model.save(os.path.join(d, "m.keras"))
+            loaded = keras.models.load_model(os.path.join(d, "m.keras"))
+        np.testing.assert_allclose(loaded.predict(ids, verbose=0), y, 1e-6)
+    cls = kbm.quantization.quantized_model_class(keras.Model)
+    assert issubclass(cls, keras.Model)
+
+
+@exercise(
+    "quantization.quantize_aware",
+    "quantization.convert",
+    "quantization.QATDense",
+    "quantization.QATFusedDense",
+    "quantization.QATEinsumDense",
+    "quantization.QATEmbedding",
+    "quantization.QATConv2D",
+)
+def _():
+    ids = RNG.integers(0, 20, (8, 6))
+    model = _quantization_model()
+    kbm.quantization.quantize_aware(model, "int8", group_size=8)
+    kinds = {type(layer).__name__ for layer in model._flatten_layers()}
+    assert {
+        "QATDense",
+        "QATFusedDense",
+        "QATEinsumDense",
+        "QATEmbedding",
+        "QATConv2D",
+    } <= kinds
+    model.compile("adam", "mse")
+    model.fit(ids, np.zeros((8, 2), "float32"), epochs=1, verbose=0)
+    fake = model.predict(ids, verbose=0)
+    kbm.quantization.convert(model)
+    np.testing.assert_allclose(model.predict(ids, verbose=0), fake, 1e-4, 1e-4)
+
+
 def public_names():
     """Every public name the parity table must cover."""
     names = []

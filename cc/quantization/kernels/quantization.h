@@ -54,6 +54,10 @@ struct WeightOnlyProblem {
   QuantActivation act;
   float* out;              // [rows, ldo].
   int64_t ldo;
+  // Blocks per scale group when groups hold whole blocks (kb for one scale
+  // per channel): the kernel may then scale each group's sum instead of
+  // each weight. 0: scale every weight.
+  int64_t group_blocks;
 };
 
 struct QuantizationKernels {

@@ -338,7 +338,14 @@ class WeightOnlyMatMulOp : public OpKernel {
                         n,
                         act_,
                         out,
-                        n};
+                        n,
+                        /*group_blocks=*/0};
+    const int64_t values_per_block = kQuantPanelK * (bits_ == 8 ? 1 : 2);
+    if (scale.dims() == 1) {
+      p.group_blocks = kb;
+    } else if (group_size % values_per_block == 0) {
+      p.group_blocks = group_size / values_per_block;
+    }
     const QuantizationKernels& kern = Kernels();
     ParallelFor(ctx, panels, ldx * kQuantPanelN * (rows + 2),
                 [&](int64_t begin, int64_t end) {

@@ -151,27 +151,34 @@ void W8A8Micro(const W8A8Problem& p, int64_t r, int64_t panel) {
   const int64_t wstride = p.kb * 32;  // Bytes from one panel to the next.
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[R][P];
+  #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
+    #pragma GCC unroll 8
     for (int j = 0; j < P; ++j) acc[i][j] = _mm256_setzero_si256();
   }
   for (int64_t b = 0; b < p.kb; ++b) {
     __m256i wv[P];
+    #pragma GCC unroll 8
     for (int j = 0; j < P; ++j) {
       wv[j] = _mm256_loadu_si256(
           reinterpret_cast<const __m256i*>(w + j * wstride + b * 32));
     }
+    #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       int32_t a4;
       std::memcpy(&a4, qx + i * kp + b * 4, 4);
       const __m256i a = _mm256_set1_epi32(a4);
       const __m256i ua = _mm256_sign_epi8(a, a);
+      #pragma GCC unroll 8
       for (int j = 0; j < P; ++j) {
         const __m256i s = _mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv[j], a));
         acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(s, ones));
       }
     }
   }
+  #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
+    #pragma GCC unroll 8
     for (int j = 0; j < P; ++j) {
       W8A8Epilogue(p, r + i, panel + j,
                    reinterpret_cast<VecF>(_mm256_cvtepi32_ps(acc[i][j])));
@@ -244,12 +251,14 @@ inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
     __m256i vl[4], vh[4];
     Transpose4x8(lo, vl);
     Transpose4x8(hi, vh);
+    #pragma GCC unroll 8
     for (int i = 0; i < 4; ++i) {
       v[2 * i] = vl[i];  // Low nibble: even k.
       v[2 * i + 1] = vh[i];
     }
     count = 8;
   }
+  #pragma GCC unroll 8
   for (int i = 0; i < count; ++i) {
     const VecF s = Load(p.scale + p.scale_row[k0 + i] + c);
     w[i] = reinterpret_cast<VecF>(_mm256_cvtepi32_ps(v[i])) * s;
@@ -257,7 +266,115 @@ inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
   return count;
 }
 
+// The 8 channel sums of 4 accumulators holding 4 partial sums of each of
+// channels (0, 1), (2, 3), (4, 5), (6, 7).
+inline __m256 Reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// Weight-only with whole-block groups: the packed bytes are widened in
+// place (8 bytes = 2 channels x 4 bytes along K per vector) and multiplied
+// by the matching x values, each group's sums reduced and scaled once.
+template <int R, int kBits>
+void WeightOnlyGrouped(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
+  const int64_t c = panel * kQuantPanelN;
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  constexpr int64_t kValues = kBits == 8 ? 4 : 8;  // K values per block.
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+  __m256 total[R];
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) total[i] = _mm256_setzero_ps();
+  for (int64_t g0 = 0; g0 < p.kb; g0 += p.group_blocks) {
+    const int64_t g1 = g0 + p.group_blocks < p.kb ? g0 + p.group_blocks : p.kb;
+    __m256 acc[R][4];
+    #pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      #pragma GCC unroll 8
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
+    }
+    for (int64_t b = g0; b < g1; ++b) {
+      const int8_t* src = w + b * 32;
+      if constexpr (kBits == 8) {
+        __m256 wv[4];
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; ++j) {
+          wv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j))));
+        }
+        #pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const __m256 xv = _mm256_broadcast_ps(
+              reinterpret_cast<const __m128*>(p.x + (r + i) * p.ldx + 4 * b));
+          #pragma GCC unroll 8
+          for (int j = 0; j < 4; ++j) {
+            acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
+          }
+        }
+      } else {
+        __m256 xe[R], xo[R];
+        #pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const __m256 xv = _mm256_loadu_ps(p.x + (r + i) * p.ldx + 8 * b);
+          xe[i] = _mm256_permutevar8x32_ps(xv, even);  // x of even k.
+          xo[i] = _mm256_permutevar8x32_ps(xv, odd);
+        }
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; ++j) {
+          const __m256i v = _mm256_cvtepi8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j)));
+          // Low nibble (even k) and high nibble (odd k), sign-extended.
+          const __m256 lo = _mm256_cvtepi32_ps(
+              _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
+          const __m256 hi = _mm256_cvtepi32_ps(
+              _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
+          #pragma GCC unroll 8
+          for (int i = 0; i < R; ++i) {
+            acc[i][j] = _mm256_fmadd_ps(lo, xe[i], acc[i][j]);
+            acc[i][j] = _mm256_fmadd_ps(hi, xo[i], acc[i][j]);
+          }
+        }
+      }
+    }
+    const __m256 s = _mm256_loadu_ps(p.scale + p.scale_row[g0 * kValues] + c);
+    #pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      total[i] = _mm256_fmadd_ps(
+          Reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), s, total[i]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    VecF y = reinterpret_cast<VecF>(total[i]);
+    if (p.bias != nullptr) y = y + Load(p.bias + c);
+    StoreChannels(p.out + (r + i) * p.ldo, c, p.n, Activate(y, p.act));
+  }
+}
+
+// Rows in pairs; returns false when the groups split blocks.
+bool WeightOnlyFast(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
+  if (p.group_blocks <= 0) return false;
+  for (int64_t panel = p0; panel < p1; ++panel) {
+    int64_t r = 0;
+    for (; r + 2 <= p.rows; r += 2) {
+      p.bits == 8 ? WeightOnlyGrouped<2, 8>(p, r, panel)
+                  : WeightOnlyGrouped<2, 4>(p, r, panel);
+    }
+    if (r < p.rows) {
+      p.bits == 8 ? WeightOnlyGrouped<1, 8>(p, r, panel)
+                  : WeightOnlyGrouped<1, 4>(p, r, panel);
+    }
+  }
+  return true;
+}
+
 #else  // Baseline: scalar integer code.
+
+bool WeightOnlyFast(const WeightOnlyProblem&, int64_t, int64_t) {
+  return false;
+}
+
 
 void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
           int64_t p1) {
@@ -287,6 +404,7 @@ void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
 inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
                        int64_t k0, int64_t c, VecF w[8]) {
   const int count = p.bits == 8 ? 4 : 8;
+  #pragma GCC unroll 8
   for (int i = 0; i < count; ++i) {
     float f[kLanes];
     for (int64_t j = 0; j < kLanes; ++j) {
@@ -317,7 +435,9 @@ void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
   const int64_t c = panel * kQuantPanelN;
   const int8_t* w = p.packed + panel * p.kb * 32;
   VecF acc[R][kSplit];
+  #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
+    #pragma GCC unroll 8
     for (int s = 0; s < kSplit; ++s) acc[i][s] = Splat(0.f);
   }
   const float* x = p.x + r * p.ldx;
@@ -325,7 +445,9 @@ void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
   for (int64_t b = 0; b < p.kb; ++b) {
     VecF wv[8];
     const int count = DecodeBlock(p, w + b * 32, k, c, wv);
+    #pragma GCC unroll 8
     for (int t = 0; t < count; ++t) {
+      #pragma GCC unroll 8
       for (int i = 0; i < R; ++i) {
         acc[i][t % kSplit] =
             acc[i][t % kSplit] + Splat(x[i * p.ldx + k + t]) * wv[t];
@@ -333,8 +455,10 @@ void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
     }
     k += count;
   }
+  #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     VecF y = acc[i][0];
+    #pragma GCC unroll 8
     for (int s = 1; s < kSplit; ++s) y = y + acc[i][s];
     if (p.bias != nullptr) y = y + Load(p.bias + c);
     StoreChannels(p.out + (r + i) * p.ldo, c, p.n, Activate(y, p.act));
@@ -342,6 +466,7 @@ void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
 }
 
 void WeightOnly(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
+  if (WeightOnlyFast(p, p0, p1)) return;
   for (int64_t panel = p0; panel < p1; ++panel) {
     for (int64_t r = 0; r < p.rows; r += 8) {
       switch (p.rows - r < 8 ? p.rows - r : 8) {

@@ -33,10 +33,15 @@ Gradients: the weights (integers) and their scales get none. `x` gets the
 straight-through gradient: that of `act(x @ dequantize(w) + bias)`, so a
 model can train adapters or earlier layers through a quantized layer.
 
-Kernels: the fused CPU kernels when the op library has them (see
-`kbm.ops.kernels_available()`); otherwise, and with
-`use_fused_kernel=False`, the pure-TensorFlow references below, which are
-the exact math (dequantize, then a float matmul) and the test oracle.
+Kernels: fused CPU kernels for float16, bfloat16 and float32 `x` (AVX2
+variants chosen at run time, an x86-64-v2 + AVX baseline otherwise; the
+W8A8 integer sums are exact in both) when the op library has them (see
+`kbm.ops.kernels_available()`). There are no GPU kernels: inputs on a GPU
+run the references (with one warning). Otherwise, and with
+`use_fused_kernel=False`, the pure-TensorFlow references below run, which
+are the exact math (dequantize, then a float matmul) and the test oracle.
+The weight-only kernel may scale each group's (or channel's) sum instead
+of each weight: float32 rounding differences, within `TOLERANCES`.
 """
 
 import math

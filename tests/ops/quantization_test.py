@@ -483,3 +483,12 @@ def test_avx_baseline_variant_matches_reference():
         reuse="avx_baseline",
     )
     assert out.strip().endswith("ok")
+
+
+def test_family_is_cpu_only():
+    from keras_bigmodels.ops import _gpu_probe
+
+    assert _gpu_probe.family_of("quantized_matmul") == "quantization"
+    assert _gpu_probe.family_of("weight_only_matmul") == "quantization"
+    assert "quantization" in _gpu_probe.CPU_ONLY_FAMILIES
+    assert "quantization" not in _gpu_probe.FAMILIES

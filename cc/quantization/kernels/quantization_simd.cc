@@ -9,10 +9,15 @@
 // (16 channels) of int32 accumulators. The baseline variant (no 256-bit
 // integer ops) runs the same tiles with scalar int32 sums.
 //
-// Weight-only: 32 packed bytes (4 bytes of 8 channels) are transposed to
-// one 8-channel vector per K value (vpshufb + vpermd), widened to int32,
-// converted to float, multiplied by their scales (the reference's
-// dequantized weight) and accumulated with FMA for up to 8 rows at once.
+// Weight-only, AVX2, when scale groups hold whole packed blocks (per
+// channel, or group sizes that are multiples of 4 (int8) / 8 (int4) values):
+// each 8 packed bytes (2 channels x 4 bytes along K) are widened to int32
+// in place (int4: nibbles split by shifts), converted to float and
+// multiplied by the matching x values broadcast per row; each group's sums
+// are reduced (hadd) and scaled once. Otherwise (and in the baseline
+// variant): 32 packed bytes are transposed to one 8-channel vector per K
+// value (vpshufb + vpermd), dequantized exactly as the reference does
+// (q * scale) and accumulated with FMA for up to 8 rows at once.
 //
 // GELU uses the erf (Abramowitz & Stegun 7.1.26) and sigmoid forms of the
 // bias + activation family, on the exp of cc/common/simd.h.

@@ -20,7 +20,9 @@ same process (a C loop of independent AVX2 FMAs, one thread per core,
 compiled here on the fly); "kbm speed-up" is the median of the per-round
 ratios (variant time / kbm time).
 
-Table "weight-only": `x @ W + b` at rows 1, 4, 8 and 16 for the same K x N:
+Table "weight-only": `x @ W + b` at rows 1, 4, 8 and 16 for the same K x N
+(which fit this machine's 32 MB L3 cache in float32), and at rows 1 and 8
+for K x N = 4096 x 8192 (128 MB in float32, read from DRAM):
 `tf.matmul f32` (+ bias), `kbm int8` (per-channel scales) and `kbm int4`
 (group 128) of `kbm.ops.weight_only_matmul`. "weight GB/s" is the packed
 weight bytes (float32: 4 per weight) read per second.
@@ -52,6 +54,10 @@ KN = [(384, 1536), (768, 3072), (3072, 768)]
 QUICK_KN = [(384, 1536)]
 WO_ROWS = [1, 4, 8, 16]
 QUICK_WO_ROWS = [1, 8]
+# A weight matrix past the last-level cache (128 MB in float32): the regime
+# (LLM-sized layers) where weight-only kernels are bound by DRAM reads.
+WO_LARGE_KN = [(4096, 8192)]
+WO_LARGE_ROWS = [1, 8]
 GROUP = 128
 KBM = "kbm W8A8"
 F32 = "tf.matmul f32"
@@ -238,7 +244,7 @@ def _target_notes(table):
         )
 
 
-def run_weight_only(results, rows, shapes):
+def run_weight_only(results, rows, shapes, large=()):
     table = results.table(
         "weight-only",
         WO_COLUMNS,
@@ -249,66 +255,65 @@ def run_weight_only(results, rows, shapes):
             f"{TARGETS['int8_wo']}x, int4 >= {TARGETS['int4_wo']}x."
         ),
     )
+    cases = [(k, n, m) for k, n in shapes for m in rows] + list(large)
     with table:
-        for k, n in shapes:
-            for m in rows:
-                x, w, b = _problem(m, k, n, seed=1)
-                q8, s8 = kbm.ops.quantize_kernel(w)
-                q4, s4 = kbm.ops.quantize_kernel(w, bits=4, group_size=GROUP)
-                p8 = kbm.ops.pack_kernel(q8)
-                p4 = kbm.ops.pack_kernel(q4, bits=4)
-                fns = {
-                    "tf.matmul f32": tf.function(
-                        lambda x, w=w, b=b: tf.matmul(x, w) + b
-                    ),
-                    "kbm int8": tf.function(
-                        lambda x, p=p8, s=s8, b=b: kbm.ops.weight_only_matmul(
-                            x, p, s, bias=b, use_fused_kernel=True
-                        )
-                    ),
-                    "kbm int4": tf.function(
-                        lambda x, p=p4, s=s4, b=b: kbm.ops.weight_only_matmul(
-                            x, p, s, GROUP, 4, b, use_fused_kernel=True
-                        )
-                    ),
-                }
-                nbytes = {
-                    "tf.matmul f32": 4 * k * n,
-                    "kbm int8": k * n + 4 * n,
-                    "kbm int4": k * n // 2 + 4 * n * k // GROUP,
-                }
-                calls = {name: (lambda f=f: f(x)) for name, f in fns.items()}
-                _harness.progress(FAMILY, f"weight-only {m}x{k}x{n}")
-                measured = results.bench(calls, reference="tf.matmul f32")
-                for name, meas in measured.items():
-                    table.rows.append(
-                        {
-                            "shape": f"{m} x {k} x {n}",
-                            "variant": name,
-                            "kbm": name != "tf.matmul f32",
-                            "ms": meas.median_ms,
-                            "gbps": _harness.gbps(nbytes[name], meas.median_ms),
-                            "gops": 2
-                            * m
-                            * k
-                            * n
-                            / (meas.median_ms * 1e-3)
-                            / 1e9,
-                            "speedup": 1.0 / meas.ratio,
-                            "times_ms": meas.times_ms,
-                        }
+        for k, n, m in cases:
+            x, w, b = _problem(m, k, n, seed=1)
+            q8, s8 = kbm.ops.quantize_kernel(w)
+            q4, s4 = kbm.ops.quantize_kernel(w, bits=4, group_size=GROUP)
+            p8 = kbm.ops.pack_kernel(q8)
+            p4 = kbm.ops.pack_kernel(q4, bits=4)
+            fns = {
+                "tf.matmul f32": tf.function(
+                    lambda x, w=w, b=b: tf.matmul(x, w) + b
+                ),
+                "kbm int8": tf.function(
+                    lambda x, p=p8, s=s8, b=b: kbm.ops.weight_only_matmul(
+                        x, p, s, bias=b, use_fused_kernel=True
                     )
+                ),
+                "kbm int4": tf.function(
+                    lambda x, p=p4, s=s4, b=b: kbm.ops.weight_only_matmul(
+                        x, p, s, GROUP, 4, b, use_fused_kernel=True
+                    )
+                ),
+            }
+            nbytes = {
+                "tf.matmul f32": 4 * k * n,
+                "kbm int8": k * n + 4 * n,
+                "kbm int4": k * n // 2 + 4 * n * k // GROUP,
+            }
+            calls = {name: (lambda f=f: f(x)) for name, f in fns.items()}
+            _harness.progress(FAMILY, f"weight-only {m}x{k}x{n}")
+            measured = results.bench(calls, reference="tf.matmul f32")
+            for name, meas in measured.items():
+                table.rows.append(
+                    {
+                        "shape": f"{m} x {k} x {n}",
+                        "variant": name,
+                        "kbm": name != "tf.matmul f32",
+                        "ms": meas.median_ms,
+                        "gbps": _harness.gbps(nbytes[name], meas.median_ms),
+                        "gops": 2 * m * k * n / (meas.median_ms * 1e-3) / 1e9,
+                        "speedup": 1.0 / meas.ratio,
+                        "times_ms": meas.times_ms,
+                    }
+                )
+    large_shapes = {f"{m} x {k} x {n}" for k, n, m in large}
     for name in ("kbm int8", "kbm int4"):
-        small = [
-            r["speedup"]
-            for r in table.rows
-            if r["variant"] == name and int(r["shape"].split(" x ")[0]) <= 8
-        ]
-        if small:
-            table.notes.append(
-                f"{name} at M <= 8: {min(small):.2f}x to {max(small):.2f}x "
-                "float32."
-            )
+        for where, in_large in (("cache-resident", False), ("DRAM", True)):
+            small = [
+                r["speedup"]
+                for r in table.rows
+                if r["variant"] == name
+                and int(r["shape"].split(" x ")[0]) <= 8
+                and (r["shape"] in large_shapes) == in_large
+            ]
+            if small:
+                table.notes.append(
+                    f"{name} at M <= 8, {where} weights: {min(small):.2f}x "
+                    f"to {max(small):.2f}x float32."
+                )
 
 
 def main(argv=None):
@@ -327,7 +332,12 @@ def main(argv=None):
     peak = fma_peak(args.quick)
     results.fma_peak = peak
     run_w8a8(results, rows, shapes, peak)
-    run_weight_only(results, wo_rows, shapes)
+    large = (
+        []
+        if args.quick
+        else [(k, n, m) for k, n in WO_LARGE_KN for m in WO_LARGE_ROWS]
+    )
+    run_weight_only(results, wo_rows, shapes, large)
     if peak:
         results.tables[0].notes.append(
             f"float32 FMA peak in this run: {peak['gflops']:.0f} GFLOP/s "

@@ -357,9 +357,110 @@ void WeightOnlyGrouped(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
   }
 }
 
-// Rows in pairs; returns false when the groups split blocks.
+// Decodes blocks [b0, b1) of a panel into float vectors (4 or 8 per block,
+// in the order WeightOnlyGrouped multiplies them).
+template <int kBits>
+inline void DecodeChunk(const int8_t* w, int64_t b0, int64_t b1, __m256* out) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int8_t* src = w + b * 32;
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = _mm256_cvtepi8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j)));
+      if constexpr (kBits == 8) {
+        *out++ = _mm256_cvtepi32_ps(v);
+      } else {
+        *out++ = _mm256_cvtepi32_ps(
+            _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
+        *out++ = _mm256_cvtepi32_ps(
+            _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
+      }
+    }
+  }
+}
+
+// Many rows: each chunk of up to kChunk blocks is decoded once into a
+// buffer (L1), then every pair of rows runs over it; the per-row partial
+// sums of the current group wait in `part` between chunks.
+constexpr int64_t kBufferedRows = 16;
+
+template <int kBits>
+void WeightOnlyBuffered(const WeightOnlyProblem& p, int64_t panel,
+                        int64_t r0, int64_t rows) {
+  constexpr int64_t kChunk = 16;
+  constexpr int kVecs = kBits == 8 ? 4 : 8;  // Vectors per block.
+  constexpr int64_t kValues = kBits == 8 ? 4 : 8;
+  alignas(32) __m256 buf[kChunk * kVecs];
+  const int64_t c = panel * kQuantPanelN;
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  // part[r][j]: partial sums of the current group; total[r]: scaled sums.
+  __m256 part[kBufferedRows * 4], total[kBufferedRows];
+  for (int64_t r = 0; r < rows; ++r) total[r] = _mm256_setzero_ps();
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+  for (int64_t g0 = 0; g0 < p.kb; g0 += p.group_blocks) {
+    const int64_t g1 = g0 + p.group_blocks < p.kb ? g0 + p.group_blocks : p.kb;
+    for (int64_t r = 0; r < rows * 4; ++r) part[r] = _mm256_setzero_ps();
+    for (int64_t c0 = g0; c0 < g1; c0 += kChunk) {
+      const int64_t c1 = c0 + kChunk < g1 ? c0 + kChunk : g1;
+      DecodeChunk<kBits>(w, c0, c1, buf);
+      for (int64_t r = 0; r < rows; ++r) {
+        __m256 acc[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) acc[j] = part[r * 4 + j];
+        const float* x = p.x + (r0 + r) * p.ldx;
+        const __m256* wv = buf;
+        for (int64_t b = c0; b < c1; ++b, wv += kVecs) {
+          if constexpr (kBits == 8) {
+            const __m256 xv =
+                _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + 4 * b));
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              acc[j] = _mm256_fmadd_ps(wv[j], xv, acc[j]);
+            }
+          } else {
+            const __m256 xv = _mm256_loadu_ps(x + 8 * b);
+            const __m256 xe = _mm256_permutevar8x32_ps(xv, even);
+            const __m256 xo = _mm256_permutevar8x32_ps(xv, odd);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              acc[j] = _mm256_fmadd_ps(wv[2 * j], xe, acc[j]);
+              acc[j] = _mm256_fmadd_ps(wv[2 * j + 1], xo, acc[j]);
+            }
+          }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) part[r * 4 + j] = acc[j];
+      }
+    }
+    const __m256 s = _mm256_loadu_ps(p.scale + p.scale_row[g0 * kValues] + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      total[r] = _mm256_fmadd_ps(Reduce4(part[r * 4], part[r * 4 + 1],
+                                         part[r * 4 + 2], part[r * 4 + 3]),
+                                 s, total[r]);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    VecF y = reinterpret_cast<VecF>(total[r]);
+    if (p.bias != nullptr) y = y + Load(p.bias + c);
+    StoreChannels(p.out + (r0 + r) * p.ldo, c, p.n, Activate(y, p.act));
+  }
+}
+
+// Rows in pairs (or buffered for more rows); returns false when the groups
+// split blocks.
 bool WeightOnlyFast(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
   if (p.group_blocks <= 0) return false;
+  if (p.rows > 2) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      for (int64_t r = 0; r < p.rows; r += kBufferedRows) {
+        const int64_t n = p.rows - r < kBufferedRows ? p.rows - r : kBufferedRows;
+        p.bits == 8 ? WeightOnlyBuffered<8>(p, panel, r, n)
+                    : WeightOnlyBuffered<4>(p, panel, r, n);
+      }
+    }
+    return true;
+  }
   for (int64_t panel = p0; panel < p1; ++panel) {
     int64_t r = 0;
     for (; r + 2 <= p.rows; r += 2) {

@@ -118,9 +118,22 @@ def test_weight_only_kernel_matches_reference(
         for f in (True, False)
     ]
     assert y.dtype == dtype and y.shape == (rows, n)
-    _fuzz.check_matches(
-        y, y_ref, TOLERANCES["weight_only"][dtype], _fuzz.is_ordinary(x_spec)
-    )
+    tol = TOLERANCES["weight_only"][dtype]
+    ordinary = _fuzz.is_ordinary(x_spec)
+    if ordinary is not True:  # Huge or denormal values.
+        _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
+        return
+    # Both sum K float32 products in different orders (the kernel may scale
+    # a group's sum instead of each weight): with cancellation the error is
+    # relative to sum |x| |w|, not to the result. Allow K * eps of that.
+    w = ops.dequantize_kernel(packed, scale, k, bits).numpy()
+    xf = np.abs(tf.cast(x, tf.float32).numpy().astype(np.float64))
+    spread = xf @ np.abs(w.astype(np.float64))
+    a = tf.cast(y, tf.float64).numpy()
+    e = tf.cast(y_ref, tf.float64).numpy()
+    bound = tol["atol"] + tol["rtol"] * np.abs(e) + k * 2.0**-24 * spread
+    assert np.isfinite(a).all() and np.isfinite(e).all()
+    assert (np.abs(a - e) <= bound).all(), float(np.max(np.abs(a - e) - bound))
 
 
 @given(

@@ -72,6 +72,7 @@ TEST_SETS["kernels"] = [
             "distillation",
             "normalization",
             "optimizers",
+            "quantization",
         )
     ),
     "-k",

@@ -30,7 +30,12 @@ RESULTS_DIR = BENCH_DIR / "results"
 OUTPUT = BENCH_DIR.parent / "BENCHMARKS.md"
 
 # Families listed first, in this order; any other family follows by name.
-FAMILY_ORDER = ["normalization", "bias_activation", "attention"]
+FAMILY_ORDER = [
+    "normalization",
+    "bias_activation",
+    "attention",
+    "quantization",
+]
 ALLOCATOR_ORDER = ["default", "bfc"]
 ALLOCATOR_LABEL = {
     "default": "default allocator (`TF_CPU_ALLOCATOR_USE_BFC` unset)",

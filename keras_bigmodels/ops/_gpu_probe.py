@@ -20,6 +20,9 @@ FAMILIES = (
     "attention",
     "optimizers",
 )
+# Families with CPU kernels only: on a GPU their ops run the reference (the
+# loader warns once), so they have no self-check.
+CPU_ONLY_FAMILIES = ("quantization",)
 
 # Relative tolerance of the comparisons (max |error| / max(1, |ref|)):
 # float32 kernels against the float32 reference, and 16-bit kernels (the
@@ -34,6 +37,8 @@ def family_of(op_name):
     name = op_name.lower()
     if "attention" in name:
         return "attention"
+    if "quantiz" in name or "weight_only" in name:
+        return "quantization"
     if "norm" in name:
         return "normalization"
     if "gelu" in name or "bias_act" in name:

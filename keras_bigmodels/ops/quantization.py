@@ -20,7 +20,10 @@ then holds 4 consecutive k of 8 output channels.
 exactly in int32, and applies the epilogue in float32:
 `act(float32(acc) * (s_x * s_w[n]) + bias[n])`. A row of `x` holding NaN or
 +-Inf gives NaN in that row of the output; an all-zero row gives
-`act(bias)`.
+`act(bias)`, and so does a row with `max |x_row| < 2**-120` (`ROW_TINY`,
+where `127 / max |x_row|` would overflow float32: such a row is treated as
+zeros). The weight values must lie in [-127, 127] (as `quantize_kernel`
+makes them; the AVX2 kernel relies on it).
 
 `weight_only_matmul` multiplies float activations by the dequantized
 weights (`q * s`) in float32: for small batches, where reading the weights
@@ -30,10 +33,15 @@ Gradients: the weights (integers) and their scales get none. `x` gets the
 straight-through gradient: that of `act(x @ dequantize(w) + bias)`, so a
 model can train adapters or earlier layers through a quantized layer.
 
-Kernels: the fused CPU kernels when the op library has them (see
-`kbm.ops.kernels_available()`); otherwise, and with
-`use_fused_kernel=False`, the pure-TensorFlow references below, which are
-the exact math (dequantize, then a float matmul) and the test oracle.
+Kernels: fused CPU kernels for float16, bfloat16 and float32 `x` (AVX2
+variants chosen at run time, an x86-64-v2 + AVX baseline otherwise; the
+W8A8 integer sums are exact in both) when the op library has them (see
+`kbm.ops.kernels_available()`). There are no GPU kernels: inputs on a GPU
+run the references (with one warning). Otherwise, and with
+`use_fused_kernel=False`, the pure-TensorFlow references below run, which
+are the exact math (dequantize, then a float matmul) and the test oracle.
+The weight-only kernel may scale each group's (or channel's) sum instead
+of each weight: float32 rounding differences, within `TOLERANCES`.
 """
 
 import math
@@ -51,6 +59,9 @@ PANEL_N = 8  # Output channels per panel.
 PANEL_K = 4  # Consecutive k (bytes) per channel in one panel row.
 
 ACTIVATIONS = (None, "linear", "relu", "gelu", "gelu_tanh")
+# Rows of x with max |x| below this quantize to zeros (127 / max |x| would
+# overflow float32).
+ROW_TINY = 2.0**-120
 _QMAX = {8: 127, 4: 7}
 
 # Kernel-vs-reference tolerances per output dtype. W8A8: the integer part
@@ -412,12 +423,13 @@ def quantize_rows(x):
     Returns:
         `(q, scale, finite)`: int8 `q` like `x`; float32 `scale` of shape
         `x.shape[:-1]` (`max |row| / 127`); bool `finite`, False for rows
-        holding NaN or Inf (their q is 0).
+        holding NaN or Inf (their q is 0). Rows with `max |row| <
+        ROW_TINY` give q = 0 and scale 0.
     """
     xf = tf.cast(x, tf.float32)
     finite = tf.reduce_all(tf.math.is_finite(xf), axis=-1)
     amax = tf.reduce_max(tf.abs(tf.where(tf.math.is_finite(xf), xf, 0.0)), -1)
-    amax = tf.where(finite, amax, 0.0)
+    amax = tf.where(finite & (amax >= ROW_TINY), amax, 0.0)
     inv = tf.math.divide_no_nan(tf.constant(127.0), amax)
     q = tf.clip_by_value(tf.round(xf * inv[..., None]), -127.0, 127.0)
     return tf.cast(q, tf.int8), amax / 127.0, finite
@@ -475,15 +487,14 @@ def quantized_matmul(
             )
         out_dtype = _check_output_dtype(output_dtype, x)
         lib = _loader.select("quantized_matmul", use_fused_kernel, (x,))
-        kernel = getattr(lib, "kbm_quantized_mat_mul", None)
         k_dyn = tf.shape(x)[-1]
 
         def forward(x):
-            if kernel is None:
+            if lib is None:
                 return _quantized_matmul_reference(
                     x, packed, scale, bias, activation, out_dtype
                 )
-            return kernel(
+            return lib.kbm_quantized_mat_mul(
                 x,
                 packed,
                 scale,
@@ -590,15 +601,14 @@ def weight_only_matmul(
             )
         out_dtype = _check_output_dtype(output_dtype, x)
         lib = _loader.select("weight_only_matmul", use_fused_kernel, (x,))
-        kernel = getattr(lib, "kbm_weight_only_mat_mul", None)
         k_dyn = tf.shape(x)[-1]
 
         def forward(x):
-            if kernel is None:
+            if lib is None:
                 return _weight_only_matmul_reference(
                     x, packed, scale, bias, activation, out_dtype, bits
                 )
-            return kernel(
+            return lib.kbm_weight_only_mat_mul(
                 x,
                 packed,
                 scale,

@@ -5,7 +5,9 @@ import pytest
 import tensorflow as tf
 
 from keras_bigmodels import ops
+from keras_bigmodels.ops import _loader
 from keras_bigmodels.ops import quantization as qm
+from keras_bigmodels.testing import run_python
 
 
 def _np_quantize_rows(x):
@@ -201,3 +203,292 @@ def test_bad_inputs_name_the_tensor():
 def test_tolerance_table_covers_output_dtypes():
     for table in qm.TOLERANCES.values():
         assert set(table) == {tf.float32, tf.float16, tf.bfloat16}
+
+
+# ----------------------------------------------------------------------------
+# Fused kernels against the references.
+# ----------------------------------------------------------------------------
+
+ACTS = [None, "relu", "gelu", "gelu_tanh"]
+DTYPES = [tf.float32, tf.float16, tf.bfloat16]
+
+
+def _w8a8_case(rows, k, n, dtype, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, k)) * scale
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    q, s = ops.quantize_kernel(w)
+    bias = rng.standard_normal(n).astype(np.float32)
+    return tf.constant(x, dtype), ops.pack_kernel(q), s, bias
+
+
+def _both(fn, *args, **kwargs):
+    return [fn(*args, **kwargs, use_fused_kernel=f) for f in (True, False)]
+
+
+def _assert_match(got, want, table, dtype):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = qm.TOLERANCES[table][dtype]
+    got = tf.cast(got, tf.float32).numpy()
+    want = tf.cast(want, tf.float32).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 7, 64, 385, 3072])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_w8a8_kernel_matches_reference_over_k(k, dtype):
+    for rows, n in [(1, 1), (5, 13), (37, 23)]:
+        x, p, s, bias = _w8a8_case(rows, k, n, dtype, seed=k + rows)
+        for act in ACTS:
+            for b in (None, bias):
+                got, want = _both(ops.quantized_matmul, x, p, s, b, act)
+                _assert_match(got, want, "int8", dtype)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 63, 64, 65, 130, 300])
+def test_w8a8_kernel_matches_reference_over_rows(rows):
+    x, p, s, bias = _w8a8_case(rows, 96, 150, tf.float32, seed=rows)
+    x = tf.reshape(x, [rows, 1, 96])  # Leading dims are flattened.
+    for act in ("relu", "gelu"):
+        got, want = _both(ops.quantized_matmul, x, p, s, bias, act)
+        _assert_match(got, want, "int8", tf.float32)
+        got, want = _both(ops.quantized_matmul, x, p, s, bias, act, tf.float32)
+        _assert_match(got, want, "int8", tf.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_w8a8_kernel_output_float32_from_half(dtype):
+    x, p, s, bias = _w8a8_case(7, 40, 19, dtype, seed=3)
+    got, want = _both(
+        ops.quantized_matmul, x, p, s, bias, "gelu_tanh", tf.float32
+    )
+    assert got.dtype == tf.float32
+    _assert_match(got, want, "int8", tf.float32)
+
+
+def test_w8a8_kernel_zero_nan_inf_rows():
+    x, p, s, bias = _w8a8_case(6, 37, 11, tf.float32, seed=5)
+    x = x.numpy()
+    x[0] = 0.0
+    x[2, 5] = np.nan
+    x[3, 0] = np.inf
+    x[4, 36] = -np.inf
+    for act in ACTS:
+        got, want = _both(ops.quantized_matmul, x, p, s, bias, act)
+        _assert_match(got, want, "int8", tf.float32)
+        got = got.numpy()
+        assert np.isnan(got[[2, 3, 4]]).all()
+        assert np.isfinite(got[[0, 1, 5]]).all()
+
+
+def test_w8a8_kernel_worst_case_accumulation_is_exact():
+    # +-127 everywhere at K = 3072 (|sum| = 127 * 127 * 3072 > 2**24):
+    # against a NumPy int64 golden, exactly (scales of 1/127 and 1).
+    k, n = 3072, 19
+    rng = np.random.default_rng(0)
+    qx = rng.choice([-127, 127], size=(5, k)).astype(np.int64)
+    qx[0] = 127
+    qw = rng.choice([-127, 127], size=(k, n)).astype(np.int64)
+    qw[:, 0] = 127
+    x = tf.constant(qx.astype(np.float32))  # max |row| = 127: s_x = 1.
+    s = tf.ones([n], tf.float32)
+    p = ops.pack_kernel(tf.constant(qw.astype(np.int8)))
+    y = ops.quantized_matmul(
+        x, p, s, output_dtype=tf.float32, use_fused_kernel=True
+    ).numpy()
+    acc = qx @ qw
+    assert acc[0, 0] == 127 * 127 * k
+    np.testing.assert_array_equal(y, acc.astype(np.float32))
+    lib = _loader.library()
+    y2 = lib.kbm_quantized_mat_mul(
+        x, p, s, tf.zeros([0]), output_dtype=tf.float32
+    )
+    np.testing.assert_array_equal(y2.numpy(), y)
+
+
+def test_w8a8_kernel_empty_and_k0():
+    _, p, s, _ = _w8a8_case(1, 8, 5, tf.float32, seed=1)
+    got, want = _both(ops.quantized_matmul, tf.zeros([0, 8]), p, s)
+    assert got.shape == (0, 5) and want.shape == (0, 5)
+    q, s0 = ops.quantize_kernel(np.ones((0, 5), np.float32))
+    bias = np.arange(5, dtype=np.float32) - 2
+    got, want = _both(
+        ops.quantized_matmul,
+        tf.zeros([3, 0]),
+        ops.pack_kernel(q),
+        s0,
+        bias,
+        "relu",
+    )
+    np.testing.assert_allclose(got, want)
+    np.testing.assert_allclose(got, np.maximum(bias, 0)[None].repeat(3, 0))
+
+
+@pytest.mark.parametrize(
+    "bits,group", [(8, None), (8, 32), (8, 6), (4, 2), (4, 6), (4, 128)]
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_only_kernel_matches_reference(bits, group, dtype):
+    for rows in (1, 3, 8, 9, 16, 17):
+        k = 384 if group == 128 else 90  # 90 / 6 = 15 groups (odd).
+        if group == 32:
+            k = 96
+        n = 21
+        rng = np.random.default_rng(rows * 7 + bits)
+        x = tf.constant(rng.standard_normal((rows, k)), dtype)
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        q, s = ops.quantize_kernel(w, bits=bits, group_size=group)
+        p = ops.pack_kernel(q, bits)
+        bias = rng.standard_normal(n).astype(np.float32)
+        for act in ACTS:
+            got, want = _both(
+                ops.weight_only_matmul, x, p, s, group, bits, bias, act
+            )
+            _assert_match(got, want, "weight_only", dtype)
+        got, want = _both(
+            ops.weight_only_matmul,
+            x,
+            p,
+            s,
+            group,
+            bits,
+            output_dtype=tf.float32,
+        )
+        _assert_match(got, want, "weight_only", tf.float32)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 64, 385])
+def test_weight_only_int8_odd_k(k):
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    q, s = ops.quantize_kernel(rng.standard_normal((k, 10)))
+    got, want = _both(ops.weight_only_matmul, x, ops.pack_kernel(q), s)
+    _assert_match(got, want, "weight_only", tf.float32)
+
+
+def test_weight_only_int4_odd_group_count():
+    rng = np.random.default_rng(1)
+    k, g = 6 * 4, 8  # 3 groups, 1.5 packed blocks of 8 values.
+    x = rng.standard_normal((4, k)).astype(np.float32)
+    q, s = ops.quantize_kernel(rng.standard_normal((k, 9)), 4, g)
+    got, want = _both(ops.weight_only_matmul, x, ops.pack_kernel(q, 4), s, g, 4)
+    _assert_match(got, want, "weight_only", tf.float32)
+
+
+def test_kernels_in_tf_function_and_gradient():
+    x, p, s, bias = _w8a8_case(4, 16, 9, tf.float32, seed=2)
+
+    @tf.function
+    def f(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ops.quantized_matmul(
+                x, p, s, bias, "gelu", use_fused_kernel=True
+            )
+        return y, tape.gradient(y, x)
+
+    y, dx = f(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y_ref = ops.quantized_matmul(
+            x, p, s, bias, "gelu", use_fused_kernel=False
+        )
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, tape.gradient(y_ref, x), rtol=1e-6)
+
+
+def test_raw_kernels_reject_bad_inputs():
+    lib = _loader.library()
+    f32 = {"output_dtype": tf.float32}
+    x = tf.ones([2, 8])
+    q, s = ops.quantize_kernel(tf.ones([8, 3]))
+    p = ops.pack_kernel(q)
+    none = tf.zeros([0])
+    bad = tf.errors.InvalidArgumentError
+    with pytest.raises(bad, match=r"kernel_q must have shape \[1, 3, 8, 4\]"):
+        lib.kbm_quantized_mat_mul(tf.ones([2, 12]), p, s, none, **f32)
+    with pytest.raises(bad, match=r"kernel_q must have shape.*got shape"):
+        lib.kbm_quantized_mat_mul(x, p, tf.ones([9]), none, **f32)
+    with pytest.raises(bad, match=r"bias must have shape \[3\].*\[4\]"):
+        lib.kbm_quantized_mat_mul(x, p, s, tf.ones([4]), **f32)
+    with pytest.raises(bad, match=r"kernel_scale must have shape \[N\]"):
+        lib.kbm_quantized_mat_mul(x, p, tf.ones([2, 3]), none, **f32)
+    with pytest.raises((bad, ValueError), match=r"output_dtype"):
+        lib.kbm_quantized_mat_mul(
+            tf.ones([2, 8], tf.float16),
+            p,
+            s,
+            none,
+            output_dtype=tf.bfloat16,
+        )
+    with pytest.raises((bad, ValueError), match=r"activation"):
+        lib.kbm_quantized_mat_mul(x, p, s, none, activation="tanh", **f32)
+
+    def w(*args, **kwargs):
+        return lib.kbm_weight_only_mat_mul(*args, **kwargs, **f32)
+
+    with pytest.raises(bad, match=r"group_size must divide K=8.*group_size=3"):
+        w(x, p, tf.ones([2, 3]), none, group_size=3)
+    with pytest.raises(bad, match=r"kernel_scale must have shape \[2, 3\]"):
+        w(x, p, tf.ones([3, 3]), none, group_size=4)
+    with pytest.raises(bad, match=r"bits must be 8 or 4, got 2"):
+        w(x, p, s, none, bits=2)
+    with pytest.raises(bad, match=r"int4 weights need an even K.*K=7"):
+        w(tf.ones([2, 7]), p, tf.ones([1, 3]), none, bits=4, group_size=7)
+    with pytest.raises(bad, match=r"one scale per channel.*group_size=4"):
+        w(x, p, s, none, group_size=4)
+    with pytest.raises(bad, match=r"int4 weights need grouped scales"):
+        w(x, ops.pack_kernel(q // 32, 4), s, none, bits=4)
+    with pytest.raises(bad, match=r"kernel_q must have shape \[1, 1, 8, 4\]"):
+        w(x, p, tf.ones([2, 3]), none, bits=4, group_size=4)
+
+
+def test_avx_baseline_variant_matches_reference():
+    out = run_python(
+        """
+        import numpy as np
+        import tensorflow as tf
+        import keras_bigmodels as kbm
+        from keras_bigmodels import ops
+        from keras_bigmodels.ops import quantization as qm
+        assert "active_isa=avx;" in kbm.ops.kernels_available().info
+        rng = np.random.default_rng(0)
+        for k, n, rows in ((7, 5, 3), (64, 17, 9), (385, 9, 2)):
+            x = rng.standard_normal((rows, k)).astype(np.float32)
+            x[0, 0] = np.nan if rows > 2 else x[0, 0]
+            w = rng.standard_normal((k, n)).astype(np.float32)
+            q, s = ops.quantize_kernel(w)
+            p = ops.pack_kernel(q)
+            for act in (None, "relu", "gelu", "gelu_tanh"):
+                a, b = [ops.quantized_matmul(x, p, s, s, act,
+                                             use_fused_kernel=f)
+                        for f in (True, False)]
+                np.testing.assert_allclose(a, b, **qm.TOLERANCES["int8"][
+                    tf.float32])
+            kk = k + k % 2
+            x2 = rng.standard_normal((rows, kk)).astype(np.float32)
+            for bits, g in ((8, None), (4, 2)):
+                q, s = ops.quantize_kernel(w[:kk] if kk == k else
+                                           np.vstack([w, w[:1]]), bits, g)
+                p = ops.pack_kernel(q, bits)
+                a, b = [ops.weight_only_matmul(x2, p, s, g, bits,
+                                               use_fused_kernel=f)
+                        for f in (True, False)]
+                np.testing.assert_allclose(a, b, **qm.TOLERANCES[
+                    "weight_only"][tf.float32])
+        print("ok")
+        """,
+        env={"KERAS_BIGMODELS_ISA": "avx"},
+        reuse="avx_baseline",
+    )
+    assert out.strip().endswith("ok")
+
+
+def test_family_is_cpu_only():
+    from keras_bigmodels.ops import _gpu_probe
+
+    assert _gpu_probe.family_of("quantized_matmul") == "quantization"
+    assert _gpu_probe.family_of("weight_only_matmul") == "quantization"
+    assert "quantization" in _gpu_probe.CPU_ONLY_FAMILIES
+    assert "quantization" not in _gpu_probe.FAMILIES

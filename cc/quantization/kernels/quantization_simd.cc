@@ -1,0 +1,614 @@
+// Tile kernels of the quantized matmul family. Compiled once per SIMD
+// variant: the build defines KBM_ISA as `avx` or `avx2` (see cpu_isa.h).
+//
+// W8A8 on AVX2 (no VNNI) keeps the int32 sums exact with the sign trick:
+// |a| (u8, <= 127) times the weights with a's sign applied (vpsignb; the
+// weights are in [-127, 127], so no -128 to flip) through vpmaddubsw, whose
+// pair sums are at most 2 * 127 * 127 = 32258 < 32767 (no saturation), then
+// vpmaddwd with ones into int32. The micro-kernel holds 4 rows x 2 panels
+// (16 channels) of int32 accumulators. The baseline variant (no 256-bit
+// integer ops) runs the same tiles with scalar int32 sums.
+//
+// Weight-only, AVX2, when scale groups hold whole packed blocks (per
+// channel, or group sizes that are multiples of 4 (int8) / 8 (int4) values):
+// each 8 packed bytes (2 channels x 4 bytes along K) are widened to int32
+// in place (int4: nibbles split by shifts), converted to float and
+// multiplied by the matching x values broadcast per row; each group's sums
+// are reduced (hadd) and scaled once. Otherwise (and in the baseline
+// variant): 32 packed bytes are transposed to one 8-channel vector per K
+// value (vpshufb + vpermd), dequantized exactly as the reference does
+// (q * scale) and accumulated with FMA for up to 8 rows at once.
+//
+// GELU uses the erf (Abramowitz & Stegun 7.1.26) and sigmoid forms of the
+// bias + activation family, on the exp of cc/common/simd.h.
+#include "cc/quantization/kernels/quantization.h"
+
+#include "cc/common/simd.h"
+
+#ifndef KBM_ISA
+#error "KBM_ISA must name the SIMD variant namespace (avx or avx2)"
+#endif
+
+namespace tensorflow {
+namespace kbm {
+namespace KBM_ISA {
+namespace {
+
+constexpr float kInvSqrt2F = 0.70710678118654752f;
+constexpr float kGeluTanhScaleF = 0.79788456080286536f;
+constexpr float kGeluTanhCubicF = 0.044715f;
+constexpr float kRowTiny = 0x1p-120f;  // ROW_TINY of the Python module.
+
+inline VecF GeluErf(VecF z) {
+  const VecF a = Abs(z) * Splat(kInvSqrt2F);
+  const VecF t = Splat(1.f) / (Splat(1.f) + Splat(0.3275911f) * a);
+  VecF p = Splat(1.061405429f);
+  p = p * t + Splat(-1.453152027f);
+  p = p * t + Splat(1.421413741f);
+  p = p * t + Splat(-0.284496736f);
+  p = p * t + Splat(0.254829592f);
+  p = p * t;
+  const VecF half_erfc = Splat(0.5f) * p * Exp(-(a * a));  // Phi(-|z|)
+  return z * (z >= Splat(0.f) ? Splat(1.f) - half_erfc : half_erfc);
+}
+
+inline VecF GeluTanh(VecF z) {
+  const VecF u = Splat(kGeluTanhScaleF) * (z + Splat(kGeluTanhCubicF) * z * z * z);
+  return z / (Splat(1.f) + Exp(Splat(-2.f) * u));
+}
+
+inline VecF Activate(VecF y, QuantActivation act) {
+  switch (act) {
+    case QuantActivation::kRelu:
+      return Max(y, Splat(0.f));
+    case QuantActivation::kGelu:
+      return GeluErf(y);
+    case QuantActivation::kGeluTanh:
+      return GeluTanh(y);
+    default:
+      return y;
+  }
+}
+
+// Writes 8 channels starting at column c (fewer at the end of the row).
+inline void StoreChannels(float* row, int64_t c, int64_t n, VecF v) {
+  if (c + kLanes <= n) {
+    Store(row + c, v);
+  } else if (c < n) {
+    StorePartial(row + c, v, n - c);
+  }
+}
+
+// Dequantizes, adds the bias, activates and stores one W8A8 accumulator.
+inline void W8A8Epilogue(const W8A8Problem& p, int64_t r, int64_t panel,
+                         VecF accf) {
+  const int64_t c = panel * kQuantPanelN;
+  float* row = p.out + r * p.ldo;
+  if (!p.finite[r]) {
+    StoreChannels(row, c, p.n, Splat(__builtin_nanf("")));
+    return;
+  }
+  VecF y = accf * (Splat(p.sx[r]) * Load(p.scale + c));
+  if (p.bias != nullptr) y = y + Load(p.bias + c);
+  StoreChannels(row, c, p.n, Activate(y, p.act));
+}
+
+bool QuantizeRow(const float* x, int64_t k, int64_t kp, int8_t* q,
+                 float* sx) {
+  VecF vmax = Splat(0.f);
+  VecF poison = Splat(0.f);  // x * 0: NaN once a NaN or Inf is seen.
+  int64_t j = 0;
+  for (; j + kLanes <= k; j += kLanes) {
+    const VecF v = Load(x + j);
+    poison = poison + v * Splat(0.f);
+    vmax = Max(vmax, Abs(v));
+  }
+  float amax = 0.f, bad = HorizontalSum(poison);
+  {
+    float buf[kLanes];
+    std::memcpy(buf, &vmax, sizeof(buf));
+    for (int64_t i = 0; i < kLanes; ++i) amax = buf[i] > amax ? buf[i] : amax;
+  }
+  for (int64_t t = j; t < k; ++t) {
+    bad = bad + x[t] * 0.f;
+    const float a = __builtin_fabsf(x[t]);
+    amax = a > amax ? a : amax;
+  }
+  if (bad != bad) {
+    std::memset(q, 0, kp);
+    *sx = 0.f;
+    return false;
+  }
+  if (amax < kRowTiny) amax = 0.f;  // 127 / amax would overflow.
+  *sx = amax / 127.f;
+  const float inv = amax > 0.f ? 127.f / amax : 0.f;
+  j = 0;
+#if defined(__AVX__)
+  const VecF vinv = Splat(inv);
+  for (; j + kLanes <= k; j += kLanes) {
+    VecF v = Load(x + j) * vinv;
+    v = Min(Max(v, Splat(-127.f)), Splat(127.f));
+    // Rounds to nearest even (the default MXCSR mode).
+    const __m256i i32 = _mm256_cvtps_epi32(reinterpret_cast<__m256>(v));
+    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32),
+                                        _mm256_extractf128_si256(i32, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + j),
+                     _mm_packs_epi16(i16, i16));
+  }
+#endif
+  for (; j < k; ++j) {
+    float v = x[j] * inv;
+    v = v < -127.f ? -127.f : (v > 127.f ? 127.f : v);
+    q[j] = static_cast<int8_t>(__builtin_rintf(v));
+  }
+  for (; j < kp; ++j) q[j] = 0;
+  return true;
+}
+
+#if defined(__AVX2__)
+
+// R rows (<= 4) times P panels (<= 2) of exact int8 sums.
+template <int R, int P>
+void W8A8Micro(const W8A8Problem& p, int64_t r, int64_t panel) {
+  const int64_t kp = p.kb * kQuantPanelK;
+  const int8_t* qx = p.qx + r * kp;
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  const int64_t wstride = p.kb * 32;  // Bytes from one panel to the next.
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[R][P];
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    #pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) acc[i][j] = _mm256_setzero_si256();
+  }
+  for (int64_t b = 0; b < p.kb; ++b) {
+    __m256i wv[P];
+    #pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) {
+      wv[j] = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(w + j * wstride + b * 32));
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      int32_t a4;
+      std::memcpy(&a4, qx + i * kp + b * 4, 4);
+      const __m256i a = _mm256_set1_epi32(a4);
+      const __m256i ua = _mm256_sign_epi8(a, a);
+      #pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) {
+        const __m256i s = _mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv[j], a));
+        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(s, ones));
+      }
+    }
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    #pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) {
+      W8A8Epilogue(p, r + i, panel + j,
+                   reinterpret_cast<VecF>(_mm256_cvtepi32_ps(acc[i][j])));
+    }
+  }
+}
+
+template <int P>
+void W8A8Rows(const W8A8Problem& p, int64_t r, int64_t rows, int64_t panel) {
+  switch (rows) {
+    case 4:
+      return W8A8Micro<4, P>(p, r, panel);
+    case 3:
+      return W8A8Micro<3, P>(p, r, panel);
+    case 2:
+      return W8A8Micro<2, P>(p, r, panel);
+    default:
+      return W8A8Micro<1, P>(p, r, panel);
+  }
+}
+
+void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
+          int64_t p1) {
+  int64_t panel = p0;
+  for (; panel + 2 <= p1; panel += 2) {
+    for (int64_t r = r0; r < r1; r += 4) {
+      W8A8Rows<2>(p, r, r1 - r < 4 ? r1 - r : 4, panel);
+    }
+  }
+  if (panel < p1) {
+    for (int64_t r = r0; r < r1; r += 4) {
+      W8A8Rows<1>(p, r, r1 - r < 4 ? r1 - r : 4, panel);
+    }
+  }
+}
+
+// 32 packed bytes (4 bytes x 8 channels) -> 4 vectors of 8 channels, one
+// per byte position, as int32.
+inline void Transpose4x8(__m256i b, __m256i out[4]) {
+  const __m256i shuf = _mm256_setr_epi8(
+      0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
+      0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i t = _mm256_permutevar8x32_epi32(
+      _mm256_shuffle_epi8(b, shuf), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  const __m128i lo = _mm256_castsi256_si128(t);
+  const __m128i hi = _mm256_extracti128_si256(t, 1);
+  out[0] = _mm256_cvtepi8_epi32(lo);
+  out[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8));
+  out[2] = _mm256_cvtepi8_epi32(hi);
+  out[3] = _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8));
+}
+
+// Decodes one 32-byte block into `count` (4 or 8) vectors of 8 dequantized
+// channel weights, in K order, for K values k0 .. k0 + count.
+inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
+                       int64_t k0, int64_t c, VecF w[8]) {
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  __m256i v[8];
+  int count;
+  if (p.bits == 8) {
+    Transpose4x8(b, v);
+    count = 4;
+  } else {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    const __m256i eight = _mm256_set1_epi8(8);
+    __m256i lo = _mm256_and_si256(b, mask);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
+    lo = _mm256_sub_epi8(_mm256_xor_si256(lo, eight), eight);
+    hi = _mm256_sub_epi8(_mm256_xor_si256(hi, eight), eight);
+    __m256i vl[4], vh[4];
+    Transpose4x8(lo, vl);
+    Transpose4x8(hi, vh);
+    #pragma GCC unroll 8
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = vl[i];  // Low nibble: even k.
+      v[2 * i + 1] = vh[i];
+    }
+    count = 8;
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < count; ++i) {
+    const VecF s = Load(p.scale + p.scale_row[k0 + i] + c);
+    w[i] = reinterpret_cast<VecF>(_mm256_cvtepi32_ps(v[i])) * s;
+  }
+  return count;
+}
+
+// The 8 channel sums of 4 accumulators holding 4 partial sums of each of
+// channels (0, 1), (2, 3), (4, 5), (6, 7).
+inline __m256 Reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// Weight-only with whole-block groups: the packed bytes are widened in
+// place (8 bytes = 2 channels x 4 bytes along K per vector) and multiplied
+// by the matching x values, each group's sums reduced and scaled once.
+template <int R, int kBits>
+void WeightOnlyGrouped(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
+  const int64_t c = panel * kQuantPanelN;
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  constexpr int64_t kValues = kBits == 8 ? 4 : 8;  // K values per block.
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+  __m256 total[R];
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) total[i] = _mm256_setzero_ps();
+  for (int64_t g0 = 0; g0 < p.kb; g0 += p.group_blocks) {
+    const int64_t g1 = g0 + p.group_blocks < p.kb ? g0 + p.group_blocks : p.kb;
+    __m256 acc[R][4];
+    #pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      #pragma GCC unroll 8
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
+    }
+    for (int64_t b = g0; b < g1; ++b) {
+      const int8_t* src = w + b * 32;
+      if constexpr (kBits == 8) {
+        __m256 wv[4];
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; ++j) {
+          wv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j))));
+        }
+        #pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const __m256 xv = _mm256_broadcast_ps(
+              reinterpret_cast<const __m128*>(p.x + (r + i) * p.ldx + 4 * b));
+          #pragma GCC unroll 8
+          for (int j = 0; j < 4; ++j) {
+            acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
+          }
+        }
+      } else {
+        __m256 xe[R], xo[R];
+        #pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const __m256 xv = _mm256_loadu_ps(p.x + (r + i) * p.ldx + 8 * b);
+          xe[i] = _mm256_permutevar8x32_ps(xv, even);  // x of even k.
+          xo[i] = _mm256_permutevar8x32_ps(xv, odd);
+        }
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; ++j) {
+          const __m256i v = _mm256_cvtepi8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j)));
+          // Low nibble (even k) and high nibble (odd k), sign-extended.
+          const __m256 lo = _mm256_cvtepi32_ps(
+              _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
+          const __m256 hi = _mm256_cvtepi32_ps(
+              _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
+          #pragma GCC unroll 8
+          for (int i = 0; i < R; ++i) {
+            acc[i][j] = _mm256_fmadd_ps(lo, xe[i], acc[i][j]);
+            acc[i][j] = _mm256_fmadd_ps(hi, xo[i], acc[i][j]);
+          }
+        }
+      }
+    }
+    const __m256 s = _mm256_loadu_ps(p.scale + p.scale_row[g0 * kValues] + c);
+    #pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      total[i] = _mm256_fmadd_ps(
+          Reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), s, total[i]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    VecF y = reinterpret_cast<VecF>(total[i]);
+    if (p.bias != nullptr) y = y + Load(p.bias + c);
+    StoreChannels(p.out + (r + i) * p.ldo, c, p.n, Activate(y, p.act));
+  }
+}
+
+// Decodes blocks [b0, b1) of a panel into float vectors (4 or 8 per block,
+// in the order WeightOnlyGrouped multiplies them).
+template <int kBits>
+inline void DecodeChunk(const int8_t* w, int64_t b0, int64_t b1, __m256* out) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int8_t* src = w + b * 32;
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = _mm256_cvtepi8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j)));
+      if constexpr (kBits == 8) {
+        *out++ = _mm256_cvtepi32_ps(v);
+      } else {
+        *out++ = _mm256_cvtepi32_ps(
+            _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
+        *out++ = _mm256_cvtepi32_ps(
+            _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
+      }
+    }
+  }
+}
+
+// Many rows: each chunk of up to kChunk blocks is decoded once into a
+// buffer (L1), then every pair of rows runs over it; the per-row partial
+// sums of the current group wait in `part` between chunks.
+constexpr int64_t kBufferedRows = 16;
+
+template <int kBits>
+void WeightOnlyBuffered(const WeightOnlyProblem& p, int64_t panel,
+                        int64_t r0, int64_t rows) {
+  constexpr int64_t kChunk = 16;
+  constexpr int kVecs = kBits == 8 ? 4 : 8;  // Vectors per block.
+  constexpr int64_t kValues = kBits == 8 ? 4 : 8;
+  alignas(32) __m256 buf[kChunk * kVecs];
+  const int64_t c = panel * kQuantPanelN;
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  // part[r][j]: partial sums of the current group; total[r]: scaled sums.
+  __m256 part[kBufferedRows * 4], total[kBufferedRows];
+  for (int64_t r = 0; r < rows; ++r) total[r] = _mm256_setzero_ps();
+  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+  for (int64_t g0 = 0; g0 < p.kb; g0 += p.group_blocks) {
+    const int64_t g1 = g0 + p.group_blocks < p.kb ? g0 + p.group_blocks : p.kb;
+    for (int64_t r = 0; r < rows * 4; ++r) part[r] = _mm256_setzero_ps();
+    for (int64_t c0 = g0; c0 < g1; c0 += kChunk) {
+      const int64_t c1 = c0 + kChunk < g1 ? c0 + kChunk : g1;
+      DecodeChunk<kBits>(w, c0, c1, buf);
+      for (int64_t r = 0; r < rows; ++r) {
+        __m256 acc[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) acc[j] = part[r * 4 + j];
+        const float* x = p.x + (r0 + r) * p.ldx;
+        const __m256* wv = buf;
+        for (int64_t b = c0; b < c1; ++b, wv += kVecs) {
+          if constexpr (kBits == 8) {
+            const __m256 xv =
+                _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + 4 * b));
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              acc[j] = _mm256_fmadd_ps(wv[j], xv, acc[j]);
+            }
+          } else {
+            const __m256 xv = _mm256_loadu_ps(x + 8 * b);
+            const __m256 xe = _mm256_permutevar8x32_ps(xv, even);
+            const __m256 xo = _mm256_permutevar8x32_ps(xv, odd);
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              acc[j] = _mm256_fmadd_ps(wv[2 * j], xe, acc[j]);
+              acc[j] = _mm256_fmadd_ps(wv[2 * j + 1], xo, acc[j]);
+            }
+          }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) part[r * 4 + j] = acc[j];
+      }
+    }
+    const __m256 s = _mm256_loadu_ps(p.scale + p.scale_row[g0 * kValues] + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      total[r] = _mm256_fmadd_ps(Reduce4(part[r * 4], part[r * 4 + 1],
+                                         part[r * 4 + 2], part[r * 4 + 3]),
+                                 s, total[r]);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    VecF y = reinterpret_cast<VecF>(total[r]);
+    if (p.bias != nullptr) y = y + Load(p.bias + c);
+    StoreChannels(p.out + (r0 + r) * p.ldo, c, p.n, Activate(y, p.act));
+  }
+}
+
+// Rows in pairs (or buffered for more rows); returns false when the groups
+// split blocks.
+bool WeightOnlyFast(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
+  if (p.group_blocks <= 0) return false;
+  if (p.rows > 2) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      for (int64_t r = 0; r < p.rows; r += kBufferedRows) {
+        const int64_t n = p.rows - r < kBufferedRows ? p.rows - r : kBufferedRows;
+        p.bits == 8 ? WeightOnlyBuffered<8>(p, panel, r, n)
+                    : WeightOnlyBuffered<4>(p, panel, r, n);
+      }
+    }
+    return true;
+  }
+  for (int64_t panel = p0; panel < p1; ++panel) {
+    int64_t r = 0;
+    for (; r + 2 <= p.rows; r += 2) {
+      p.bits == 8 ? WeightOnlyGrouped<2, 8>(p, r, panel)
+                  : WeightOnlyGrouped<2, 4>(p, r, panel);
+    }
+    if (r < p.rows) {
+      p.bits == 8 ? WeightOnlyGrouped<1, 8>(p, r, panel)
+                  : WeightOnlyGrouped<1, 4>(p, r, panel);
+    }
+  }
+  return true;
+}
+
+#else  // Baseline: scalar integer code.
+
+bool WeightOnlyFast(const WeightOnlyProblem&, int64_t, int64_t) {
+  return false;
+}
+
+
+void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
+          int64_t p1) {
+  const int64_t kp = p.kb * kQuantPanelK;
+  for (int64_t panel = p0; panel < p1; ++panel) {
+    const int8_t* w = p.packed + panel * p.kb * 32;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int8_t* qx = p.qx + r * kp;
+      VecI acc = VecI{};
+      int32_t a8[kLanes] = {0};
+      for (int64_t b = 0; b < p.kb; ++b) {
+        for (int64_t j = 0; j < kQuantPanelN; ++j) {
+          int32_t s = 0;
+          for (int64_t i = 0; i < kQuantPanelK; ++i) {
+            s += static_cast<int32_t>(qx[b * 4 + i]) *
+                 static_cast<int32_t>(w[b * 32 + j * 4 + i]);
+          }
+          a8[j] += s;
+        }
+      }
+      std::memcpy(&acc, a8, sizeof(acc));
+      W8A8Epilogue(p, r, panel, __builtin_convertvector(acc, VecF));
+    }
+  }
+}
+
+inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
+                       int64_t k0, int64_t c, VecF w[8]) {
+  const int count = p.bits == 8 ? 4 : 8;
+  #pragma GCC unroll 8
+  for (int i = 0; i < count; ++i) {
+    float f[kLanes];
+    for (int64_t j = 0; j < kLanes; ++j) {
+      int v;
+      if (p.bits == 8) {
+        v = src[j * 4 + i];
+      } else {
+        const int byte = src[j * 4 + i / 2];
+        // Low nibble for even k, high nibble for odd k, sign-extended.
+        v = (i % 2 == 0) ? static_cast<int8_t>(byte << 4) >> 4 : byte >> 4;
+      }
+      f[j] = static_cast<float>(v);
+    }
+    VecF fv;
+    std::memcpy(&fv, f, sizeof(fv));
+    w[i] = fv * Load(p.scale + p.scale_row[k0 + i] + c);
+  }
+  return count;
+}
+
+#endif  // __AVX2__
+
+// R rows (<= 8) of one panel; small R splits each row's sum over several
+// accumulators so the FMA chains overlap.
+template <int R>
+void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
+  constexpr int kSplit = R >= 4 ? 1 : (R >= 2 ? 2 : 4);
+  const int64_t c = panel * kQuantPanelN;
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  VecF acc[R][kSplit];
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    #pragma GCC unroll 8
+    for (int s = 0; s < kSplit; ++s) acc[i][s] = Splat(0.f);
+  }
+  const float* x = p.x + r * p.ldx;
+  int64_t k = 0;
+  for (int64_t b = 0; b < p.kb; ++b) {
+    VecF wv[8];
+    const int count = DecodeBlock(p, w + b * 32, k, c, wv);
+    #pragma GCC unroll 8
+    for (int t = 0; t < count; ++t) {
+      #pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        acc[i][t % kSplit] =
+            acc[i][t % kSplit] + Splat(x[i * p.ldx + k + t]) * wv[t];
+      }
+    }
+    k += count;
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    VecF y = acc[i][0];
+    #pragma GCC unroll 8
+    for (int s = 1; s < kSplit; ++s) y = y + acc[i][s];
+    if (p.bias != nullptr) y = y + Load(p.bias + c);
+    StoreChannels(p.out + (r + i) * p.ldo, c, p.n, Activate(y, p.act));
+  }
+}
+
+void WeightOnly(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
+  if (WeightOnlyFast(p, p0, p1)) return;
+  for (int64_t panel = p0; panel < p1; ++panel) {
+    for (int64_t r = 0; r < p.rows; r += 8) {
+      switch (p.rows - r < 8 ? p.rows - r : 8) {
+        case 8:
+          WeightOnlyMicro<8>(p, r, panel);
+          break;
+        case 7:
+          WeightOnlyMicro<7>(p, r, panel);
+          break;
+        case 6:
+          WeightOnlyMicro<6>(p, r, panel);
+          break;
+        case 5:
+          WeightOnlyMicro<5>(p, r, panel);
+          break;
+        case 4:
+          WeightOnlyMicro<4>(p, r, panel);
+          break;
+        case 3:
+          WeightOnlyMicro<3>(p, r, panel);
+          break;
+        case 2:
+          WeightOnlyMicro<2>(p, r, panel);
+          break;
+        default:
+          WeightOnlyMicro<1>(p, r, panel);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8,
+                                                   WeightOnly};
+
+}  // namespace KBM_ISA
+}  // namespace kbm
+}  // namespace tensorflow

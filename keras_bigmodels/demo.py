@@ -30,7 +30,7 @@ Stages:
    the teacher's outputs cached in memory after the first epoch, while a
    `kbm.callbacks.AttributionMonitor` explains a handful of test reviews
    (token attributions through the embedding layer) at every epoch.
-6. **Time inference** of the three models with `kbm.utils.measure_latencies`
+6. **Time inference** of the four models with `kbm.utils.measure_latencies`
    at batch 1 (latency) and batch 32 (throughput): warm-up, then the
    median and min-max spread of repeated calls, the models interleaved.
 7. **Export** the student as a stock-ops SavedModel

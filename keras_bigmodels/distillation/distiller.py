@@ -389,18 +389,12 @@ class Distiller(keras.Model):
         ]
         hidden.cache = None
         if teacher_cache is not None:
+            # Shapes from the feature models: a path into a nested model
+            # has its sequence length there, not in the nested graph.
             specs = []
-            for i, t in enumerate(teachers):
-                keys = t_keys if i == 0 else [OUTPUT]
-                specs += [
-                    (
-                        _output_shape(t, k)[1:],
-                        t.outputs[0].dtype
-                        if k is OUTPUT
-                        else _find_layer(t, k).output.dtype,
-                    )
-                    for k in keys
-                ]
+            for i, model in enumerate(hidden.teacher_models):
+                outputs = model.outputs[: len(t_keys) if i == 0 else 1]
+                specs += [(tuple(o.shape)[1:], o.dtype) for o in outputs]
             path = teacher_cache[5:] if teacher_cache != "memory" else None
             hidden.cache = cache_lib.TeacherCache(specs, path)
 

@@ -213,8 +213,10 @@ class FeatureDistillation(DistillationLoss):
         self._projection_layer = keras.layers.Dense(
             t[-1],
             use_bias=False,
-            name=f"projection_{self.student_layer or 'output'}_to_"
-            f"{self.teacher_layer or 'output'}",
+            name=(
+                f"projection_{self.student_layer or 'output'}_to_"
+                f"{self.teacher_layer or 'output'}"
+            ).replace("/", "."),  # Paths into nested models.
         )
         self._projection_layer.build(s)
 

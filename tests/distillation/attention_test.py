@@ -239,12 +239,14 @@ def test_identical_models_give_zero_and_gradient_reaches_student_only():
     assert all(g is not None for g in tape.gradient(value, s_vars))
 
 
-def test_in_a_distiller_with_nested_encoders_and_other_head_count():
+@pytest.mark.parametrize("cache", [None, "memory"])
+def test_in_a_distiller_with_nested_encoders_and_other_head_count(cache):
     """Teacher and student classifiers nest their encoders; the student has
-    fewer blocks and other heads; hidden states and attention together."""
+    fewer blocks, other heads and a narrower width (hidden states
+    projected); logits, hidden states and attention together."""
     teacher = classifier(encoder(layers=2, seed=4, name="t_enc"), "teacher")
     student = classifier(
-        encoder(layers=1, heads=4, seed=5, name="s_enc"), "student"
+        encoder(layers=1, heads=4, hidden=4, seed=5, name="s_enc"), "student"
     )
     losses = [
         kbm.distillation.losses.LogitsDistillation(2.0),
@@ -254,7 +256,7 @@ def test_in_a_distiller_with_nested_encoders_and_other_head_count():
         AttentionDistillation("t_enc", "s_enc", relation_heads=2),
     ]
     distiller = kbm.distillation.Distiller(
-        teacher, student, losses, student_loss_weight=0.2
+        teacher, student, losses, student_loss_weight=0.2, teacher_cache=cache
     )
     distiller.compile(
         optimizer=keras.optimizers.Adam(1e-2),
@@ -263,9 +265,14 @@ def test_in_a_distiller_with_nested_encoders_and_other_head_count():
     ids = token_ids(16)
     y = np.arange(16) % 2
     before = [w.copy() for w in teacher.get_weights()]
-    first = distiller.evaluate(ids, y, verbose=0, return_dict=True)
-    distiller.fit(ids, y, epochs=8, batch_size=16, verbose=0)
-    after = distiller.evaluate(ids, y, verbose=0, return_dict=True)
+    data = kbm.distillation.with_example_index(
+        tf.data.Dataset.from_tensor_slices((ids, y))
+    ).batch(16)
+    first = distiller.evaluate(data, verbose=0, return_dict=True)
+    distiller.fit(data, epochs=8, verbose=0)
+    after = distiller.evaluate(data, verbose=0, return_dict=True)
+    if cache:
+        assert distiller.teacher_cache_size() == 16
     assert after["distillation_loss"] < first["distillation_loss"]
     for a, b in zip(before, teacher.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -61,11 +61,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "experiments"
 RESULTS_MD = ROOT / "RESULTS.md"
 SECTION = "text-distillation"
-MODES = ("alone", "logits", "full")
+MODES = ("alone", "logits", "full", "transfer")
+DEFAULT_MODES = ("alone", "logits", "full")
 MODE_LABEL = {
     "alone": "alone (labels)",
     "logits": "logits KD",
     "full": "logits + hidden + attention",
+    "transfer": "logits KD + transfer set",
 }
 # name: (blocks, hidden, heads, intermediate); None = the teacher's size.
 STUDENTS = {
@@ -90,7 +92,17 @@ def parse_args(argv=None):
         default=None,
         help=f"comma-separated, of {list(STUDENTS)}",
     )
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated, of {list(MODES)}",
+    )
+    parser.add_argument(
+        "--transfer-size",
+        type=int,
+        default=None,
+        help="transfer mode: unlabelled training reviews added",
+    )
     parser.add_argument("--train-size", type=int, default=None)
     parser.add_argument("--test-size", type=int, default=None)
     parser.add_argument("--sequence-length", type=int, default=None)
@@ -129,6 +141,7 @@ def parse_args(argv=None):
         "sequence_length": 24,
         "epochs": 1,
         "teacher_epochs": 1,
+        "transfer_size": 256,
     }
     real = {
         "seeds": 3,
@@ -138,6 +151,7 @@ def parse_args(argv=None):
         "sequence_length": 40,
         "epochs": 3,
         "teacher_epochs": 3,
+        "transfer_size": 4000,
     }
     for key, value in (quick if args.quick else real).items():
         if getattr(args, key) is None:
@@ -201,11 +215,17 @@ def load_data(args):
     x_test = encode(data.test_texts[:n_test])
     y_test = data.test_labels[:n_test]
     split = int(len(x) * 0.9)
+    # The transfer set: other training reviews, their labels unused.
+    rest = rng.permutation(len(data.train_texts))  # Not the first draw.
+    used = set(idx.tolist())
+    rest = [i for i in rest if i not in used][: args.transfer_size]
+    x_transfer = encode([data.train_texts[i] for i in rest])
     return (
         (x[:split], y[:split]),
         (x[split:], y[split:]),
         (x_test, y_test),
         len(data.label_names),
+        x_transfer,
     )
 
 
@@ -219,7 +239,7 @@ def accuracy(model, x, y):
 
 def teacher_model(args, data):
     """The fine-tuned MiniLM classifier, from the cache or trained now."""
-    train, validation, test, num_classes = data
+    train, _, _, num_classes, _ = data
     config = json.dumps(
         {k: v for k, v in settings(args).items() if "teacher" in k}
         | {
@@ -310,12 +330,15 @@ def distillation_losses(args, mode, student_blocks, teacher_blocks):
 
 
 def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
-    train, _, (x_test, y_test), num_classes = data
+    train, _, (x_test, y_test), num_classes, x_transfer = data
     model, encoder = student_model(
         args, student, teacher_encoder, num_classes, seed
     )
     if mode == "alone":
         losses, weights, alpha = None, None, 1.0
+    elif mode == "transfer":
+        losses, weights = distillation_losses(args, "logits", 0, 0)
+        alpha = args.alpha
     else:
         losses, weights = distillation_losses(
             args, mode, encoder.num_layers, teacher_encoder.num_layers
@@ -330,6 +353,19 @@ def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
         teacher_cache=None if mode == "alone" else "memory",
     )
     n = len(train[0])
+    elements = train
+    if mode == "transfer":
+        # Unlabelled reviews weigh 0 in the label loss; the labelled ones
+        # are scaled so that a batch's label loss keeps its size.
+        total = n + len(x_transfer)
+        elements = (
+            np.concatenate([train[0], x_transfer]),
+            np.concatenate([train[1], np.zeros(len(x_transfer), "int64")]),
+            np.concatenate(
+                [np.full(n, total / n), np.zeros(len(x_transfer))]
+            ).astype("float32"),
+        )
+        n = total
     steps = args.epochs * int(np.ceil(n / args.batch_size))
     distiller.compile(
         optimizer=kbm.optimizers.AdamW(
@@ -340,7 +376,7 @@ def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
     )
     dataset = (
         kbm.distillation.with_example_index(
-            tf.data.Dataset.from_tensor_slices(train)
+            tf.data.Dataset.from_tensor_slices(elements)
         )
         .shuffle(n, seed=seed)
         .batch(args.batch_size)
@@ -351,6 +387,7 @@ def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
     ).history
     seconds = time.perf_counter() - start
     return {
+        "examples": int(n),
         "accuracy": accuracy(model, x_test, y_test),
         "seconds": seconds,
         "parameters": int(model.count_params()),
@@ -412,6 +449,13 @@ def render(results):
     teacher = results["teacher"]
     runs = results["runs"]
     students = [k for k in STUDENTS if any(r.startswith(f"{k}/") for r in runs)]
+    transfer = [r for k, r in runs.items() if "/transfer/" in k]
+    modes = DEFAULT_MODES + (("transfer",) if transfer else ())
+    transfer_examples = (
+        transfer[0]["examples"] - round(s["train_size"] * 0.9)
+        if transfer
+        else 0
+    )
     lines = [
         f"<!-- section:{SECTION} -->",
         "## Text: MiniLM on Rotten Tomatoes",
@@ -456,16 +500,25 @@ def render(results):
         f"`student_loss_weight={s['alpha']:g}`. For each seed all modes "
         "share the initial weights, data order and schedule. Accuracy = "
         "mean ± std over seeds on the test reviews. Gap closed = "
-        "(distilled - alone) / (teacher - alone) on the means.",
+        "(distilled - alone) / (teacher - alone) on the means."
+        + (
+            " Transfer set: logits KD on the labelled reviews plus "
+            f"{transfer_examples} other training reviews whose labels are "
+            "not used (weight 0 in the label loss), same epochs (so more "
+            "steps)."
+            if transfer_examples
+            else ""
+        ),
         "",
         "Teacher test accuracy: "
         + (f"{teacher['accuracy']:.4f}" if teacher else "not measured")
         + (f", {teacher['parameters']:,} parameters." if teacher else "."),
         "",
         "| student | parameters (outside the token table) | "
-        + " | ".join(MODE_LABEL[m] for m in MODES)
-        + " | gap closed: logits | gap closed: + hidden + attention |",
-        "|---|---|" + "---|" * len(MODES) + "---|---|",
+        + " | ".join(MODE_LABEL[m] for m in modes)
+        + "".join(f" | gap closed: {MODE_LABEL[m]}" for m in modes[1:])
+        + " |",
+        "|---|---|" + "---|" * (2 * len(modes) - 1),
     ]
     for student in students:
         blocks, hidden, heads, _ = STUDENTS[student]
@@ -475,7 +528,7 @@ def render(results):
                 for k, r in runs.items()
                 if k.startswith(f"{student}/{m}/")
             ]
-            for m in MODES
+            for m in modes
         }
         stats = {m: _mean_std(v) for m, v in accs.items()}
         any_run = next(
@@ -485,7 +538,7 @@ def render(results):
             f", hidden {hidden}, {heads} heads" if hidden else ""
         )
         gaps = []
-        for m in ("logits", "full"):
+        for m in modes[1:]:
             alone, dist = stats["alone"][0], stats[m][0]
             if alone is None or dist is None or teacher is None:
                 gaps.append("–")
@@ -497,8 +550,9 @@ def render(results):
         params = any_run["parameters"]
         lines.append(
             f"| {name} | {params:,} ({params - any_run['token_table']:,}) | "
-            + " | ".join(_fmt(*stats[m], len(accs[m])) for m in MODES)
-            + f" | {gaps[0]} | {gaps[1]} |"
+            + " | ".join(_fmt(*stats[m], len(accs[m])) for m in modes)
+            + "".join(f" | {g}" for g in gaps)
+            + " |"
         )
     lines += [
         "",

@@ -15,7 +15,11 @@ in three modes, each over the same seeds:
 - `full`: logits + `HiddenStateDistillation` (student block i to the
   teacher block it was copied from; projected for the narrow student) +
   `AttentionDistillation` (MiniLM's attention and value relations, 12
-  relation heads), and the labels.
+  relation heads), and the labels;
+- `transfer` (not run by default: `--modes ...,transfer`): logits KD on
+  the labelled reviews plus `--transfer-size` other training reviews whose
+  labels are never used (weight 0 in the label loss), the teacher's soft
+  targets on examples it was not fitted to.
 
 For one seed, every mode starts from the same initial weights (the head is
 drawn after `keras.utils.set_random_seed(seed)`), sees the same data in the

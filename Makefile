@@ -225,3 +225,9 @@ fuzz: build
 .PHONY: reliability-safe
 reliability-safe: build
 	$(PY) benchmarks/reliability_safe.py
+
+# Text distillation experiment (MiniLM on Rotten Tomatoes; long, resumable);
+# writes benchmarks/results/experiments/ and the RESULTS.md text section.
+.PHONY: distill-experiment
+distill-experiment: build
+	$(PY) benchmarks/distillation_experiment.py

@@ -237,6 +237,15 @@ def main():
         )
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     text = table(rows, args)
+    # Sections other scripts generate (`<!-- section:... -->`) are kept.
+    try:
+        with open(args.out) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    start = old.find("<!-- section:")
+    if start >= 0:
+        text += "\n" + old[start:]
     with open(args.out, "w") as f:
         f.write(text)
     print(text)

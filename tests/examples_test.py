@@ -134,10 +134,11 @@ def test_demo_quick(tmp_path):
         "| ms / call, batch 1 (min-max) "
         "| ms / example, batch 32 (min-max) |"
     )
-    rows = [row.split(" | ") for row in lines[header + 2 : header + 5]]
+    rows = [row.split(" | ") for row in lines[header + 2 : header + 6]]
     assert [row[0] for row in rows] == [
         "| fine-tuned MiniLM (teacher)",
         "| same encoder, from scratch",
+        "| same 2-layer student, alone",
         "| distilled 2-layer student",
     ]
     timing = re.compile(r"[\d.]+ ms \([\d.]+-[\d.]+\)")
@@ -146,6 +147,7 @@ def test_demo_quick(tmp_path):
         assert timing.fullmatch(row[4]) and timing.fullmatch(row[5][:-2])
     assert "the median of 25 (batch 1) and 9 (batch 32) timed calls" in report
     assert "Same architecture: fine-tuned MiniLM (teacher) and same " in report
+    assert "What distillation bought: the same 2-layer student" in report
 
 
 def test_demo_reports_bad_data_without_a_traceback(tmp_path):

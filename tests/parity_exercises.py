@@ -338,6 +338,42 @@ def _():
     )
 
 
+def _bert_encoder(layers, name):
+    return kbm.models.BertEncoder(
+        vocabulary_size=20,
+        num_layers=layers,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=6,
+        name=name,
+    )
+
+
+@exercise(
+    "distillation.student_from_teacher",
+    "distillation.losses.AttentionDistillation",
+)
+def _():
+    teacher = _bert_encoder(2, "t_enc")
+    student = kbm.distillation.student_from_teacher(
+        teacher, num_layers=1, name="s_enc"
+    )
+    x = {
+        "token_ids": np.ones((4, 6), "int32"),
+        "segment_ids": np.zeros((4, 6), "int32"),
+        "padding_mask": np.ones((4, 6), "int32"),
+    }
+    d = kbm.distillation.Distiller(
+        teacher,
+        student,
+        kbm.distillation.losses.AttentionDistillation(relation_heads=2),
+        student_loss_weight=0.0,
+    )
+    d.compile(optimizer="adam")
+    d.fit(x, epochs=1, verbose=0)
+
+
 @exercise(
     "distillation.cache_teacher_outputs", "distillation.with_example_index"
 )
@@ -836,6 +872,7 @@ def public_names():
                         "LogitsDistillation",
                         "FeatureDistillation",
                         "HiddenStateDistillation",
+                        "AttentionDistillation",
                     )
                 ]
             elif name == "schedules":

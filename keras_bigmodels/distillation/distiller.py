@@ -85,7 +85,13 @@ def _combines_teachers(loss):
 
 
 def _feature_model(model, keys, role):
-    """A model returning [features for each key] (None = the output)."""
+    """A model returning [features for each key] (None = the output).
+
+    A key is a layer name, or a path `"encoder/layer"` into a nested
+    functional model (the nested model called once by `model`); a path
+    ending in one of the nested model's input names is the tensor fed to
+    that input.
+    """
     if keys == [OUTPUT]:
         return model
     if not hasattr(model, "inputs") or model.inputs is None:
@@ -93,26 +99,85 @@ def _feature_model(model, keys, role):
             f"Distilling intermediate layers needs a functional or Sequential "
             f"{role} model; {model.name!r} has no symbolic inputs."
         )
-    outputs = []
-    for key in keys:
-        if key is OUTPUT:
-            outputs.append(model.outputs[0])
-            continue
-        try:
-            outputs.append(model.get_layer(key).output)
-        except ValueError:
-            names = [layer.name for layer in model.layers]
-            raise ValueError(
-                f"The {role} model {model.name!r} has no layer named {key!r} "
-                f"(its layers: {names})"
-            ) from None
+    features = _symbolic_features(
+        model, [k for k in keys if k is not OUTPUT], role
+    )
+    outputs = [model.outputs[0] if k is OUTPUT else features[k] for k in keys]
     return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+def _get_layer(model, name, role="given"):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        names = [layer.name for layer in model.layers]
+        raise ValueError(
+            f"The {role} model {model.name!r} has no layer named {name!r} "
+            f"(its layers: {names})"
+        ) from None
+
+
+def _find_layer(model, key, role="given"):
+    """The layer a key names (a path descends into nested models)."""
+    for name in key.split("/"):
+        model = _get_layer(model, name, role)
+    return model
+
+
+def _call_arguments(model, sub, role):
+    """The symbolic first argument `model` calls its nested model with."""
+    nodes = [n for n in sub._inbound_nodes if not n.is_input]
+    if len(nodes) != 1:
+        raise ValueError(
+            f"A feature path into {sub.name!r} needs it called exactly once "
+            f"in the {role} model {model.name!r}; it is called "
+            f"{len(nodes)} times"
+        )
+    node = nodes[0]
+    args = node.call_args if IS_LEGACY_KERAS else node.arguments.args
+    return args[0]
+
+
+def _symbolic_features(model, keys, role="given"):
+    """{key: symbolic tensor of `model`'s graph} for layer names and paths."""
+    features, nested = {}, {}
+    for key in keys:
+        head, _, rest = key.partition("/")
+        if rest:
+            nested.setdefault(head, []).append(key)
+        else:
+            features[key] = _get_layer(model, key, role).output
+    for head, group in nested.items():
+        sub = _get_layer(model, head, role)
+        if not hasattr(sub, "input") or not hasattr(sub, "get_layer"):
+            raise ValueError(
+                f"The feature path(s) {group} need {head!r} to be a "
+                f"functional model. Received: {type(sub).__name__}"
+            )
+        args = _call_arguments(model, sub, role)
+        inner_keys = [k.partition("/")[2] for k in group]
+        input_names = set(args) if isinstance(args, dict) else set()
+        direct = [k for k in inner_keys if k in input_names]
+        layered = [k for k in inner_keys if k not in input_names]
+        for k in direct:
+            features[f"{head}/{k}"] = args[k]
+        if layered:
+            inner = _symbolic_features(sub, layered, role)
+            extractor = keras.Model(
+                sub.input,
+                [inner[k] for k in layered],
+                name=f"{sub.name}_features",
+            )
+            outs = extractor(args)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            features.update((f"{head}/{k}", o) for k, o in zip(layered, outs))
+    return features
 
 
 def _output_shape(model, key):
     if key is OUTPUT:
         return tuple(model.outputs[0].shape)
-    return tuple(model.get_layer(key).output.shape)
+    return tuple(_find_layer(model, key).output.shape)
 
 
 def _output_shapes(model, keys):
@@ -264,6 +329,8 @@ class Distiller(keras.Model):
             _as_kbm_loss(loss, teachers[0], student)
             for loss in distillation_losses
         ]
+        for loss in losses:
+            loss.configure(teachers[0], student)
         if distillation_loss_weights is None:
             distillation_loss_weights = [1.0] * len(distillation_losses)
         _check_weights("distillation_loss_weights", distillation_loss_weights)
@@ -322,18 +389,12 @@ class Distiller(keras.Model):
         ]
         hidden.cache = None
         if teacher_cache is not None:
+            # Shapes from the feature models: a path into a nested model
+            # has its sequence length there, not in the nested graph.
             specs = []
-            for i, t in enumerate(teachers):
-                keys = t_keys if i == 0 else [OUTPUT]
-                specs += [
-                    (
-                        _output_shape(t, k)[1:],
-                        t.outputs[0].dtype
-                        if k is OUTPUT
-                        else t.get_layer(k).output.dtype,
-                    )
-                    for k in keys
-                ]
+            for i, model in enumerate(hidden.teacher_models):
+                outputs = model.outputs[: len(t_keys) if i == 0 else 1]
+                specs += [(tuple(o.shape)[1:], o.dtype) for o in outputs]
             path = teacher_cache[5:] if teacher_cache != "memory" else None
             hidden.cache = cache_lib.TeacherCache(specs, path)
 

@@ -27,6 +27,10 @@ class DistillationLoss:
     teacher_features = (OUTPUT,)
     student_features = (OUTPUT,)
 
+    def configure(self, teacher, student):
+        """Sees the (first) teacher and the student before the Distiller
+        collects `teacher_features` / `student_features`."""
+
     def build(self, distiller, teacher_shapes, student_shapes):
         """Creates trainable state (projections); shapes by feature key."""
 
@@ -209,8 +213,10 @@ class FeatureDistillation(DistillationLoss):
         self._projection_layer = keras.layers.Dense(
             t[-1],
             use_bias=False,
-            name=f"projection_{self.student_layer or 'output'}_to_"
-            f"{self.teacher_layer or 'output'}",
+            name=(
+                f"projection_{self.student_layer or 'output'}_to_"
+                f"{self.teacher_layer or 'output'}"
+            ).replace("/", "."),  # Paths into nested models.
         )
         self._projection_layer.build(s)
 
@@ -341,3 +347,329 @@ def uniform_layer_map(student_layers, teacher_layers):
         )
     k = len(t) // len(s)
     return {name: t[(i + 1) * k - 1] for i, name in enumerate(s)}
+
+
+RELATIONS = ("qk", "qq", "kk", "vv")
+
+
+def _embedding_output_name(encoder):
+    """The layer whose output feeds an encoder's first block."""
+    for name in ("embeddings_dropout", "embeddings_layer_norm"):
+        try:
+            encoder.get_layer(name)
+            return name
+        except ValueError:
+            pass
+    raise ValueError(
+        f"Encoder {encoder.name!r} has no 'embeddings_dropout' layer; "
+        "AttentionDistillation supports kbm.models.BertEncoder"
+    )
+
+
+class _EncoderView:
+    """Feature keys and attention layers of the mapped blocks of one
+    BertEncoder-like model (blocks in `transformer_layers`)."""
+
+    def __init__(self, model, path, role):
+        encoder = model
+        if path is not None:
+            for name in path.split("/"):
+                try:
+                    encoder = encoder.get_layer(name)
+                except ValueError:
+                    raise ValueError(
+                        f"The {role} model {model.name!r} has no layer "
+                        f"{path!r} (its layers: "
+                        f"{[la.name for la in model.layers]})"
+                    ) from None
+        blocks = getattr(encoder, "transformer_layers", None)
+        if not blocks:
+            raise ValueError(
+                f"AttentionDistillation needs the {role}'s encoder to be a "
+                "kbm.models.BertEncoder (blocks in `transformer_layers`). "
+                f"Received: {type(encoder).__name__} at "
+                f"{path or '<the model>'!r}"
+            )
+        self.encoder = encoder
+        self.blocks = list(blocks)
+        prefix = "" if path is None else f"{path}/"
+        first = _embedding_output_name(encoder)
+        self.input_keys = [
+            prefix + (first if i == 0 else self.blocks[i - 1].name)
+            for i in range(len(self.blocks))
+        ]
+        self.mask_key = prefix + "padding_mask"
+
+    def qkv(self, index, hidden):
+        """Query, key and value [batch, seq, heads, head_dim] of block
+        `index` for its input `hidden` (as the block computes them)."""
+        block = self.blocks[index]
+        if getattr(block, "norm_first", False):
+            hidden = block._self_attention_norm(hidden)
+        attention = block._self_attention
+        return (
+            attention._query_dense(hidden),
+            attention._key_dense(hidden),
+            attention._value_dense(hidden),
+        )
+
+
+def _relation_heads(x, heads):
+    """[batch, seq, heads, head_dim] -> [batch, R, seq, d]: the model's own
+    heads (heads=None) or the hidden size re-split into `heads`."""
+    x = tf.cast(x, tf.float32)
+    if heads is not None:
+        shape = tf.shape(x)
+        width = x.shape[-1] * x.shape[-2]
+        x = tf.reshape(x, [shape[0], shape[1], heads, width // heads])
+    return tf.transpose(x, [0, 2, 1, 3])
+
+
+def _log_relation(a, b, key_valid):
+    """log softmax(a b^T / sqrt(d)) over the valid keys; [B, R, T, T]."""
+    scores = tf.matmul(a, b, transpose_b=True)
+    scores /= tf.sqrt(tf.cast(tf.shape(a)[-1], tf.float32))
+    scores = tf.where(key_valid, scores, -1e9)
+    return tf.nn.log_softmax(scores, axis=-1)
+
+
+@register_serializable
+class AttentionDistillation(DistillationLoss):
+    """Matches the student's self-attention relations to the teacher's
+    (MiniLM).
+
+    For each mapped pair of blocks, the queries, keys and values are
+    recomputed from the block's input (the reference attention, never the
+    fused kernel, which keeps no probabilities) and each relation in
+    `relations` is the row-wise softmax of `A B^T / sqrt(d)` over the
+    non-padded keys:
+
+    - `"qk"`: the attention distribution itself (MiniLM's self-attention
+      distribution transfer);
+    - `"vv"`: the value relation (MiniLM's value-relation transfer);
+    - `"qq"`, `"kk"`: the query and key self-relations of MiniLM v2.
+
+    The loss is `KL(teacher relation || student relation)` per query row,
+    averaged over the non-padded query rows, the heads, the relations and
+    the mapped block pairs. With `relation_heads=None` each model's own
+    heads are used and their counts must agree; with `relation_heads=R`
+    both models' concatenated heads are re-split into `R` relation heads
+    (MiniLM v2), so a student with another head count or width works. The
+    gradient reaches the student only.
+
+    The models must contain a `kbm.models.BertEncoder` (or be one), named
+    by `teacher_encoder` / `student_encoder` (a layer name or a
+    `"outer/inner"` path; None when the model is the encoder).
+
+    Args:
+        teacher_encoder: Name of the teacher's encoder layer, or None.
+        student_encoder: Name of the student's encoder layer, or None.
+        layer_map: Dict `{student block index: teacher block index}`, or
+            None for the uniform map (student block i to teacher block
+            `(i + 1) * (T // S) - 1`). MiniLM itself maps only the last
+            blocks: `{S - 1: T - 1}`. Defaults to None.
+        relations: Tuple of `"qk"`, `"qq"`, `"kk"`, `"vv"`. Defaults to
+            `("qk", "vv")` (MiniLM).
+        relation_heads: None (the models' own heads) or the number of
+            relation heads. Defaults to None.
+
+    Example:
+
+    ```python
+    loss = kbm.distillation.losses.AttentionDistillation(
+        teacher_encoder="minilm", student_encoder="student_minilm",
+        relation_heads=12)
+    ```
+
+    Reference:
+    - [Wang et al., 2020](https://arxiv.org/abs/2002.10957)
+    - [Wang et al., 2021](https://arxiv.org/abs/2012.15828)
+    """
+
+    def __init__(
+        self,
+        teacher_encoder=None,
+        student_encoder=None,
+        layer_map=None,
+        relations=("qk", "vv"),
+        relation_heads=None,
+    ):
+        for name, value in (
+            ("teacher_encoder", teacher_encoder),
+            ("student_encoder", student_encoder),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(
+                    f"{name} must be a layer name or None. "
+                    f"Received: {name}={value!r}"
+                )
+        if isinstance(relations, str):
+            relations = (relations,)
+        relations = tuple(relations)
+        if not relations or any(r not in RELATIONS for r in relations):
+            raise ValueError(
+                f"relations must be a non-empty tuple of {RELATIONS}. "
+                f"Received: relations={relations!r}"
+            )
+        if relation_heads is not None and (
+            isinstance(relation_heads, bool)
+            or not isinstance(relation_heads, int)
+            or relation_heads <= 0
+        ):
+            raise ValueError(
+                "relation_heads must be a positive int or None. "
+                f"Received: relation_heads={relation_heads!r}"
+            )
+        if layer_map is not None:
+            if not isinstance(layer_map, dict) or not layer_map:
+                raise ValueError(
+                    "layer_map must be a non-empty dict {student block: "
+                    f"teacher block}} or None. Received: {layer_map!r}"
+                )
+            layer_map = {int(s): int(t) for s, t in layer_map.items()}
+        self.teacher_encoder = teacher_encoder
+        self.student_encoder = student_encoder
+        self.layer_map = layer_map
+        self.relations = relations
+        self.relation_heads = relation_heads
+        self._pairs = None
+        # Until configure(): the features cannot be named yet.
+        self.teacher_features = ()
+        self.student_features = ()
+
+    def configure(self, teacher, student):
+        t = _EncoderView(teacher, self.teacher_encoder, "teacher")
+        s = _EncoderView(student, self.student_encoder, "student")
+        layer_map = self.layer_map
+        if layer_map is None:
+            k = len(t.blocks) // len(s.blocks)
+            if k < 1:
+                raise ValueError(
+                    "The default layer_map needs at least as many teacher "
+                    f"blocks as student blocks. Received: {len(s.blocks)} "
+                    f"student, {len(t.blocks)} teacher"
+                )
+            layer_map = {i: (i + 1) * k - 1 for i in range(len(s.blocks))}
+        for si, ti in layer_map.items():
+            if not (0 <= si < len(s.blocks) and 0 <= ti < len(t.blocks)):
+                raise ValueError(
+                    f"layer_map pair {si}: {ti} is out of range: the "
+                    f"student has {len(s.blocks)} blocks, the teacher "
+                    f"{len(t.blocks)}"
+                )
+        if self.relation_heads is None:
+            heads = {
+                (role, b.num_heads)
+                for role, view in (("teacher", t), ("student", s))
+                for b in view.blocks
+            }
+            if len({h for _, h in heads}) > 1:
+                raise ValueError(
+                    "The teacher and student have different head counts "
+                    f"({sorted(heads)}); pass relation_heads=R to re-split "
+                    "both into R relation heads"
+                )
+        self._views = (t, s)
+        self._pairs = sorted(layer_map.items())
+        self.teacher_features = tuple(
+            dict.fromkeys(
+                [t.input_keys[ti] for _, ti in self._pairs] + [t.mask_key]
+            )
+        )
+        self.student_features = tuple(
+            dict.fromkeys(
+                [s.input_keys[si] for si, _ in self._pairs] + [s.mask_key]
+            )
+        )
+
+    def build(self, distiller, teacher_shapes, student_shapes):
+        if self.relation_heads is None:
+            return
+        for role, shapes, keys in (
+            ("teacher", teacher_shapes, self.teacher_features[:-1]),
+            ("student", student_shapes, self.student_features[:-1]),
+        ):
+            for key in keys:
+                width = shapes[key][-1]
+                if width is not None and width % self.relation_heads:
+                    raise ValueError(
+                        f"The {role}'s hidden size {width} (at {key!r}) is "
+                        "not a multiple of relation_heads="
+                        f"{self.relation_heads}"
+                    )
+
+    def relation_logits(self, view, index, hidden, mask):
+        """{relation: log-probabilities [B, R, T, T]} of one block."""
+        q, k, v = view.qkv(index, hidden)
+        parts = {
+            "q": _relation_heads(q, self.relation_heads),
+            "k": _relation_heads(k, self.relation_heads),
+            "v": _relation_heads(v, self.relation_heads),
+        }
+        key_valid = tf.cast(mask, tf.bool)[:, None, None, :]
+        return {
+            r: _log_relation(parts[r[0]], parts[r[1]], key_valid)
+            for r in self.relations
+        }
+
+    def compute_loss(self, teacher, student):
+        if self._pairs is None:
+            raise ValueError(
+                "AttentionDistillation is configured by the Distiller "
+                "(configure(teacher, student)) before use"
+            )
+        t_view, s_view = self._views
+        mask = tf.cast(student[s_view.mask_key], tf.float32)
+        t_mask = teacher[t_view.mask_key]
+        total = []
+        for si, ti in self._pairs:
+            t_rel = self.relation_logits(
+                t_view, ti, teacher[t_view.input_keys[ti]], t_mask
+            )
+            s_rel = self.relation_logits(
+                s_view, si, student[s_view.input_keys[si]], mask
+            )
+            for r in self.relations:
+                total.append(
+                    relation_kl(tf.stop_gradient(t_rel[r]), s_rel[r], mask)
+                )
+        return tf.add_n(total) / len(total)
+
+    def get_config(self):
+        return {
+            "teacher_encoder": self.teacher_encoder,
+            "student_encoder": self.student_encoder,
+            "layer_map": self.layer_map,
+            "relations": list(self.relations),
+            "relation_heads": self.relation_heads,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("layer_map") is not None:
+            config["layer_map"] = {
+                int(k): int(v) for k, v in config["layer_map"].items()
+            }
+        return cls(**config)
+
+
+def relation_kl(teacher_log_probs, student_log_probs, mask):
+    """Mean over valid query rows and heads of KL(teacher || student).
+
+    Args:
+        teacher_log_probs, student_log_probs: [batch, heads, seq, seq]
+            log-probabilities over the last axis.
+        mask: [batch, seq], 1 for real tokens (rows and keys), 0 for
+            padding.
+    """
+    mask = tf.cast(mask, tf.float32)
+    key_valid = mask[:, None, None, :] > 0
+    p = tf.exp(teacher_log_probs)
+    terms = tf.where(
+        key_valid, p * (teacher_log_probs - student_log_probs), 0.0
+    )
+    rows = tf.reduce_sum(terms, axis=-1)  # [B, R, T]
+    rows *= mask[:, None, :]
+    heads = tf.cast(tf.shape(rows)[1], tf.float32)
+    return tf.reduce_sum(rows) / (heads * tf.maximum(tf.reduce_sum(mask), 1))

@@ -97,6 +97,38 @@ def _distiller(losses):
     return Case(d, x)
 
 
+def _attention_distiller():
+    keras.utils.set_random_seed(2)
+
+    def encoder(layers, name):
+        return kbm.models.BertEncoder(
+            vocabulary_size=30,
+            num_layers=layers,
+            num_heads=2,
+            hidden_dim=8,
+            intermediate_dim=16,
+            max_sequence_length=16,
+            dropout=0.0,
+            name=name,
+        )
+
+    d = kbm.distillation.Distiller(
+        encoder(2, "teacher_encoder"),
+        encoder(1, "student_encoder"),
+        [kbm.distillation.losses.AttentionDistillation(relation_heads=2)],
+        student_loss_weight=0.0,
+    )
+    d.compile(optimizer=keras.optimizers.SGD(1e-2))
+    ids = RNG.integers(1, 30, (4, 6)).astype("int32")
+    inputs = {
+        "token_ids": ids,
+        "segment_ids": np.zeros_like(ids),
+        "padding_mask": np.ones_like(ids),
+    }
+    d.fit(inputs, batch_size=4, epochs=1, verbose=0)
+    return Case(d, inputs)
+
+
 def _schedule(schedule):
     return _compiled(kbm.optimizers.AdamW(learning_rate=schedule))
 
@@ -217,6 +249,7 @@ CASES = {
         "HiddenStateDistillation": lambda: _distiller(
             [_D.HiddenStateDistillation({"student_hidden": "teacher_hidden"})]
         ),
+        "AttentionDistillation": _attention_distiller,
     }.items()
 }
 

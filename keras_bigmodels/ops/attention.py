@@ -516,8 +516,13 @@ def _flash_attention_reference(
         keep = _attention_dropout_mask_reference(
             seed, tf.shape(probs, out_type=tf.int64), dropout_rate
         )
-        dropped = tf.where(
-            keep, probs / tf.constant(1.0 - dropout_rate, dtype), 0.0
+        # A product, as in the kernels, not a select: a NaN row of
+        # probabilities (scores overflowing to +inf) stays NaN when dropout
+        # happens to drop all of its keys, rather than becoming 0.
+        dropped = (
+            probs
+            * tf.cast(keep, dtype)
+            / tf.constant(1.0 - dropout_rate, dtype)
         )
     out = tf.einsum("bhqk,bkhd->bqhd", dropped, v)
     # In q's dtype (q itself was cast to the compute dtype above).

@@ -129,9 +129,13 @@ struct ScalarAttentionMath {
   static void ScaleRow(F* row, int64_t n, F a) {
     for (int64_t j = 0; j < n; ++j) row[j] *= a;
   }
-  // p = p * (dp - delta).
+  // p = p * (dp - delta), and exactly 0 where p is 0 (a masked or padded
+  // key): an infinite dO or a NaN in a masked key's value must not turn
+  // 0 * (dp - delta) into NaN (the reference's gradient there is 0).
   static void SoftmaxGradRow(F* p, const F* dp, F delta, int64_t n) {
-    for (int64_t j = 0; j < n; ++j) p[j] *= dp[j] - delta;
+    for (int64_t j = 0; j < n; ++j) {
+      p[j] = p[j] == F(0) ? F(0) : p[j] * (dp[j] - delta);
+    }
   }
   // z[j] = scale if flat index flat0 + j is kept, else 0.
   static void DropoutRow(F* z, int64_t n, const AttentionShape& s,

@@ -193,7 +193,11 @@ def lamb_update(
 
     For each variable: `m`, `v` as in `adam_update`; `p -= p * d`;
     `u = (m / bias_1) / (sqrt(v / bias_2) + epsilon)`; `r = ||p|| / ||u||`
-    (1 if either norm is 0); `p -= r * learning_rate * u`.
+    (1 if either norm is 0); `p -= r * learning_rate * u`. The update uses
+    the new `m` and `v` before they are stored (for float16/bfloat16
+    variables, before their rounding), as the norm does. With
+    `epsilon=0`, an element whose new `m` and `v` are both 0 gets
+    `u = 0 / 0` (NaN), on both paths.
 
     Args:
         variables, momentums, velocities, gradients: As in `adam_update`.

@@ -58,6 +58,40 @@ def machine():
     return f"{model}, {os.cpu_count()} CPUs"
 
 
+_CASE_START = re.compile(
+    r"(Falsifying example|Failing test case|Failing explicit example): "
+)
+
+
+def falsifying(output):
+    """The failing examples hypothesis printed, one compact line each."""
+    found = []
+    lines = [re.sub(r"^(E|\s*\|)\s?", "", x) for x in output.splitlines()]
+    for i, line in enumerate(lines):
+        match = _CASE_START.search(line)
+        if not match:
+            continue
+        text, depth = line[match.end() :], 0
+        for j in range(i, len(lines)):
+            part = lines[j] if j > i else text
+            part = re.sub(r"\s+#.*$", "", part).strip()
+            text = part if j == i else text + " " + part
+            depth += part.count("(") - part.count(")")
+            if depth <= 0 and part.endswith(")"):
+                break
+        error = next(
+            (
+                lines[k].strip()
+                for k in range(i - 1, max(-1, i - 8), -1)
+                if re.search(r"\w+Error: ", lines[k])
+            ),
+            "",
+        )
+        text = re.sub(r"\s+", " ", text)[:600]
+        found.append(f"{text} ({error[:240]})" if error else text)
+    return found
+
+
 def run_family(family, profile, seconds, python):
     path = TESTS_DIR / f"{family}_fuzz_test.py"
     n_tests = len(re.findall(r"^def test_", path.read_text(), re.M))
@@ -109,13 +143,16 @@ def run_family(family, profile, seconds, python):
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
     elif failed:
         print(proc.stdout[-6000:], file=sys.stderr)
+    cases = falsifying(proc.stdout)
     examples = sum(counts["examples"].values())
     print(
         f"{family}: {examples} examples in {elapsed:.0f} s, "
         f"{failed} failing tests (pytest exit {proc.returncode})",
         flush=True,
     )
-    return [family, n_tests, examples, round(elapsed, 1), failed, skipped]
+    return [family, n_tests, examples, round(elapsed, 1), failed, skipped], [
+        f"{family}: {c}" for c in cases
+    ]
 
 
 def main():
@@ -144,7 +181,7 @@ def main():
     names = args.families or families()
     started = datetime.datetime.now(datetime.timezone.utc)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(
+        results = list(
             pool.map(
                 lambda f: run_family(
                     f, args.profile, args.seconds_per_family, sys.executable
@@ -152,6 +189,8 @@ def main():
                 names,
             )
         )
+    rows = [row for row, _ in results]
+    cases = [case for _, family_cases in results for case in family_cases]
     import hypothesis  # noqa: PLC0415 - only for its version
 
     budget = args.seconds_per_family
@@ -185,6 +224,10 @@ def main():
             f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.",
         ],
     }
+    if cases:
+        result["notes"].append(
+            "Failing examples (as hypothesis printed them): " + "; ".join(cases)
+        )
     out = Path(args.output)
     if args.merge and out.exists():
         previous = json.loads(out.read_text())

@@ -219,7 +219,9 @@ def flash_attention(
         v: Values `[batch, kv_length, kv_heads, value_dim]`.
         causal: Mask future keys. Defaults to `False`.
         key_mask: Keys to attend to: boolean `[batch, kv_length]` (True =
-            attend) or integer lengths `[batch]`. Defaults to `None`.
+            attend) or integer lengths `[batch]`. Masked keys count as
+            zeros: a NaN or inf in their keys or values reaches neither the
+            output nor the gradients. Defaults to `None`.
         scale: Score scale, used at float32 precision. Defaults to
             `1 / sqrt(head_dim)`.
         attention_bias: Optional additive bias broadcastable to
@@ -485,6 +487,13 @@ def _flash_attention_reference(
     out_dtype = q.dtype
     dtype = compute_dtype(q.dtype)
     q, k, v = (tf.cast(t, dtype) for t in (q, k, v))
+    if key_mask is not None:
+        # Key-masked keys (padding) count as zeros, as in the kernels: a NaN
+        # or inf there reaches neither the output (0 * NaN in the weighted
+        # sum) nor the gradients.
+        keep = tf.cast(key_mask, tf.bool)[:, :, None, None]
+        k = tf.where(keep, k, tf.zeros_like(k))
+        v = tf.where(keep, v, tf.zeros_like(v))
     group = tf.shape(q)[2] // tf.shape(k)[2]
     k = tf.repeat(k, group, axis=2)
     v = tf.repeat(v, group, axis=2)
@@ -516,8 +525,13 @@ def _flash_attention_reference(
         keep = _attention_dropout_mask_reference(
             seed, tf.shape(probs, out_type=tf.int64), dropout_rate
         )
-        dropped = tf.where(
-            keep, probs / tf.constant(1.0 - dropout_rate, dtype), 0.0
+        # A product, as in the kernels, not a select: a NaN row of
+        # probabilities (scores overflowing to +inf) stays NaN when dropout
+        # happens to drop all of its keys, rather than becoming 0.
+        dropped = (
+            probs
+            * tf.cast(keep, dtype)
+            / tf.constant(1.0 - dropout_rate, dtype)
         )
     out = tf.einsum("bhqk,bkhd->bqhd", dropped, v)
     # In q's dtype (q itself was cast to the compute dtype above).

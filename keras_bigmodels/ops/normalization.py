@@ -101,7 +101,9 @@ def layer_norm(x, gamma=None, beta=None, epsilon=1e-3, use_fused_kernel="auto"):
         x: Tensor of shape `[..., C]`, floating point.
         gamma: Scale of shape `[C]`, or None for ones. Defaults to `None`.
         beta: Offset of shape `[C]`, or None for zeros. Defaults to `None`.
-        epsilon: Added to the variance. Defaults to `1e-3` (Keras's default).
+        epsilon: Added to the variance, >= 0. Defaults to `1e-3` (Keras's
+            default). With `epsilon=0` a constant row (variance exactly 0)
+            is 0/0 and gives NaN, on both paths.
         use_fused_kernel: `"auto"` uses the kernel when it can and otherwise
             falls back with one warning; `True` raises a `ValueError` listing
             why the kernel cannot be used; `False` always uses the reference.
@@ -141,8 +143,9 @@ def rms_norm(x, gamma=None, epsilon=1e-6, use_fused_kernel="auto"):
     Args:
         x: Tensor of shape `[..., C]`, floating point.
         gamma: Scale of shape `[C]`, or None for ones. Defaults to `None`.
-        epsilon: Added to the mean square. Defaults to `1e-6` (the default of
-            `keras.layers.RMSNormalization`).
+        epsilon: Added to the mean square, >= 0. Defaults to `1e-6` (the
+            default of `keras.layers.RMSNormalization`). With `epsilon=0` a
+            row of zeros is 0/0 and gives NaN, on both paths.
         use_fused_kernel: `"auto"`, `True` or `False`, as in `layer_norm`.
             Defaults to `"auto"`.
 
@@ -173,7 +176,15 @@ def _layer_norm_reference(x, gamma, beta, epsilon):
     checks = _reference_checks(x, [("gamma", gamma), ("beta", beta)])
     with tf.control_dependencies(checks):
         xu = tf.cast(x, compute_dtype(x.dtype))
-    mean, variance = tf.nn.moments(xu, axes=[-1], keepdims=True)
+    # Moments of the row shifted by its first element (as the kernels): a
+    # constant row has a variance of exactly 0, so y = beta, and with
+    # epsilon = 0 the documented 0/0 = NaN, rather than a rounding error of
+    # the mean divided by sqrt(epsilon).
+    # y does not depend on the shift: no gradient through it (its two
+    # paths would cancel, n * |dy| large, in x0's gradient).
+    x0 = tf.stop_gradient(xu[..., :1])
+    shift, variance = tf.nn.moments(xu - x0, axes=[-1], keepdims=True)
+    mean = x0 + shift
     y = (xu - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
     return tf.cast(y, x.dtype)
 

@@ -81,6 +81,36 @@ def _run(lib_fn, slot_lists, grads, scalars, decays):
         )
 
 
+_LIST_NAMES = ("variables", "momentums", "velocities")
+
+
+def _check_lists(slot_lists, gradients, decays):
+    """Checks the lists' lengths, and that each slot and gradient has its
+    variable's dtype, naming the list and index, before either path runs
+    (the kernel would otherwise fail in TensorFlow's dispatcher, naming an
+    input position, and the reference would cast, or fail in a math op)."""
+    variables = slot_lists[0]
+    named = list(zip(_LIST_NAMES[1:], slot_lists[1:]))
+    named += [("gradients", gradients), ("decays", decays)]
+    for name, items in named:
+        if len(items) != len(variables):
+            raise ValueError(
+                f"{name} must have one entry per variable "
+                f"({len(variables)}). Received: {len(items)} {name}"
+            )
+    for i, p in enumerate(variables):
+        for name, items in named[:-1]:
+            item = items[i]
+            if not isinstance(item, (tf.Tensor, tf.Variable)):
+                continue  # Python or NumPy values: converted to p's dtype.
+            if item.dtype != p.dtype:
+                raise TypeError(
+                    f"{name}[{i}] must have the dtype of variables[{i}] "
+                    f"({p.dtype.name}). Received: {name}[{i}].dtype="
+                    f"{item.dtype.name}"
+                )
+
+
 def _multi_apply(
     name, kernel, slot_lists, gradients, scalars, decays, reference, fused
 ):
@@ -89,6 +119,8 @@ def _multi_apply(
     *scalars.values())` per variable when the kernels cannot run.
     `scalars` maps the kernel's scalar input names to their values."""
     slot_lists = [[_tf_variable(v) for v in s] for s in slot_lists]
+    gradients, decays = list(gradients), list(decays)
+    _check_lists(slot_lists, gradients, decays)
     lib = _select(name, slot_lists[0], fused)
     if lib is None:
         for *slots, g, d in zip(*slot_lists, gradients, decays):
@@ -193,7 +225,11 @@ def lamb_update(
 
     For each variable: `m`, `v` as in `adam_update`; `p -= p * d`;
     `u = (m / bias_1) / (sqrt(v / bias_2) + epsilon)`; `r = ||p|| / ||u||`
-    (1 if either norm is 0); `p -= r * learning_rate * u`.
+    (1 if either norm is 0); `p -= r * learning_rate * u`. The update uses
+    the new `m` and `v` before they are stored (for float16/bfloat16
+    variables, before their rounding), as the norm does. With
+    `epsilon=0`, an element whose new `m` and `v` are both 0 gets
+    `u = 0 / 0` (NaN), on both paths.
 
     Args:
         variables, momentums, velocities, gradients: As in `adam_update`.

@@ -186,6 +186,39 @@ def test_fully_masked_rows_are_zero_with_finite_gradients():
         np.testing.assert_array_equal(grads[0].numpy()[0], 0.0)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("causal", [False, True])
+def test_non_finite_masked_keys_do_not_leak(bad, causal):
+    # Padding positions (key-masked) holding NaN or inf in k and v: the
+    # output and the gradients equal those with zeros there (fuzzing found
+    # a NaN value in a masked key reaching the gradients through delta =
+    # rowsum(dO * O), and 0 * NaN reaching the output).
+    q, k, v = qkv(2, 5, 6, 2, 1, 8, 8)
+    mask = np.ones((2, 6), bool)
+    mask[0, 4:] = mask[1, 1] = False
+    masked = tf.constant(~mask)[:, :, None, None]
+    d_o = tf.random.stateless_normal(q.shape[:-1] + (8,), [3, 4])
+    results = []
+    for fill in (bad, 0.0):
+        kb, vb = (tf.where(masked, tf.cast(fill, t.dtype), t) for t in (k, v))
+        for fused in (True, False):
+            with tf.GradientTape() as tape:
+                tape.watch([q, kb, vb])
+                y = kbm.ops.flash_attention(
+                    q,
+                    kb,
+                    vb,
+                    causal=causal,
+                    key_mask=tf.constant(mask),
+                    use_fused_kernel=fused,
+                )
+            grads = tape.gradient(y, [q, kb, vb], output_gradients=d_o)
+            results.append([y, *grads])
+    for got, want in zip(results[0] + results[1], results[2] + results[3]):
+        assert np.isfinite(got.numpy()).all()
+        assert_close(got, want, **TOLERANCES[tf.float32])
+
+
 def test_compute_gradient_float64():
     q, k, v = qkv(1, 5, 7, 2, 1, 4, 3, dtype=tf.float64)
     mask = tf.constant([[True, True, False, True, True, True, False]])

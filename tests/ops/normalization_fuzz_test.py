@@ -55,6 +55,46 @@ def _dx_tol(tol, x, dy, gamma, eps, rms):
     return {k: v * max(1.0, factor) for k, v in tol.items()}
 
 
+def _dx_overflows(dtype, dx_tol, tol):
+    """True when dx's rounding error (u |dy| |gamma| rstd, the factor of
+    `_dx_tol`) alone exceeds the output dtype's range: dx is then a
+    difference of terms that cancel to about 0 (exactly, for one column)
+    and whether it rounds to 0 or overflows to +-inf is rounding on either
+    side (the reference gives 0 or +-inf by seed). Shapes only there."""
+    factor = dx_tol["atol"] / tol["atol"]
+    u = 2.3e-16 if dtype == tf.float64 else 1.2e-7
+    return factor * u > float(dtype.max)
+
+
+def _xhat_tol(tol, x, eps, rms, times):
+    """`tol` plus xhat's rounding error times `times` (|gamma| for y,
+    |dy| sqrt(rows) for dgamma). LayerNorm's x - mean cancels when |x| is
+    much larger than the row's spread (8190 equal values and one 0: std =
+    |x| / 90), an error of about eps |x - x0| rstd in xhat, differently
+    summed on each side (dgamma 5e-5 off at 0.1)."""
+    xs = np.asarray(tf.cast(x, tf.float64))
+    if rms or not xs.size:
+        return tol
+    u = 2.3e-16 if x.dtype == tf.float64 else 1.2e-7
+    with np.errstate(all="ignore"):
+        spread = np.abs(xs - xs[..., :1])
+        centred = xs - xs.mean(-1, keepdims=True)
+        rstd = 1 / np.sqrt((centred**2).mean(-1) + eps)
+    big = [a[np.isfinite(a)] for a in (spread, rstd)]
+    if not all(a.size for a in big):
+        return tol
+    extra = 4 * u * big[0].max() * big[1].max() * times
+    if not np.isfinite(extra):
+        return tol
+    return {"rtol": tol["rtol"], "atol": tol["atol"] + extra}
+
+
+def _finite_max(t):
+    a = np.abs(np.asarray(tf.cast(t, tf.float64)))
+    a = a[np.isfinite(a)]
+    return float(a.max()) if a.size else 0.0
+
+
 def _param_tol(tol, shape):
     # Parameter gradients sum over rows (as in kernel_vs_reference).
     rows = max(1, int(np.prod(shape[:-1])))
@@ -68,6 +108,53 @@ def _reference_grads(fn, dy, inputs):
     return y, tape.gradient(y, inputs, output_gradients=dy)
 
 
+# Long run: a row of 8190 equal values (~30) and one 1e-40: the spread is
+# |x| / 90 and x - mean cancels, dgamma 5e-5 off at 0.1 (`_xhat_tol`).
+@example(
+    rms=False,
+    shape=(8191,),
+    dtype=tf.float32,
+    x_spec={
+        "pattern": "equal",
+        "seed": 0,
+        "scale": 30.0,
+        "specials": [(0.0, 1e-40)],
+    },
+    p_spec={"pattern": "normal", "seed": 0, "scale": 1e-3, "specials": []},
+    dy_spec={
+        "pattern": "normal",
+        "seed": 0,
+        "scale": 3.0,
+        "specials": [(0.0, 1e-40)],
+    },
+    eps=1e-3,
+)
+# Long run: a row of one value (30 * N(0, 1)) at epsilon 1e-3: the float32
+# mean of 8191 copies was 17 ulp off, y = beta + that / sqrt(epsilon) on
+# both sides, differently. The kernels and the reference now shift the row
+# by its first element: y = beta exactly.
+@example(
+    rms=False,
+    shape=(8191,),
+    dtype=tf.float32,
+    x_spec={"pattern": "equal", "seed": 0, "scale": 30.0, "specials": []},
+    p_spec={"pattern": "normal", "seed": 0, "scale": 1.0, "specials": []},
+    dy_spec={"pattern": "normal", "seed": 0, "scale": 1e-3, "specials": []},
+    eps=1e-3,
+)
+# Long run: float16 RMSNorm of one column, gamma ~ 1e30, epsilon 0: dx
+# = rstd gamma dy (1 - xhat^2) is 0, but its terms are 1e30 and their
+# rounding error (1e23) overflows float16: the kernel's dx -inf, the
+# reference's 0 (or +-inf, by seed). See `_dx_overflows`.
+@example(
+    rms=True,
+    shape=(3, 1),
+    dtype=tf.float16,
+    x_spec={"pattern": "normal", "seed": 2, "scale": 1.0, "specials": []},
+    p_spec={"pattern": "huge", "seed": 2, "scale": 1.0, "specials": []},
+    dy_spec={"pattern": "normal", "seed": 2, "scale": 1.0, "specials": []},
+    eps=0.0,
+)
 @given(
     rms=st.booleans(),
     shape=_fuzz.row_shapes(),
@@ -111,18 +198,43 @@ def test_kernels_match_reference(
         )
         pairs = [(dgamma, dgamma_ref, "dgamma"), (dbeta, dbeta_ref, "dbeta")]
     assert y.dtype == dtype and y.shape == x.shape and rstd.dtype == u
-    _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
+    y_tol = _xhat_tol(tol, x, eps, rms, _finite_max(gamma))
+    _fuzz.check_matches(y, y_ref, y_tol, ordinary, "y")
     # Huge or special dy: dx's rounding error is relative to |dy|, not to
     # dx (0 for a single column): finiteness only.
     dx_ordinary = None if ordinary is False else ordinary
     dx_tol = _dx_tol(tol, x, dy, gamma, eps, rms)
+    if _dx_overflows(dtype, dx_tol, tol):
+        dx_ordinary = _fuzz.NONFINITE
     _fuzz.check_matches(dx, dx_ref, dx_tol, dx_ordinary, "dx")
+    rows = max(1, int(np.prod(shape[:-1])))
+    p_tol = _xhat_tol(
+        _param_tol(tol, shape), x, eps, rms, _finite_max(dy) * np.sqrt(rows)
+    )
     for got, want, what in pairs:
-        _fuzz.check_matches(got, want, _param_tol(tol, shape), ordinary, what)
+        _fuzz.check_matches(got, want, p_tol, ordinary, what)
 
 
 # Long run: dx of two columns (exactly 0) against a tolerance that did not
 # grow with |dy| |gamma| rstd.
+# Then: a constant row at epsilon 1e-3 (as in test_kernels_match_reference),
+# and at epsilon 0, where the kernel gave NaN (0/0) and the reference a
+# finite rounding error of its mean over sqrt(its rounding-error variance).
+# Both now give the documented NaN.
+@example(
+    rms=False,
+    shape=(8191,),
+    dtype=tf.float32,
+    x_spec={"pattern": "equal", "seed": 0, "scale": 30.0, "specials": []},
+    eps=1e-3,
+)
+@example(
+    rms=False,
+    shape=(127,),
+    dtype=tf.float32,
+    x_spec={"pattern": "equal", "seed": 0, "scale": 1e-3, "specials": []},
+    eps=0.0,
+)
 @example(
     rms=False,
     shape=(2, 2),
@@ -158,7 +270,10 @@ def test_public_ops_fused_match_reference(rms, shape, dtype, x_spec, eps):
     (y, dx, dg), (y_ref, dx_ref, dg_ref) = results
     _fuzz.check_matches(y, y_ref, tol, ordinary, "y")
     dx_tol = _dx_tol(tol, x, dy, gamma, eps, rms)
-    _fuzz.check_matches(dx, dx_ref, dx_tol, ordinary, "dx")
+    dx_ordinary = ordinary
+    if _dx_overflows(dtype, dx_tol, tol):
+        dx_ordinary = _fuzz.NONFINITE
+    _fuzz.check_matches(dx, dx_ref, dx_tol, dx_ordinary, "dx")
     _fuzz.check_matches(dg, dg_ref, _param_tol(tol, shape), ordinary, "dgamma")
 
 

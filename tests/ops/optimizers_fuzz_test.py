@@ -130,9 +130,52 @@ def _check_update(c, fused_fn):
         ordinary = False if ordinary is True else ordinary
     for group, (gs, ws) in enumerate(zip(got, want)):
         for i, (a, b) in enumerate(zip(gs, ws)):
+            g_tol = tol
+            if not group:
+                g_tol = _variable_tol(tol, values[i], b, dtype)
+                if kind != "lion":
+                    g_tol = _moments_tol(
+                        g_tol,
+                        dtype,
+                        [s[i] for s in slots],
+                        grads[i],
+                        [w[i] for w in want[1:]],
+                        values[i],
+                        b,
+                    )
             _fuzz.check_matches(
-                a.value(), b.value(), tol, ordinary, f"slot {group}[{i}]"
+                a.value(), b.value(), g_tol, ordinary, f"slot {group}[{i}]"
             )
+
+
+def _moments_tol(tol, dtype, old_slots, g, new_slots, old_p, new_p):
+    """Adam/LAMB: m += (g - m) (1 - b1) and v += (g^2 - v) (1 - b2) cancel
+    when the new moment is much smaller than the old (beta_2 = 0: v = g^2
+    ~ 1e-10 from v ~ 3), a rounding error of u |old| (fused multiply-add
+    or not) that the step m / sqrt(v) carries relatively."""
+    u = 2.3e-16 if dtype == tf.float64 else 1.2e-7
+    f64 = lambda t: np.asarray(tf.cast(t, tf.float64))  # noqa: E731
+    m0, v0 = (np.abs(x) for x in old_slots)
+    m1, v1 = (np.abs(f64(w.value())) for w in new_slots)
+    step = np.abs(f64(tf.constant(old_p, dtype)) - f64(new_p.value()))
+    with np.errstate(all="ignore"):
+        cond = (m0 + np.abs(g)) / m1 + 0.5 * (v0 + g * g) / v1
+        extra = 4 * u * step * cond
+    extra = np.where(np.isfinite(extra), extra, 0.0)
+    return {"rtol": tol["rtol"], "atol": tol["atol"] + extra}
+
+
+def _variable_tol(tol, old, new, dtype):
+    """The new value is p - step: its rounding error is relative to |p| and
+    |step| (LAMB's step scales with ||p||, through the trust ratio, whose
+    norms are summed in a different order), not to the difference, which
+    cancels (float64: 1.1e-12 off at 0.008 for p ~ 30). Elementwise atol."""
+    old = np.asarray(tf.cast(tf.constant(old, dtype), tf.float64))
+    new = np.asarray(tf.cast(new.value(), tf.float64))
+    with np.errstate(all="ignore"):
+        scale = np.abs(old) + np.abs(old - new)
+    scale = np.where(np.isfinite(scale), scale, 0.0)
+    return {"rtol": tol["rtol"], "atol": tol["atol"] + tol["rtol"] * scale}
 
 
 # Found by fuzzing: Python-number hyperparameters were cast through
@@ -155,6 +198,97 @@ def _check_update(c, fused_fn):
             "specials": [],
         },
         "hp": {"learning_rate": 0.0, "beta_1": 0.0, "beta_2": 0.001},
+        "decay": 0.0,
+    }
+)
+# Long run: float32 Adam with beta_2 = 0: v = g^2 (~1e-10) computed as
+# v + (g^2 - v) from v ~ 3, p 8e-4 off at -23.7 (`_moments_tol`).
+@example(
+    c={
+        "kind": "adam",
+        "shapes": [(), (), (8191,)],
+        "dtype": tf.float32,
+        "spec": {
+            "pattern": "normal",
+            "seed": 223,
+            "scale": 30.0,
+            "specials": [],
+        },
+        "g_spec": {
+            "pattern": "normal",
+            "seed": 4169,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "hp": {
+            "one_minus_beta_1": 0.0,
+            "one_minus_beta_2": 1.0,
+            "coef_adaptive": 0.001,
+            "bias_2": 0.001,
+            "coef_sgd": 0.0,
+            "epsilon": 0.0,
+        },
+        "decay": 0.0,
+    }
+)
+# Long run: LAMB in float16 read m and v back from the variables for the
+# update (pass 2): a new m of 1e-11 (one_minus_beta_1 = 1e-8) stored as 0
+# gave no update where the reference (and the norm) used 1e-11, and with
+# epsilon 0, v rounded to 0 gave 0/0 = NaN. The kernels now compute m and v
+# again in pass 2 and store them after the update.
+@example(
+    c={
+        "kind": "lamb",
+        "shapes": [()],
+        "dtype": tf.float16,
+        "spec": {
+            "pattern": "denormal",
+            "seed": 0,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "g_spec": {
+            "pattern": "normal",
+            "seed": 0,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "hp": {
+            "learning_rate": 0.001,
+            "one_minus_beta_1": 1e-8,
+            "one_minus_beta_2": 0.0,
+            "bias_1": 0.001,
+            "bias_2": 0.001,
+            "epsilon": 1e-12,
+        },
+        "decay": 0.0,
+    }
+)
+@example(
+    c={
+        "kind": "lamb",
+        "shapes": [()],
+        "dtype": tf.float16,
+        "spec": {
+            "pattern": "denormal",
+            "seed": 0,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "g_spec": {
+            "pattern": "normal",
+            "seed": 0,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "hp": {
+            "learning_rate": 0.0,
+            "one_minus_beta_1": 0.0,
+            "one_minus_beta_2": 1e-8,
+            "bias_1": 0.001,
+            "bias_2": 0.001,
+            "epsilon": 0.0,
+        },
         "decay": 0.0,
     }
 )
@@ -204,6 +338,37 @@ def test_kernels_match_reference(c):
             "bias_1": 0.001,
             "bias_2": 0.1,
             "epsilon": 0.0,
+        },
+        "decay": 0.0,
+    }
+)
+# Long run: float64 LAMB, p ~ 30 stepping to 0.008: 1.1e-12 off, against a
+# tolerance relative to the (cancelled) new value; now relative to |p| and
+# the step (`_variable_tol`).
+@example(
+    c={
+        "kind": "lamb",
+        "shapes": [(), (), (16411,)],
+        "dtype": tf.float64,
+        "spec": {
+            "pattern": "normal",
+            "seed": 1416,
+            "scale": 30.0,
+            "specials": [],
+        },
+        "g_spec": {
+            "pattern": "normal",
+            "seed": 0,
+            "scale": 0.001,
+            "specials": [],
+        },
+        "hp": {
+            "learning_rate": 0.1,
+            "one_minus_beta_1": 0.0,
+            "one_minus_beta_2": 0.0,
+            "bias_1": 0.001,
+            "bias_2": 1.0,
+            "epsilon": 0.001,
         },
         "decay": 0.0,
     }

@@ -201,3 +201,56 @@ def test_kernel_rejects_bad_inputs():
             **{**scalars, "epsilon": tf.constant([1e-7, 1e-7])},
             decay=tf.zeros(2),
         )
+
+
+# A raw kernel called with a wrong dtype fails in TensorFlow's dispatcher
+# (its message names an input position, which kbm cannot change); the
+# public functions check dtypes and list lengths first and name the tensor,
+# on both paths.
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(
+    "target,dtype,match",
+    [
+        ("grads", tf.float16, r"gradients\[1\] must have the dtype of "),
+        ("m", tf.float64, r"momentums\[1\] must have the dtype of "),
+        ("v", tf.bfloat16, r"velocities\[1\] must have the dtype of "),
+    ],
+)
+def test_public_update_names_a_wrong_dtype(fused, target, dtype, match):
+    variables, (m, v), grads = state([(4,), (5,)], tf.float32, 2, 5)
+    lists = {"m": m, "v": v, "grads": grads}
+    x = lists[target][1]
+    lists[target][1] = (
+        tf.Variable(tf.cast(x, dtype))
+        if isinstance(x, tf.Variable)
+        else tf.cast(x, dtype)
+    )
+    start = [x.numpy().copy() for x in variables]
+    with pytest.raises(TypeError, match=match + r".*float32.*Received"):
+        optimizer_ops.adam_update(
+            variables,
+            m,
+            v,
+            grads,
+            decays=[0.0, 0.0],
+            use_fused_kernel=fused,
+            **ADAM,
+        )
+    for a, b in zip(variables, start):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_public_update_names_a_short_list(fused):
+    variables, (m,), grads = state([(4,), (5,)], tf.float32, 1, 6)
+    with pytest.raises(ValueError, match=r"momentums must have one entry"):
+        optimizer_ops.lion_update(
+            variables,
+            m[:1],
+            grads,
+            learning_rate=0.1,
+            beta_1=0.9,
+            beta_2=0.99,
+            decays=[0.0, 0.0],
+            use_fused_kernel=fused,
+        )

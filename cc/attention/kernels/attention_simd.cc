@@ -201,9 +201,13 @@ struct SimdMath {
 
   static void SoftmaxGradRow(float* p, const float* dp, float delta,
                              int64_t n) {
+    // Exactly 0 where p is 0 (a masked or padded key), as in
+    // attention_tiles.h: no 0 * inf = NaN.
     const VecF dv = Splat(delta);
+    const VecF zero = Splat(0.f);
     for (int64_t j = 0; j < n; j += kLanes) {
-      Store(p + j, Load(p + j) * (Load(dp + j) - dv));
+      const VecF pj = Load(p + j);
+      Store(p + j, pj == zero ? zero : pj * (Load(dp + j) - dv));
     }
   }
 

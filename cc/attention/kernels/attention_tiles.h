@@ -129,9 +129,13 @@ struct ScalarAttentionMath {
   static void ScaleRow(F* row, int64_t n, F a) {
     for (int64_t j = 0; j < n; ++j) row[j] *= a;
   }
-  // p = p * (dp - delta).
+  // p = p * (dp - delta), and exactly 0 where p is 0 (a masked or padded
+  // key): an infinite dO or a NaN in a masked key's value must not turn
+  // 0 * (dp - delta) into NaN (the reference's gradient there is 0).
   static void SoftmaxGradRow(F* p, const F* dp, F delta, int64_t n) {
-    for (int64_t j = 0; j < n; ++j) p[j] *= dp[j] - delta;
+    for (int64_t j = 0; j < n; ++j) {
+      p[j] = p[j] == F(0) ? F(0) : p[j] * (dp[j] - delta);
+    }
   }
   // z[j] = scale if flat index flat0 + j is kept, else 0.
   static void DropoutRow(F* z, int64_t n, const AttentionShape& s,
@@ -193,6 +197,11 @@ void PackKeyTile(const AttentionShape& s, const F* kin, const F* vin,
   if (v) Fill(v, d.VSize(), F(0));
   if (vt) Fill(vt, d.VtSize(), F(0));
   for (int64_t j = 0; j < nk; ++j) {
+    // A key-masked key stays 0 in every packed array: its score is then
+    // exactly -inf (0 + the bias) and its value contributes exactly 0, so a
+    // NaN or inf in a padding position's key or value reaches neither the
+    // output nor (through delta = rowsum(dO * O)) the gradients.
+    if (key_mask != nullptr && !key_mask[b * s.kv_len + k0 + j]) continue;
     const int64_t row = (b * s.kv_len + k0 + j) * s.kv_heads + g;
     const F* krow = kin + row * d.D;
     const F* vrow = vin + row * d.Dv;
@@ -490,8 +499,11 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
       const int64_t row = (b * s.kv_len + k0 + j) * s.kv_heads + g;
       F* dk = io.dk + row * d.D;
       F* dv = io.dv + row * d.Dv;
-      for (int64_t e = 0; e < d.D; ++e) dk[e] = dkt[e * kKT + j];
-      for (int64_t e = 0; e < d.Dv; ++e) dv[e] = dvt[e * kKT + j];
+      // A key-masked key counts as zeros (PackKeyTile): its gradients are
+      // exactly 0, even where 0 * an infinite dO would give NaN.
+      const bool masked = has_masked && key_bias[j] == kNegInf<F>;
+      for (int64_t e = 0; e < d.D; ++e) dk[e] = masked ? F(0) : dkt[e * kKT + j];
+      for (int64_t e = 0; e < d.Dv; ++e) dv[e] = masked ? F(0) : dvt[e * kKT + j];
     }
   }
 }

@@ -48,9 +48,12 @@ extern const NormRowKernels kNormRowKernels;
 template <typename U>
 void LayerNormFwdRowScalar(const U* x, const U* gamma, const U* beta, int64_t c,
                            U epsilon, U* y, U* mean, U* rstd) {
+  // Shifted by the first element, as in LayerNormFwd (normalization_simd.cc):
+  // a constant row has a variance of exactly 0.
+  const U x0 = c > 0 ? x[0] : U(0);
   U sum = 0;
-  for (int64_t j = 0; j < c; ++j) sum += x[j];
-  const U m = sum / static_cast<U>(c);
+  for (int64_t j = 0; j < c; ++j) sum += x[j] - x0;
+  const U m = x0 + sum / static_cast<U>(c);
   U sq = 0;
   for (int64_t j = 0; j < c; ++j) sq += (x[j] - m) * (x[j] - m);
   const U r = U(1) / std::sqrt(sq / static_cast<U>(c) + epsilon);

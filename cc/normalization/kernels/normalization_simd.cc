@@ -38,7 +38,14 @@ inline float InvSqrt(double v) {
 void LayerNormFwd(const float* x, const float* gamma, const float* beta,
                   int64_t c, float epsilon, float* y, float* mean_out,
                   float* rstd_out, bool stream) {
-  const float mean = RowSum(x, c, 0.f, [](VecF v) { return v; }) / c;
+  // The mean of the row shifted by its first element: a constant row then
+  // has exactly its value as mean and a variance of exactly 0 (y = beta,
+  // or 0/0 = NaN with epsilon 0, as in the reference), not a rounding
+  // error of a long float32 sum divided by sqrt(epsilon).
+  const float x0 = c > 0 ? x[0] : 0.f;
+  const VecF s0 = Splat(x0);
+  const float mean =
+      x0 + RowSum(x, c, x0, [s0](VecF v) { return v - s0; }) / c;
   const VecF m = Splat(mean);
   const float var =
       RowSum(x, c, mean, [m](VecF v) { return (v - m) * (v - m); }) / c;

@@ -39,13 +39,14 @@ struct LionScalars {
 struct OptimizerKernels {
   void (*adam)(float* p, float* m, float* v, const float* g, int64_t n,
                const AdamScalars<float>& s, float decay);
-  // LAMB pass 1: updates m and v; adds sum((p - p*decay)^2) to *w2 and
-  // sum(u^2) to *u2.
-  void (*lamb_moments)(const float* p, float* m, float* v, const float* g,
-                       int64_t n, const LambScalars<float>& s, float decay,
-                       double* w2, double* u2);
-  // LAMB pass 2: p = (p - p*decay) - ratio_lr * u.
-  void (*lamb_apply)(float* p, const float* m, const float* v, int64_t n,
+  // LAMB pass 1: computes the new m and v (without storing them); adds
+  // sum((p - p*decay)^2) to *w2 and sum(u^2) to *u2.
+  void (*lamb_moments)(const float* p, const float* m, const float* v,
+                       const float* g, int64_t n, const LambScalars<float>& s,
+                       float decay, double* w2, double* u2);
+  // LAMB pass 2: computes m and v again, stores them, and
+  // p = (p - p*decay) - ratio_lr * u, u from the unrounded m and v.
+  void (*lamb_apply)(float* p, float* m, float* v, const float* g, int64_t n,
                      const LambScalars<float>& s, float decay, float ratio_lr);
   void (*lion)(float* p, float* m, const float* g, int64_t n,
                const LionScalars<float>& s, float decay);
@@ -77,16 +78,19 @@ U LambUpdate(U m, U v, const LambScalars<U>& s) {
   return (m / s.bias1) / (std::sqrt(v / s.bias2) + s.eps);
 }
 
+// Pass 1 computes the new moments for the norms only; pass 2 computes them
+// again (the same way), stores them and applies the update from them, never
+// from values read back from (half-precision) variables.
 template <typename U>
-void LambMomentsScalar(const U* p, U* m, U* v, const U* g, int64_t n,
-                       const LambScalars<U>& s, U decay, double* w2,
+void LambMomentsScalar(const U* p, const U* m, const U* v, const U* g,
+                       int64_t n, const LambScalars<U>& s, U decay, double* w2,
                        double* u2) {
   double sw = 0, su = 0;
   for (int64_t i = 0; i < n; ++i) {
-    m[i] += (g[i] - m[i]) * s.omb1;
-    v[i] += (g[i] * g[i] - v[i]) * s.omb2;
+    const U mi = m[i] + (g[i] - m[i]) * s.omb1;
+    const U vi = v[i] + (g[i] * g[i] - v[i]) * s.omb2;
     const U pd = p[i] - p[i] * decay;
-    const U u = LambUpdate(m[i], v[i], s);
+    const U u = LambUpdate(mi, vi, s);
     sw += static_cast<double>(pd) * pd;
     su += static_cast<double>(u) * u;
   }
@@ -95,9 +99,11 @@ void LambMomentsScalar(const U* p, U* m, U* v, const U* g, int64_t n,
 }
 
 template <typename U>
-void LambApplyScalar(U* p, const U* m, const U* v, int64_t n,
+void LambApplyScalar(U* p, U* m, U* v, const U* g, int64_t n,
                      const LambScalars<U>& s, U decay, U ratio_lr) {
   for (int64_t i = 0; i < n; ++i) {
+    m[i] += (g[i] - m[i]) * s.omb1;
+    v[i] += (g[i] * g[i] - v[i]) * s.omb2;
     p[i] = (p[i] - p[i] * decay) - ratio_lr * LambUpdate(m[i], v[i], s);
   }
 }

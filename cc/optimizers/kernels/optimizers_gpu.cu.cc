@@ -84,7 +84,10 @@ struct LambParams {
 struct LambMomentsOp {
   using Params = LambParams;
   static constexpr int kLists = 4;  // p, m, v, g
-  static constexpr int kReadMask = 0xF, kWriteMask = 0x6;
+  // The new m and v are only for the norms here: LambApplyOp computes them
+  // again and stores them (as the CPU kernels: the update never reads
+  // moments rounded to a half-precision variable).
+  static constexpr int kReadMask = 0xF, kWriteMask = 0x0;
   static constexpr bool kReduce = true;
   float omb1, omb2, bias1, bias2, eps, decay;
   __device__ LambMomentsOp(const Params& s, int t)
@@ -103,26 +106,31 @@ struct LambMomentsOp {
     const float u = (m / bias1) / (sqrtf(v / bias2) + eps);
     w2 += pd * pd;
     u2 += u * u;
-    x[1] = m;
-    x[2] = v;
   }
 };
 
 struct LambApplyOp {
   using Params = LambParams;
-  static constexpr int kLists = 4;  // p, m, v, (g unused)
-  static constexpr int kReadMask = 0x7, kWriteMask = 0x1;
+  static constexpr int kLists = 4;  // p, m, v, g
+  static constexpr int kReadMask = 0xF, kWriteMask = 0x7;
   static constexpr bool kReduce = false;
-  float bias1, bias2, eps, decay, ratio_lr;
+  float omb1, omb2, bias1, bias2, eps, decay, ratio_lr;
   __device__ LambApplyOp(const Params& s, int t)
-      : bias1(*s.bias1),
+      : omb1(*s.omb1),
+        omb2(*s.omb2),
+        bias1(*s.bias1),
         bias2(*s.bias2),
         eps(*s.eps),
         decay(s.decay[t]),
         ratio_lr(s.ratio_lr[t]) {}
   __device__ __forceinline__ void operator()(float* x, float&, float&) const {
-    const float u = (x[1] / bias1) / (sqrtf(x[2] / bias2) + eps);
+    const float g = x[3];
+    const float m = x[1] + (g - x[1]) * omb1;
+    const float v = x[2] + (g * g - x[2]) * omb2;
+    const float u = (m / bias1) / (sqrtf(v / bias2) + eps);
     x[0] = (x[0] - x[0] * decay) - ratio_lr * u;
+    x[1] = m;
+    x[2] = v;
   }
 };
 

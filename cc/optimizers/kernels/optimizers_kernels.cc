@@ -264,15 +264,15 @@ class MultiApplyLambOp : public OpKernel {
         const Chunk& c = chunks[ci];
         if constexpr (std::is_same_v<T, double>) {
           const int64_t o = c.begin;
-          LambApplyScalar<double>(groups.slot(0, c.var) + o,
-                                  groups.slot(1, c.var) + o,
-                                  groups.slot(2, c.var) + o, c.end - c.begin, s,
-                                  decay[c.var], ratio_lr[c.var]);
+          LambApplyScalar<double>(
+              groups.slot(0, c.var) + o, groups.slot(1, c.var) + o,
+              groups.slot(2, c.var) + o, groups.grad(c.var) + o,
+              c.end - c.begin, s, decay[c.var], ratio_lr[c.var]);
         } else {
           ForChunkAsFloat<T, 3>(
-              groups, c, [&](float** x, const float*, int64_t n) {
-                SimdKernels().lamb_apply(x[0], x[1], x[2], n, s, decay[c.var],
-                                         ratio_lr[c.var]);
+              groups, c, [&](float** x, const float* g, int64_t n) {
+                SimdKernels().lamb_apply(x[0], x[1], x[2], g, n, s,
+                                         decay[c.var], ratio_lr[c.var]);
               });
         }
       }

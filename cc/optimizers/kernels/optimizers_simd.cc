@@ -56,7 +56,19 @@ inline VecF LambU(VecF mv, VecF vv, VecF bias1, VecF bias2, VecF eps) {
   return (mv / bias1) / (Sqrt(vv / bias2) + eps);
 }
 
-void LambMoments(const float* p, float* m, float* v, const float* g, int64_t n,
+// The new moments, computed the same way by both passes: pass 1 only for
+// the norm, pass 2 for the update and the stored values. Pass 2 does not
+// read m and v back from the variables: in float16/bfloat16 they would be
+// rounded there (a first moment of 1e-11 stored as 0 gave no update, and
+// m = v = 0 with epsilon 0 a NaN), while the norm and the reference use the
+// unrounded ones.
+inline void LambMomentsOf(VecF gv, VecF omb1, VecF omb2, VecF* mv, VecF* vv) {
+  *mv = *mv + (gv - *mv) * omb1;
+  *vv = *vv + (gv * gv - *vv) * omb2;
+}
+
+void LambMoments(const float* p, const float* m, const float* v,
+                 const float* g, int64_t n,
                  const LambScalars<float>& s, float decay, double* w2,
                  double* u2) {
   const VecF omb1 = Splat(s.omb1), omb2 = Splat(s.omb2);
@@ -71,10 +83,7 @@ void LambMoments(const float* p, float* m, float* v, const float* g, int64_t n,
     const VecF gv = LoadN(g + i, c);
     VecF mv = LoadN(m + i, c), vv = LoadN(v + i, c);
     const VecF pv = LoadN(p + i, c);
-    mv = mv + (gv - mv) * omb1;
-    vv = vv + (gv * gv - vv) * omb2;
-    StoreN(m + i, mv, c);
-    StoreN(v + i, vv, c);
+    LambMomentsOf(gv, omb1, omb2, &mv, &vv);
     const VecF pd = pv - pv * dec;
     // Padded lanes: p = 0 gives pd = 0; their u (0 / 0 = NaN when epsilon
     // is 0) is zeroed, or the trust ratio's norm would be NaN.
@@ -98,14 +107,18 @@ void LambMoments(const float* p, float* m, float* v, const float* g, int64_t n,
   *u2 += su + HorizontalSum(au);
 }
 
-void LambApply(float* p, const float* m, const float* v, int64_t n,
+void LambApply(float* p, float* m, float* v, const float* g, int64_t n,
                const LambScalars<float>& s, float decay, float ratio_lr) {
+  const VecF omb1 = Splat(s.omb1), omb2 = Splat(s.omb2);
   const VecF bias1 = Splat(s.bias1), bias2 = Splat(s.bias2);
   const VecF eps = Splat(s.eps), dec = Splat(decay), rl = Splat(ratio_lr);
   ForEachVector(n, [&](int64_t i, int64_t c) {
     const VecF pv = LoadN(p + i, c);
-    const VecF u = LambU(LoadN(m + i, c), LoadN(v + i, c), bias1, bias2, eps);
-    StoreN(p + i, (pv - pv * dec) - rl * u, c);
+    VecF mv = LoadN(m + i, c), vv = LoadN(v + i, c);
+    LambMomentsOf(LoadN(g + i, c), omb1, omb2, &mv, &vv);
+    StoreN(m + i, mv, c);
+    StoreN(v + i, vv, c);
+    StoreN(p + i, (pv - pv * dec) - rl * LambU(mv, vv, bias1, bias2, eps), c);
   });
 }
 

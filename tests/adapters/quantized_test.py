@@ -10,6 +10,7 @@ import keras_bigmodels as kbm
 from keras_bigmodels import adapters
 from keras_bigmodels.adapters import lora
 from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+from tests.adapters.lora_test import bert_classifier, bert_inputs
 
 if IS_LEGACY_KERAS:
     pytest.skip(
@@ -237,6 +238,30 @@ def test_merged_outputs_within_weight_bound(mode):
     bound = np.abs(x).sum(axis=1, keepdims=True) * report["max_weight_error"]
     assert np.all(np.abs(merged - unmerged) <= bound + 1e-5)
     assert report["max_output_error"] <= bound.max() + 1e-5
+
+
+def test_bert_encoder_default_targets():
+    """kbm's own attention: query/value of a quantized BertEncoder."""
+    model = bert_classifier()
+    kbm.quantization.quantize(model, "int8")
+    x = bert_inputs()
+    base = model(x).numpy()
+    paths = adapters.enable_dora(model, rank=2)
+    assert len(paths) == 4 and all(
+        p.endswith(("/query", "/value")) for p in paths
+    )
+    np.testing.assert_allclose(model(x).numpy(), base, atol=1e-5)
+    randomize(model, scale=0.1)
+    ints = int_weights(model)
+    unmerged = model(x).numpy()
+    assert np.abs(unmerged - base).max() > 1e-3
+    report = adapters.merge(model, data=x)
+    assert sorted(report["layers"]) == sorted(paths)
+    assert 0 < report["max_output_error"] < 0.1 * report["max_abs_output"]
+    adapters.unmerge(model)
+    for old, new in zip(ints, int_weights(model)):
+        np.testing.assert_array_equal(old, new)
+    np.testing.assert_array_equal(model(x).numpy(), unmerged)
 
 
 def test_requantization_error_leaves_model_unmerged():

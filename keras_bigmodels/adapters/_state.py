@@ -6,11 +6,16 @@ adapter, the low-rank factors `a` `[fan_in, rank]` and `b` `[rank, fan_out]`
 `call` that runs the layer with the active adapter. `merge` folds the
 active adapter into the base weight and removes that `call`, so the layer
 runs its class's own code again: the graph has no extra op.
+
+On a `kbm.quantization` layer the base runs through the layer's quantized
+op and the adapter adds its update in float32; `merge` requantizes (see
+`keras_bigmodels.adapters._quantized`).
 """
 
 import numpy as np
 import tensorflow as tf
 
+from keras_bigmodels.adapters import _quantized as quant
 from keras_bigmodels.adapters._targets import (
     DENSE,
     EMBEDDING,
@@ -64,6 +69,8 @@ class LayerAdapters:
         self.layer = layer
         self.path = path
         self.kind = layer_kind(layer)
+        self.quantized = quant.is_quantized(layer)
+        self.report = None
         self.view = MatrixView(layer, path)
         self.adapters = {}
         self.active = None
@@ -79,7 +86,7 @@ class LayerAdapters:
 
     def add(self, name, kind, rank, alpha, dropout):
         layer = self.layer
-        base = tf.cast(tf.convert_to_tensor(base_variable(layer)), "float32")
+        base = self._base_float()
         if self.kind == EMBEDDING:
             a_init = keras.initializers.Zeros()
             b_init = keras.initializers.RandomNormal(stddev=1.0)
@@ -125,6 +132,14 @@ class LayerAdapters:
 
     # -- the effective weight ---------------------------------------------
 
+    def _base_float(self):
+        """The base kernel (table) in float32; dequantized if quantized."""
+        if self.quantized:
+            return quant.dequantized_kernel(self.layer)
+        return tf.cast(
+            tf.convert_to_tensor(base_variable(self.layer)), "float32"
+        )
+
     def _delta(self, adapter):
         a = tf.convert_to_tensor(adapter.a)
         b = tf.convert_to_tensor(adapter.b)
@@ -138,9 +153,7 @@ class LayerAdapters:
 
     def effective_kernel(self, adapter):
         """The base weight with `adapter` folded in (float32)."""
-        base = tf.cast(
-            tf.convert_to_tensor(base_variable(self.layer)), "float32"
-        )
+        base = self._base_float()
         matrix = self.view.to_matrix(base) + self._delta(adapter)
         if adapter.kind == "dora":
             matrix = matrix * self._column_scale(adapter, matrix)
@@ -149,9 +162,7 @@ class LayerAdapters:
     def _split_kernels(self, adapter):
         """(kernel on x, kernel on dropout(x)), whose sum is the effective
         kernel."""
-        base = tf.cast(
-            tf.convert_to_tensor(base_variable(self.layer)), "float32"
-        )
+        base = self._base_float()
         base_m = self.view.to_matrix(base)
         delta = self._delta(adapter)
         if adapter.kind == "dora":
@@ -177,6 +188,8 @@ class LayerAdapters:
         training = kwargs.get("training", args[0] if args else None)
         if training is None:
             training = _context_training()
+        if self.quantized:
+            return self._quantized_call(adapter, inputs, training)
         dtype = layer.compute_dtype
         x = tf.cast(inputs, dtype)
         if (
@@ -193,6 +206,40 @@ class LayerAdapters:
             kernel = tf.cast(self.effective_kernel(adapter), dtype)
             z = self._project(x, kernel)
         return self._epilogue(z)
+
+    def _quantized_call(self, adapter, inputs, training):
+        """The quantized base's output plus the adapter's, in float32."""
+        layer = self.layer
+        z = quant.project(layer, inputs)
+        x = tf.cast(inputs, tf.float32)
+        if (
+            adapter.dropout > 0
+            and training is not None
+            and training is not False
+        ):
+            x = _dropout(x, adapter.dropout, training)
+        a = tf.convert_to_tensor(adapter.a)
+        b = tf.convert_to_tensor(adapter.b)
+        if self.kind == DENSE:
+            if x.shape.rank == 2:
+                delta = tf.matmul(tf.matmul(x, a), b)
+            else:
+                r = x.shape.rank - 1
+                delta = tf.tensordot(tf.tensordot(x, a, [[r], [0]]), b, 1)
+            z = z + delta * adapter.scale
+        else:
+            kernel = self.view.to_kernel(self._delta(adapter))
+            z = z + tf.einsum(layer.equation, x, kernel)
+        if adapter.kind == "dora":
+            matrix = self.view.to_matrix(quant.dequantized_kernel(layer))
+            matrix = matrix + self._delta(adapter)
+            column = self._column_scale(adapter, matrix)[0]
+            if self.kind != DENSE:
+                perm, shape = quant.output_scale_shape(layer, self.view)
+                column = tf.reshape(column, self.view.out_shape)
+                column = tf.reshape(tf.transpose(column, perm), shape)
+            z = z * column
+        return quant.epilogue(layer, z)
 
     def _project(self, x, kernel):
         if self.kind == DENSE:
@@ -222,9 +269,13 @@ class LayerAdapters:
         ids = inputs
         if ids.dtype not in (tf.int32, tf.int64):
             ids = tf.cast(ids, "int32")
-        table = tf.cast(tf.convert_to_tensor(base_variable(layer)), "float32")
+        if self.quantized:
+            base_rows = quant.rows(layer, ids)
+        else:
+            table = tf.convert_to_tensor(base_variable(layer))
+            base_rows = tf.gather(tf.cast(table, "float32"), ids)
         a = tf.gather(tf.convert_to_tensor(adapter.a), ids)
-        rows = tf.gather(table, ids) + adapter.scale * tf.tensordot(
+        rows = base_rows + adapter.scale * tf.tensordot(
             a, tf.convert_to_tensor(adapter.b), [[a.shape.rank - 1], [0]]
         )
         if adapter.kind == "dora":
@@ -236,17 +287,36 @@ class LayerAdapters:
     # -- merge ------------------------------------------------------------
 
     def merge(self, name):
-        var = base_variable(self.layer)
-        self._base_copy = np.array(var.numpy(), copy=True)
+        """Folds adapter `name` in; returns the requantization report of a
+        quantized layer (else None)."""
         merged = self.effective_kernel(self.adapters[name])
-        var.assign(tf.cast(merged, var.dtype))
+        if self.quantized:
+            self._base_copy = quant.packed_values(self.layer)
+            error, bound = quant.requantize(self.layer, merged)
+            spec = self.layer.quantization_spec
+            self.report = {
+                "mode": spec["mode"],
+                "group_size": spec["group_size"],
+                "max_weight_error": error,
+                "rounding_bound": bound,
+                "max_abs_weight": float(tf.reduce_max(tf.abs(merged))),
+            }
+        else:
+            var = base_variable(self.layer)
+            self._base_copy = np.array(var.numpy(), copy=True)
+            var.assign(tf.cast(merged, var.dtype))
         self.merged = name
         self._uninstall()
+        return self.report
 
     def unmerge(self):
-        base_variable(self.layer).assign(self._base_copy)
+        if self.quantized:
+            quant.restore(self.layer, self._base_copy)
+        else:
+            base_variable(self.layer).assign(self._base_copy)
         self._base_copy = None
         self.merged = None
+        self.report = None
         self._install()
 
     # -- saving -----------------------------------------------------------
@@ -255,8 +325,10 @@ class LayerAdapters:
         """[kernel, bias?] as the layer's own saving writes them, with the
         active adapter folded into the kernel (what the layer computes)."""
         layer = self.layer
-        kernel = base_variable(layer)
         adapter = self.adapters.get(self.active) if self.active else None
+        if self.quantized:
+            return self._quantized_values(adapter)
+        kernel = base_variable(layer)
         if self.save_base:
             # The base weights (`kbm.adapters.save_model`).
             merged = self.merged is not None
@@ -272,6 +344,22 @@ class LayerAdapters:
             out.append(bias.numpy())
         return out
 
+    def _quantized_values(self, adapter):
+        """The quantized layer's own variables as `_own_values` describes
+        them: the active unmerged adapter is requantized into them."""
+        layer = self.layer
+        merged = self.merged is not None
+        if self.save_base and merged:
+            packed = self._base_copy
+        elif not self.save_base and adapter is not None and not merged:
+            packed = quant.requantized_values(
+                layer, self.effective_kernel(adapter)
+            )
+        else:
+            packed = quant.packed_values(layer)
+        rest = [v.numpy() for v in layer._ordered_variables()[2:]]
+        return list(packed) + rest
+
     def _save(self, store):
         if not self.layer.built:
             return
@@ -280,10 +368,13 @@ class LayerAdapters:
 
     def _load(self, store):
         layer = self.layer
-        targets = [base_variable(layer)]
-        bias = getattr(layer, "bias", None) if self.kind != EMBEDDING else None
-        if bias is not None:
-            targets.append(bias)
+        if self.quantized:
+            targets = list(layer._ordered_variables())
+        else:
+            targets = [base_variable(layer)]
+            bias = getattr(layer, "bias", None)
+            if self.kind != EMBEDDING and bias is not None:
+                targets.append(bias)
         if len(store.keys()) != len(targets):
             raise ValueError(
                 f"Layer {layer.name!r} (with adapters) expected "

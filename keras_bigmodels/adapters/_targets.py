@@ -161,7 +161,12 @@ class MatrixView:
 
     def __init__(self, layer, path):
         kind = layer_kind(layer)
-        shape = tuple(int(d) for d in base_variable(layer).shape)
+        if getattr(layer, "_kbm_spec", None) is not None:
+            from keras_bigmodels.adapters._quantized import kernel_shape
+
+            shape = kernel_shape(layer)
+        else:
+            shape = tuple(int(d) for d in base_variable(layer).shape)
         self.kind = kind
         self.kernel_shape = shape
         if kind in (DENSE, EMBEDDING):

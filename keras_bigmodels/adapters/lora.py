@@ -4,6 +4,9 @@ import math
 import numbers
 import re
 
+import numpy as np
+
+from keras_bigmodels.adapters._quantized import is_fake_quantized
 from keras_bigmodels.adapters._state import LayerAdapters, get_state
 from keras_bigmodels.adapters._targets import select, walk
 from keras_bigmodels.backend import IS_LEGACY_KERAS
@@ -34,6 +37,13 @@ def enable_lora(
     attention layer gets `A` `[dim, rank]` and `B` `[rank, heads *
     head_dim]`. With `r` the rank, a layer gains `r * (fan_in + fan_out)`
     parameters.
+
+    Layers quantized by `kbm.quantization.quantize` (int8 or int4) take
+    adapters too (QLoRA): the frozen integer base runs through its
+    quantized op and the adapter adds `(x @ A) @ B * alpha / rank` in
+    float32; the op's straight-through input gradient lets adapters in
+    earlier layers train. `merge` then requantizes (and reports the
+    error).
 
     Afterwards only the new adapter (and the `train_also` layers) is
     trainable: every other variable of `model` (the picked layers' kernels
@@ -197,9 +207,15 @@ def _check_layer(path, layer, name):
         )
     if getattr(layer, "quantization_mode", None) is not None:
         raise ValueError(
-            f"Layer {path!r} is quantized "
-            f"({layer.quantization_mode!r}); adapters on quantized layers "
-            "are not supported."
+            f"Layer {path!r} is quantized by Keras's own `quantize` "
+            f"({layer.quantization_mode!r}); adapters support layers "
+            "quantized by kbm.quantization.quantize."
+        )
+    if is_fake_quantized(layer):
+        raise ValueError(
+            f"Layer {path!r} is fake-quantized for quantization-aware "
+            "training; convert it (kbm.quantization.convert) before adding "
+            "adapters."
         )
     if getattr(layer, "lora_enabled", False):
         raise ValueError(
@@ -287,7 +303,7 @@ def _activate(model, name):
     _reset_compiled(model)
 
 
-def merge(model, name=None):
+def merge(model, name=None, data=None):
     """Folds an adapter into the base weights, leaving no extra op.
 
     Each adapted layer's kernel (embedding table) is replaced by the
@@ -296,12 +312,42 @@ def merge(model, name=None):
     as fast as the base model, and saves and exports as a plain model.
     The base weights are kept in host memory for `unmerge`.
 
+    A quantized layer (`kbm.quantization`) is dequantized, the update
+    added, and the sum requantized with the layer's mode and group size
+    into new integer weights and scales. That rounding is not exact: the
+    returned report gives, per such layer, `max_weight_error` (the largest
+    `|W_merged - dequantize(requantized)|`) and `rounding_bound` (half the
+    largest new scale, which that error never exceeds); with `data`, it
+    also runs the model on `data` before and after merging and gives
+    `max_output_error`, the largest absolute difference of the outputs
+    (what merging changes on that batch).
+
     Args:
         model: A model with adapters.
         name: The adapter to merge. Defaults to `None` (the active one).
+        data: Optional inputs (one batch) to measure the outputs'
+            change on. Defaults to `None`.
+
+    Returns:
+        A dict: `"layers"`, `{path: {"mode", "group_size",
+        "max_weight_error", "rounding_bound", "max_abs_weight"}}` for the
+        quantized layers (empty for a float model); `"max_weight_error"`,
+        the largest over them (0.0 if none); with `data`,
+        `"max_output_error"` and `"max_abs_output"` (the largest absolute
+        unmerged output, for scale).
 
     Raises:
         ValueError: No such adapter, nothing active, or already merged.
+
+    Example:
+
+    ```python
+    kbm.quantization.quantize(model, "int4_weight_only")
+    kbm.adapters.enable_lora(model, rank=8)
+    model.fit(...)
+    report = kbm.adapters.merge(model, data=x_batch)
+    report["max_output_error"]          # logits moved by requantizing
+    ```
     """
     names = adapter_names(model)
     if _merged_states(model):
@@ -322,10 +368,56 @@ def merge(model, name=None):
             f"Received: name={name!r}"
         )
     _activate(model, name)
+    before = None if data is None else _outputs(model, data)
+    layers = {}
     for state in _states(model):
         if name in state.adapters:
-            state.merge(name)
+            report = state.merge(name)
+            if report is not None:
+                layers[state.path] = report
     _reset_compiled(model)
+    errors = [r["max_weight_error"] for r in layers.values()]
+    out = {"layers": layers, "max_weight_error": max(errors, default=0.0)}
+    if data is not None:
+        after = _outputs(model, data)
+        out["max_output_error"] = max(
+            (float(np.max(np.abs(a - b), initial=0.0)))
+            for a, b in zip(after, before)
+        )
+        out["max_abs_output"] = max(
+            float(np.max(np.abs(b), initial=0.0)) for b in before
+        )
+    return out
+
+
+def requantization_error(model, data=None, name=None):
+    """What merging would cost on a quantized model, leaving it unmerged.
+
+    Runs `merge(model, name, data)` then `unmerge(model)` (which restores
+    the integer weights bit for bit) and returns the merge report.
+
+    Args:
+        model: A model with adapters, not merged.
+        data: Optional inputs (one batch) to compare outputs on. Defaults
+            to `None`.
+        name: The adapter. Defaults to `None` (the active one).
+
+    Returns:
+        The report of `merge`.
+    """
+    report = merge(model, name=name, data=data)
+    unmerge(model)
+    return report
+
+
+def _outputs(model, data):
+    import tensorflow as tf
+
+    result = model(data, training=False)
+    return [
+        np.asarray(tf.convert_to_tensor(t), dtype="float64")
+        for t in tf.nest.flatten(result)
+    ]
 
 
 def unmerge(model):
@@ -469,7 +561,6 @@ def _train_also_layers(model, chosen, train_also):
 
 def trainable_fraction(model):
     """(trainable parameters, all parameters) of `model`."""
-    import numpy as np
 
     def count(variables):
         seen, total = set(), 0

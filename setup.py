@@ -117,6 +117,21 @@ def _isa_variants():
     return {"avx": base, "avx2": ["-march=x86-64-v3"]}
 
 
+# Extra SIMD variants of single files, built wherever the avx2 variant is
+# (file name -> {variant: flags}): only the W8A8 int8 GEMM has an AVX-512
+# VNNI kernel (cc/common/cpu_isa.h).
+EXTRA_ISA_VARIANTS = {
+    "quantization_simd.cc": {
+        "avx512vnni": [
+            "-march=x86-64-v3",
+            "-mavx512f",
+            "-mavx512bw",
+            "-mavx512vnni",
+        ],
+    },
+}
+
+
 def _sources():
     """(plain sources, simd sources, CUDA sources) under cc/, sorted."""
     plain, simd, cuda = [], [], []
@@ -422,6 +437,15 @@ def build_library(out_path):
             jobs.append((src, obj, cmd, obj_dir))
             if flags is not base_isa:
                 checked.append(obj)
+    for src in simd:
+        if "avx2" not in variants:
+            break
+        for name, flags in EXTRA_ISA_VARIANTS.get(src.name, {}).items():
+            rel = src.relative_to(ROOT).with_suffix("")
+            obj = obj_dir / f"{rel}.{name}.o"
+            cmd = common + flags + [f"-DKBM_ISA={name}"]
+            jobs.append((src, obj, cmd, obj_dir))
+            checked.append(obj)
     n_jobs = max(1, int(os.environ.get("KBM_BUILD_JOBS", "2")))
     objs = []
     if cuda:
@@ -498,6 +522,11 @@ def build_library(out_path):
             [cxx, "--version"], capture_output=True, text=True
         ).stdout.splitlines()[0],
         "isa_variants": {k: " ".join(v) for k, v in variants.items()},
+        "extra_isa_variants": {
+            f: {k: " ".join(v) for k, v in e.items()}
+            for f, e in EXTRA_ISA_VARIANTS.items()
+            if "avx2" in variants
+        },
         "families": families,
         "python": sys.version.split()[0],
         "cuda_built": bool(cuda),

@@ -34,8 +34,9 @@ straight-through gradient: that of `act(x @ dequantize(w) + bias)`, so a
 model can train adapters or earlier layers through a quantized layer.
 
 Kernels: fused CPU kernels for float16, bfloat16 and float32 `x` (AVX2
-variants chosen at run time, an x86-64-v2 + AVX baseline otherwise; the
-W8A8 integer sums are exact in both) when the op library has them (see
+variants chosen at run time, plus an AVX-512 VNNI W8A8 GEMM on CPUs with
+it, an x86-64-v2 + AVX baseline otherwise; the W8A8 integer sums are exact
+in all of them) when the op library has them (see
 `kbm.ops.kernels_available()`). There are no GPU kernels: inputs on a GPU
 run the references (with one warning). Otherwise, and with
 `use_fused_kernel=False`, the pure-TensorFlow references below run, which

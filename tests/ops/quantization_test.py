@@ -485,6 +485,74 @@ def test_avx_baseline_variant_matches_reference():
     assert out.strip().endswith("ok")
 
 
+@pytest.mark.parametrize("isa", ["avx", "avx2", "avx512vnni"])
+def test_w8a8_exact_golden_on_each_isa_variant(isa):
+    # Each compiled W8A8 micro-kernel (forced through KERAS_BIGMODELS_ISA)
+    # against a NumPy int64 golden, exactly: integer rows with max |row| =
+    # 127 quantize to themselves (s_x = 1) and the channel scales are 1.
+    # Shapes cover +-127 at K = 3072, odd K, N not a multiple of 8 and every
+    # panel/row remainder of the micro-kernels and tiles.
+    out = run_python(
+        f"""
+        import platform
+        import numpy as np
+        import tensorflow as tf
+        import keras_bigmodels as kbm
+        from keras_bigmodels import ops
+        from keras_bigmodels.ops import quantization as qm
+        info = dict(kv.split("=") for kv in
+                    kbm.ops.kernels_available().info.split(";"))
+        if platform.machine() == "x86_64":
+            assert info["compiled_isas"] == "avx,avx2,avx512vnni", info
+        if info["active_isa"] != "{isa}":
+            print("unsupported", info["active_isa"])
+            raise SystemExit
+        rng = np.random.default_rng(1)
+
+        def check(qx, qw, act=None):
+            x = tf.constant(qx.astype(np.float32))
+            s = tf.ones([qw.shape[1]], tf.float32)
+            p = ops.pack_kernel(tf.constant(qw.astype(np.int8)))
+            y = ops.quantized_matmul(x, p, s, None, act,
+                                     output_dtype=tf.float32,
+                                     use_fused_kernel=True).numpy()
+            if act is None:
+                acc = qx.astype(np.int64) @ qw.astype(np.int64)
+                np.testing.assert_array_equal(y, acc.astype(np.float32))
+            else:
+                want = ops.quantized_matmul(x, p, s, None, act,
+                                            output_dtype=tf.float32,
+                                            use_fused_kernel=False)
+                np.testing.assert_allclose(
+                    y, want, **qm.TOLERANCES["int8"][tf.float32])
+
+        k = 3072
+        qx = rng.choice([-127, 127], size=(11, k))
+        qx[0] = 127
+        qx[1] = -127
+        qw = rng.choice([-127, 127], size=(k, 19))
+        qw[:, 0] = 127
+        qw[:, 1] = -127
+        check(qx, qw)
+        for k, n, rows in ((1, 1, 1), (7, 9, 3), (385, 17, 9),
+                           (385, 23, 70), (130, 37, 8), (97, 150, 65),
+                           (64, 50, 17), (1025, 8, 2)):
+            qx = rng.integers(-127, 128, size=(rows, k))
+            qx[:, 0] = 127
+            qw = rng.integers(-127, 128, size=(k, n))
+            check(qx, qw)
+            if k == 385:
+                check(qx, qw, "gelu")
+        print("ok")
+        """,
+        env={"KERAS_BIGMODELS_ISA": isa},
+        reuse=f"isa_{isa}",
+    )
+    if out.strip().startswith("unsupported"):
+        pytest.skip(f"this CPU does not run the {isa} variant: {out.strip()}")
+    assert out.strip().endswith("ok")
+
+
 def test_family_is_cpu_only():
     from keras_bigmodels.ops import _gpu_probe
 

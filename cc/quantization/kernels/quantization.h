@@ -80,6 +80,9 @@ extern const QuantizationKernels kQuantizationKernels;
 namespace avx2 {
 extern const QuantizationKernels kQuantizationKernels;
 }  // namespace avx2
+namespace avx512vnni {
+extern const QuantizationKernels kQuantizationKernels;
+}  // namespace avx512vnni
 
 }  // namespace kbm
 }  // namespace tensorflow

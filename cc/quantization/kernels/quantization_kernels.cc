@@ -29,6 +29,9 @@ namespace {
 
 const QuantizationKernels& Kernels() {
 #ifdef KBM_HAVE_AVX2_VARIANT
+  if (ActiveIsa() == Isa::kAvx512Vnni) {
+    return avx512vnni::kQuantizationKernels;
+  }
   return SelectIsa(avx::kQuantizationKernels, avx2::kQuantizationKernels);
 #else
   return avx::kQuantizationKernels;

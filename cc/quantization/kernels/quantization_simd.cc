@@ -1,5 +1,16 @@
 // Tile kernels of the quantized matmul family. Compiled once per SIMD
-// variant: the build defines KBM_ISA as `avx` or `avx2` (see cpu_isa.h).
+// variant: the build defines KBM_ISA as `avx`, `avx2` or `avx512vnni` (see
+// cpu_isa.h).
+//
+// W8A8 with AVX-512 VNNI: vpdpbusd (u8 x s8, 4-way dot into int32, no
+// saturation) on zmm, 16 channels x 4 bytes along K per register, i.e. two
+// 8-channel panels of the packed layout side by side. The activations are
+// made unsigned by flipping their sign bit (a + 128) and 128 * (column sums
+// of the weights) is subtracted at the end, summed by one more vpdpbusd per
+// register with 0x80 bytes. The int32 sums wrap modulo 2^32 but the final
+// difference, the exact a.w (|a.w| <= 127 * 127 * K), is exact. The
+// micro-kernel holds up to 8 rows x 4 panels (32 channels). Every other
+// table entry is the avx2 code.
 //
 // W8A8 on AVX2 (no VNNI) keeps the int32 sums exact with the sign trick:
 // |a| (u8, <= 127) times the weights with a's sign applied (vpsignb; the
@@ -26,7 +37,7 @@
 #include "cc/common/simd.h"
 
 #ifndef KBM_ISA
-#error "KBM_ISA must name the SIMD variant namespace (avx or avx2)"
+#error "KBM_ISA must name the SIMD variant namespace (avx, avx2, ...)"
 #endif
 
 namespace tensorflow {
@@ -219,6 +230,118 @@ void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
     }
   }
 }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+
+// R rows (<= 8) times Z zmm registers (2 panels each); kHalf: the last
+// register holds one panel only (the next one may not exist).
+template <int R, int Z, bool kHalf>
+void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
+  const int64_t kp = p.kb * kQuantPanelK;
+  const int8_t* qx = p.qx + r * kp;
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  const int64_t wstride = p.kb * 32;  // Bytes from one panel to the next.
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i acc[R][Z], csum[Z];
+  #pragma GCC unroll 8
+  for (int j = 0; j < Z; ++j) {
+    csum[j] = _mm512_setzero_si512();
+    #pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) acc[i][j] = _mm512_setzero_si512();
+  }
+  for (int64_t b = 0; b < p.kb; ++b) {
+    __m512i wv[Z];
+    #pragma GCC unroll 8
+    for (int j = 0; j < Z; ++j) {
+      const int8_t* lo = w + 2 * j * wstride + b * 32;
+      const __m256i wlo =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
+      if (kHalf && j == Z - 1) {
+        wv[j] = _mm512_zextsi256_si512(wlo);
+      } else {
+        wv[j] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(wlo),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + wstride)),
+            1);
+      }
+      csum[j] = _mm512_dpbusd_epi32(csum[j], flip, wv[j]);
+    }
+    #pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      int32_t a4;
+      std::memcpy(&a4, qx + i * kp + b * 4, 4);
+      const __m512i ua = _mm512_xor_si512(_mm512_set1_epi32(a4), flip);
+      #pragma GCC unroll 8
+      for (int j = 0; j < Z; ++j) {
+        acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], ua, wv[j]);
+      }
+    }
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    #pragma GCC unroll 8
+    for (int j = 0; j < Z; ++j) {
+      const __m512i s = _mm512_sub_epi32(acc[i][j], csum[j]);
+      W8A8Epilogue(p, r + i, panel + 2 * j,
+                   reinterpret_cast<VecF>(
+                       _mm256_cvtepi32_ps(_mm512_castsi512_si256(s))));
+      if (!(kHalf && j == Z - 1)) {
+        W8A8Epilogue(p, r + i, panel + 2 * j + 1,
+                     reinterpret_cast<VecF>(_mm256_cvtepi32_ps(
+                         _mm512_extracti64x4_epi64(s, 1))));
+      }
+    }
+  }
+}
+
+template <int Z, bool kHalf>
+void W8A8VnniRows(const W8A8Problem& p, int64_t r, int64_t rows,
+                  int64_t panel) {
+  switch (rows) {
+    case 8:
+      return W8A8VnniMicro<8, Z, kHalf>(p, r, panel);
+    case 7:
+      return W8A8VnniMicro<7, Z, kHalf>(p, r, panel);
+    case 6:
+      return W8A8VnniMicro<6, Z, kHalf>(p, r, panel);
+    case 5:
+      return W8A8VnniMicro<5, Z, kHalf>(p, r, panel);
+    case 4:
+      return W8A8VnniMicro<4, Z, kHalf>(p, r, panel);
+    case 3:
+      return W8A8VnniMicro<3, Z, kHalf>(p, r, panel);
+    case 2:
+      return W8A8VnniMicro<2, Z, kHalf>(p, r, panel);
+    default:
+      return W8A8VnniMicro<1, Z, kHalf>(p, r, panel);
+  }
+}
+
+template <int Z, bool kHalf>
+void W8A8VnniPanels(const W8A8Problem& p, int64_t r0, int64_t r1,
+                    int64_t panel) {
+  for (int64_t r = r0; r < r1; r += 8) {
+    W8A8VnniRows<Z, kHalf>(p, r, r1 - r < 8 ? r1 - r : 8, panel);
+  }
+}
+
+void W8A8Vnni(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
+              int64_t p1) {
+  int64_t panel = p0;
+  for (; panel + 4 <= p1; panel += 4) W8A8VnniPanels<2, false>(p, r0, r1, panel);
+  switch (p1 - panel) {
+    case 3:
+      return W8A8VnniPanels<2, true>(p, r0, r1, panel);
+    case 2:
+      return W8A8VnniPanels<1, false>(p, r0, r1, panel);
+    case 1:
+      return W8A8VnniPanels<1, true>(p, r0, r1, panel);
+    default:
+      return;
+  }
+}
+
+#endif  // __AVX512VNNI__ && __AVX512BW__
 
 // 32 packed bytes (4 bytes x 8 channels) -> 4 vectors of 8 channels, one
 // per byte position, as int32.
@@ -606,8 +729,13 @@ void WeightOnly(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
 
 }  // namespace
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8Vnni,
+                                                   WeightOnly};
+#else
 const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8,
                                                    WeightOnly};
+#endif
 
 }  // namespace KBM_ISA
 }  // namespace kbm

@@ -502,8 +502,10 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
       // A key-masked key counts as zeros (PackKeyTile): its gradients are
       // exactly 0, even where 0 * an infinite dO would give NaN.
       const bool masked = has_masked && key_bias[j] == kNegInf<F>;
-      for (int64_t e = 0; e < d.D; ++e) dk[e] = masked ? F(0) : dkt[e * kKT + j];
-      for (int64_t e = 0; e < d.Dv; ++e) dv[e] = masked ? F(0) : dvt[e * kKT + j];
+      for (int64_t e = 0; e < d.D; ++e)
+        dk[e] = masked ? F(0) : dkt[e * kKT + j];
+      for (int64_t e = 0; e < d.Dv; ++e)
+        dv[e] = masked ? F(0) : dvt[e * kKT + j];
     }
   }
 }

@@ -44,8 +44,7 @@ void LayerNormFwd(const float* x, const float* gamma, const float* beta,
   // error of a long float32 sum divided by sqrt(epsilon).
   const float x0 = c > 0 ? x[0] : 0.f;
   const VecF s0 = Splat(x0);
-  const float mean =
-      x0 + RowSum(x, c, x0, [s0](VecF v) { return v - s0; }) / c;
+  const float mean = x0 + RowSum(x, c, x0, [s0](VecF v) { return v - s0; }) / c;
   const VecF m = Splat(mean);
   const float var =
       RowSum(x, c, mean, [m](VecF v) { return (v - m) * (v - m); }) / c;

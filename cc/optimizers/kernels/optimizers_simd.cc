@@ -67,10 +67,9 @@ inline void LambMomentsOf(VecF gv, VecF omb1, VecF omb2, VecF* mv, VecF* vv) {
   *vv = *vv + (gv * gv - *vv) * omb2;
 }
 
-void LambMoments(const float* p, const float* m, const float* v,
-                 const float* g, int64_t n,
-                 const LambScalars<float>& s, float decay, double* w2,
-                 double* u2) {
+void LambMoments(const float* p, const float* m, const float* v, const float* g,
+                 int64_t n, const LambScalars<float>& s, float decay,
+                 double* w2, double* u2) {
   const VecF omb1 = Splat(s.omb1), omb2 = Splat(s.omb2);
   const VecF bias1 = Splat(s.bias1), bias2 = Splat(s.bias2);
   const VecF eps = Splat(s.eps), dec = Splat(decay);

@@ -23,16 +23,16 @@ enum class QuantActivation : int { kLinear = 0, kRelu, kGelu, kGeluTanh };
 // One W8A8 problem: quantized rows times packed int8 weights, epilogue
 // `act(float(acc) * (sx[r] * scale[n]) + bias[n])` written as float32.
 struct W8A8Problem {
-  const int8_t* qx;        // [rows, 4 * kb] quantized rows, zero padded.
-  const float* sx;         // [rows] row scales (max |row| / 127).
-  const uint8_t* finite;   // [rows] 0 for rows with NaN/Inf (output NaN).
-  const int8_t* packed;    // [panels, kb, 8, 4].
-  const float* scale;      // [panels * 8] channel scales, zero padded.
-  const float* bias;       // [panels * 8] zero padded, or nullptr.
-  int64_t kb;              // Blocks of 4 bytes along K.
-  int64_t n;               // Output channels (columns of out).
+  const int8_t* qx;       // [rows, 4 * kb] quantized rows, zero padded.
+  const float* sx;        // [rows] row scales (max |row| / 127).
+  const uint8_t* finite;  // [rows] 0 for rows with NaN/Inf (output NaN).
+  const int8_t* packed;   // [panels, kb, 8, 4].
+  const float* scale;     // [panels * 8] channel scales, zero padded.
+  const float* bias;      // [panels * 8] zero padded, or nullptr.
+  int64_t kb;             // Blocks of 4 bytes along K.
+  int64_t n;              // Output channels (columns of out).
   QuantActivation act;
-  float* out;              // [rows, ldo].
+  float* out;  // [rows, ldo].
   int64_t ldo;
 };
 
@@ -40,19 +40,19 @@ struct W8A8Problem {
 // (`q * scale[group(k), n]`, the reference's dequantized value), float32
 // sums, the same epilogue without the row scale.
 struct WeightOnlyProblem {
-  const float* x;          // [rows, ldx] float rows, zero padded to ldx.
+  const float* x;  // [rows, ldx] float rows, zero padded to ldx.
   int64_t rows;
-  int64_t ldx;             // >= the K values of kb blocks (4 or 8 per byte
-                           // block of 4: int8 or int4).
-  const int8_t* packed;    // [panels, kb, 8, 4].
+  int64_t ldx;           // >= the K values of kb blocks (4 or 8 per byte
+                         // block of 4: int8 or int4).
+  const int8_t* packed;  // [panels, kb, 8, 4].
   int64_t kb;
-  int bits;                // 8 or 4.
-  const float* scale;      // [groups, np] zero padded along N.
-  const int64_t* scale_row;// [ldx]: offset of k's scale row in `scale`.
-  const float* bias;       // [np] zero padded, or nullptr.
+  int bits;                  // 8 or 4.
+  const float* scale;        // [groups, np] zero padded along N.
+  const int64_t* scale_row;  // [ldx]: offset of k's scale row in `scale`.
+  const float* bias;         // [np] zero padded, or nullptr.
   int64_t n;
   QuantActivation act;
-  float* out;              // [rows, ldo].
+  float* out;  // [rows, ldo].
   int64_t ldo;
   // Blocks per scale group when groups hold whole blocks (kb for one scale
   // per channel): the kernel may then scale each group's sum instead of

@@ -51,8 +51,8 @@ absl::Status ParseActivation(const std::string& name, QuantActivation* act) {
     *act = QuantActivation::kGeluTanh;
   } else {
     return errors::InvalidArgument(
-        "activation must be one of linear, relu, gelu, gelu_tanh, got '",
-        name, "'");
+        "activation must be one of linear, relu, gelu, gelu_tanh, got '", name,
+        "'");
   }
   return absl::OkStatus();
 }
@@ -83,8 +83,8 @@ absl::Status CheckCommon(const Tensor& x, const Tensor& packed,
       packed.dim_size(3) != kQuantPanelK) {
     return errors::InvalidArgument(
         "kernel_q must have shape [", CeilDiv(*n, kQuantPanelN), ", ",
-        CeilDiv(k_bytes, kQuantPanelK), ", ", kQuantPanelN, ", ",
-        kQuantPanelK, "] for K=", *k, " (the last dimension of x) and N=", *n,
+        CeilDiv(k_bytes, kQuantPanelK), ", ", kQuantPanelN, ", ", kQuantPanelK,
+        "] for K=", *k, " (the last dimension of x) and N=", *n,
         " (the last dimension of kernel_scale), got shape ",
         ShapeString(packed));
   }
@@ -146,8 +146,8 @@ class QuantizedMatMulOp : public OpKernel {
                     "channel), got shape ",
                     ShapeString(scale)));
     int64_t k = 0, n = 0, rows = 0;
-    OP_REQUIRES_OK(ctx, CheckCommon(x, packed, scale, bias, 1, 1, &k, &n,
-                                    &rows));
+    OP_REQUIRES_OK(ctx,
+                   CheckCommon(x, packed, scale, bias, 1, 1, &k, &n, &rows));
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, OutputShape(x, n), &y));
     if (rows == 0 || n == 0) return;
@@ -156,8 +156,8 @@ class QuantizedMatMulOp : public OpKernel {
     const int64_t panels = packed.dim_size(0);
 
     Tensor qx_t, sx_t, finite_t, out_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_INT8, TensorShape({rows, kp}),
-                                           &qx_t));
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_temp(DT_INT8, TensorShape({rows, kp}), &qx_t));
     OP_REQUIRES_OK(ctx,
                    ctx->allocate_temp(DT_FLOAT, TensorShape({rows}), &sx_t));
     OP_REQUIRES_OK(
@@ -171,8 +171,8 @@ class QuantizedMatMulOp : public OpKernel {
     ParallelFor(ctx, rows, 6 * k + 16, [&](int64_t begin, int64_t end) {
       FloatRows<T> io(k, 1);
       for (int64_t r = begin; r < end; ++r) {
-        finite[r] = kern.quantize_row(io.In(px + r * k, 0), k, kp, qx + r * kp,
-                                      sx + r);
+        finite[r] =
+            kern.quantize_row(io.In(px + r * k, 0), k, kp, qx + r * kp, sx + r);
       }
     });
 
@@ -186,13 +186,20 @@ class QuantizedMatMulOp : public OpKernel {
     if (out_dtype_ == DT_FLOAT) {
       out = y->flat<float>().data();
     } else {
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(
-                              DT_FLOAT, TensorShape({rows, n}), &out_t));
+      OP_REQUIRES_OK(
+          ctx, ctx->allocate_temp(DT_FLOAT, TensorShape({rows, n}), &out_t));
       out = out_t.flat<float>().data();
     }
-    W8A8Problem p{qx,    sx, finite, packed.flat<int8_t>().data(),
-                  scale_p.data(), bias_p.empty() ? nullptr : bias_p.data(),
-                  kb,    n,  act_,   out,
+    W8A8Problem p{qx,
+                  sx,
+                  finite,
+                  packed.flat<int8_t>().data(),
+                  scale_p.data(),
+                  bias_p.empty() ? nullptr : bias_p.data(),
+                  kb,
+                  n,
+                  act_,
+                  out,
                   n};
     // Tiles of up to 64 rows x 8 panels (64 channels); tile index =
     // column tile * row tiles + row tile.
@@ -261,18 +268,18 @@ class WeightOnlyMatMulOp : public OpKernel {
                                     bits_ == 8 ? 1 : 2, &k, &n, &rows));
     int64_t groups = 1, group_size = std::max<int64_t>(k, 1);
     if (scale.dims() == 2) {
-      OP_REQUIRES(ctx, group_size_ > 0,
-                  errors::InvalidArgument(
-                      "kernel_scale is grouped (shape ", ShapeString(scale),
-                      ") but group_size is 0"));
+      OP_REQUIRES(
+          ctx, group_size_ > 0,
+          errors::InvalidArgument("kernel_scale is grouped (shape ",
+                                  ShapeString(scale), ") but group_size is 0"));
       OP_REQUIRES(ctx, k % group_size_ == 0,
                   errors::InvalidArgument("group_size must divide K=", k,
                                           ", got group_size=", group_size_));
       OP_REQUIRES(ctx, scale.dim_size(0) * group_size_ == k,
-                  errors::InvalidArgument(
-                      "kernel_scale must have shape [", k / group_size_, ", ",
-                      n, "] (K / group_size, N), got shape ",
-                      ShapeString(scale)));
+                  errors::InvalidArgument("kernel_scale must have shape [",
+                                          k / group_size_, ", ", n,
+                                          "] (K / group_size, N), got shape ",
+                                          ShapeString(scale)));
       groups = scale.dim_size(0);
       group_size = group_size_;
     } else {
@@ -296,8 +303,8 @@ class WeightOnlyMatMulOp : public OpKernel {
 
     // Widened, zero padded rows of x; the scale row of every K value.
     Tensor x_t, out_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_FLOAT,
-                                           TensorShape({rows, ldx}), &x_t));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_temp(DT_FLOAT, TensorShape({rows, ldx}), &x_t));
     float* xf = x_t.flat<float>().data();
     const T* px = x.flat<T>().data();
     ParallelFor(ctx, rows, ldx + 8, [&](int64_t begin, int64_t end) {
@@ -325,8 +332,8 @@ class WeightOnlyMatMulOp : public OpKernel {
     if (out_dtype_ == DT_FLOAT) {
       out = y->flat<float>().data();
     } else {
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(
-                              DT_FLOAT, TensorShape({rows, n}), &out_t));
+      OP_REQUIRES_OK(
+          ctx, ctx->allocate_temp(DT_FLOAT, TensorShape({rows, n}), &out_t));
       out = out_t.flat<float>().data();
     }
     WeightOnlyProblem p{xf,
@@ -350,10 +357,9 @@ class WeightOnlyMatMulOp : public OpKernel {
       p.group_blocks = group_size / values_per_block;
     }
     const QuantizationKernels& kern = Kernels();
-    ParallelFor(ctx, panels, ldx * kQuantPanelN * (rows + 2),
-                [&](int64_t begin, int64_t end) {
-                  kern.weight_only(p, begin, end);
-                });
+    ParallelFor(
+        ctx, panels, ldx * kQuantPanelN * (rows + 2),
+        [&](int64_t begin, int64_t end) { kern.weight_only(p, begin, end); });
     if (out_dtype_ != DT_FLOAT) {
       Narrow<T>(ctx, out, y->flat<T>().data(), rows * n);
     }
@@ -366,15 +372,13 @@ class WeightOnlyMatMulOp : public OpKernel {
   int group_size_;
 };
 
-#define KBM_REGISTER_QUANTIZATION(T)                                     \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>QuantizedMatMul")                    \
-                              .Device(DEVICE_CPU)                        \
-                              .TypeConstraint<T>("T"),                   \
-                          QuantizedMatMulOp<T>);                         \
-  REGISTER_KERNEL_BUILDER(Name("Kbm>WeightOnlyMatMul")                   \
-                              .Device(DEVICE_CPU)                        \
-                              .TypeConstraint<T>("T"),                   \
-                          WeightOnlyMatMulOp<T>);
+#define KBM_REGISTER_QUANTIZATION(T)                                          \
+  REGISTER_KERNEL_BUILDER(                                                    \
+      Name("Kbm>QuantizedMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
+      QuantizedMatMulOp<T>);                                                  \
+  REGISTER_KERNEL_BUILDER(                                                    \
+      Name("Kbm>WeightOnlyMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+      WeightOnlyMatMulOp<T>);
 
 KBM_REGISTER_QUANTIZATION(Eigen::half)
 KBM_REGISTER_QUANTIZATION(Eigen::bfloat16)

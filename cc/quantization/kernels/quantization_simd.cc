@@ -32,9 +32,8 @@
 //
 // GELU uses the erf (Abramowitz & Stegun 7.1.26) and sigmoid forms of the
 // bias + activation family, on the exp of cc/common/simd.h.
-#include "cc/quantization/kernels/quantization.h"
-
 #include "cc/common/simd.h"
+#include "cc/quantization/kernels/quantization.h"
 
 #ifndef KBM_ISA
 #error "KBM_ISA must name the SIMD variant namespace (avx, avx2, ...)"
@@ -64,7 +63,8 @@ inline VecF GeluErf(VecF z) {
 }
 
 inline VecF GeluTanh(VecF z) {
-  const VecF u = Splat(kGeluTanhScaleF) * (z + Splat(kGeluTanhCubicF) * z * z * z);
+  const VecF u =
+      Splat(kGeluTanhScaleF) * (z + Splat(kGeluTanhCubicF) * z * z * z);
   return z / (Splat(1.f) + Exp(Splat(-2.f) * u));
 }
 
@@ -104,8 +104,7 @@ inline void W8A8Epilogue(const W8A8Problem& p, int64_t r, int64_t panel,
   StoreChannels(row, c, p.n, Activate(y, p.act));
 }
 
-bool QuantizeRow(const float* x, int64_t k, int64_t kp, int8_t* q,
-                 float* sx) {
+bool QuantizeRow(const float* x, int64_t k, int64_t kp, int8_t* q, float* sx) {
   VecF vmax = Splat(0.f);
   VecF poison = Splat(0.f);  // x * 0: NaN once a NaN or Inf is seen.
   int64_t j = 0;
@@ -167,34 +166,34 @@ void W8A8Micro(const W8A8Problem& p, int64_t r, int64_t panel) {
   const int64_t wstride = p.kb * 32;  // Bytes from one panel to the next.
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[R][P];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int j = 0; j < P; ++j) acc[i][j] = _mm256_setzero_si256();
   }
   for (int64_t b = 0; b < p.kb; ++b) {
     __m256i wv[P];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int j = 0; j < P; ++j) {
       wv[j] = _mm256_loadu_si256(
           reinterpret_cast<const __m256i*>(w + j * wstride + b * 32));
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       int32_t a4;
       std::memcpy(&a4, qx + i * kp + b * 4, 4);
       const __m256i a = _mm256_set1_epi32(a4);
       const __m256i ua = _mm256_sign_epi8(a, a);
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int j = 0; j < P; ++j) {
         const __m256i s = _mm256_maddubs_epi16(ua, _mm256_sign_epi8(wv[j], a));
         acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(s, ones));
       }
     }
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int j = 0; j < P; ++j) {
       W8A8Epilogue(p, r + i, panel + j,
                    reinterpret_cast<VecF>(_mm256_cvtepi32_ps(acc[i][j])));
@@ -243,15 +242,15 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
   const int64_t wstride = p.kb * 32;  // Bytes from one panel to the next.
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512i acc[R][Z], csum[Z];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int j = 0; j < Z; ++j) {
     csum[j] = _mm512_setzero_si512();
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) acc[i][j] = _mm512_setzero_si512();
   }
   for (int64_t b = 0; b < p.kb; ++b) {
     __m512i wv[Z];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int j = 0; j < Z; ++j) {
       const int8_t* lo = w + 2 * j * wstride + b * 32;
       const __m256i wlo =
@@ -266,20 +265,20 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
       }
       csum[j] = _mm512_dpbusd_epi32(csum[j], flip, wv[j]);
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       int32_t a4;
       std::memcpy(&a4, qx + i * kp + b * 4, 4);
       const __m512i ua = _mm512_xor_si512(_mm512_set1_epi32(a4), flip);
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int j = 0; j < Z; ++j) {
         acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], ua, wv[j]);
       }
     }
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int j = 0; j < Z; ++j) {
       const __m512i s = _mm512_sub_epi32(acc[i][j], csum[j]);
       W8A8Epilogue(p, r + i, panel + 2 * j,
@@ -287,8 +286,8 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
                        _mm256_cvtepi32_ps(_mm512_castsi512_si256(s))));
       if (!(kHalf && j == Z - 1)) {
         W8A8Epilogue(p, r + i, panel + 2 * j + 1,
-                     reinterpret_cast<VecF>(_mm256_cvtepi32_ps(
-                         _mm512_extracti64x4_epi64(s, 1))));
+                     reinterpret_cast<VecF>(
+                         _mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(s, 1))));
       }
     }
   }
@@ -328,7 +327,8 @@ void W8A8VnniPanels(const W8A8Problem& p, int64_t r0, int64_t r1,
 void W8A8Vnni(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
               int64_t p1) {
   int64_t panel = p0;
-  for (; panel + 4 <= p1; panel += 4) W8A8VnniPanels<2, false>(p, r0, r1, panel);
+  for (; panel + 4 <= p1; panel += 4)
+    W8A8VnniPanels<2, false>(p, r0, r1, panel);
   switch (p1 - panel) {
     case 3:
       return W8A8VnniPanels<2, true>(p, r0, r1, panel);
@@ -346,9 +346,9 @@ void W8A8Vnni(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
 // 32 packed bytes (4 bytes x 8 channels) -> 4 vectors of 8 channels, one
 // per byte position, as int32.
 inline void Transpose4x8(__m256i b, __m256i out[4]) {
-  const __m256i shuf = _mm256_setr_epi8(
-      0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
-      0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i shuf =
+      _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
+                       0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m256i t = _mm256_permutevar8x32_epi32(
       _mm256_shuffle_epi8(b, shuf), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
   const __m128i lo = _mm256_castsi256_si128(t);
@@ -379,14 +379,14 @@ inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
     __m256i vl[4], vh[4];
     Transpose4x8(lo, vl);
     Transpose4x8(hi, vh);
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int i = 0; i < 4; ++i) {
       v[2 * i] = vl[i];  // Low nibble: even k.
       v[2 * i + 1] = vh[i];
     }
     count = 8;
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < count; ++i) {
     const VecF s = Load(p.scale + p.scale_row[k0 + i] + c);
     w[i] = reinterpret_cast<VecF>(_mm256_cvtepi32_ps(v[i])) * s;
@@ -397,7 +397,8 @@ inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
 // The 8 channel sums of 4 accumulators holding 4 partial sums of each of
 // channels (0, 1), (2, 3), (4, 5), (6, 7).
 inline __m256 Reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  const __m256 h =
+      _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
   return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
@@ -412,43 +413,43 @@ void WeightOnlyGrouped(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
   const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
   const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
   __m256 total[R];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) total[i] = _mm256_setzero_ps();
   for (int64_t g0 = 0; g0 < p.kb; g0 += p.group_blocks) {
     const int64_t g1 = g0 + p.group_blocks < p.kb ? g0 + p.group_blocks : p.kb;
     __m256 acc[R][4];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
     }
     for (int64_t b = g0; b < g1; ++b) {
       const int8_t* src = w + b * 32;
       if constexpr (kBits == 8) {
         __m256 wv[4];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < 4; ++j) {
           wv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j))));
         }
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
           const __m256 xv = _mm256_broadcast_ps(
               reinterpret_cast<const __m128*>(p.x + (r + i) * p.ldx + 4 * b));
-          #pragma GCC unroll 8
+#pragma GCC unroll 8
           for (int j = 0; j < 4; ++j) {
             acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
           }
         }
       } else {
         __m256 xe[R], xo[R];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
           const __m256 xv = _mm256_loadu_ps(p.x + (r + i) * p.ldx + 8 * b);
           xe[i] = _mm256_permutevar8x32_ps(xv, even);  // x of even k.
           xo[i] = _mm256_permutevar8x32_ps(xv, odd);
         }
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < 4; ++j) {
           const __m256i v = _mm256_cvtepi8_epi32(
               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j)));
@@ -457,7 +458,7 @@ void WeightOnlyGrouped(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
               _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
           const __m256 hi = _mm256_cvtepi32_ps(
               _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
-          #pragma GCC unroll 8
+#pragma GCC unroll 8
           for (int i = 0; i < R; ++i) {
             acc[i][j] = _mm256_fmadd_ps(lo, xe[i], acc[i][j]);
             acc[i][j] = _mm256_fmadd_ps(hi, xo[i], acc[i][j]);
@@ -466,13 +467,13 @@ void WeightOnlyGrouped(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
       }
     }
     const __m256 s = _mm256_loadu_ps(p.scale + p.scale_row[g0 * kValues] + c);
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       total[i] = _mm256_fmadd_ps(
           Reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), s, total[i]);
     }
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     VecF y = reinterpret_cast<VecF>(total[i]);
     if (p.bias != nullptr) y = y + Load(p.bias + c);
@@ -493,10 +494,10 @@ inline void DecodeChunk(const int8_t* w, int64_t b0, int64_t b1, __m256* out) {
       if constexpr (kBits == 8) {
         *out++ = _mm256_cvtepi32_ps(v);
       } else {
-        *out++ = _mm256_cvtepi32_ps(
-            _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
-        *out++ = _mm256_cvtepi32_ps(
-            _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
+        *out++ =
+            _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
+        *out++ =
+            _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
       }
     }
   }
@@ -508,8 +509,8 @@ inline void DecodeChunk(const int8_t* w, int64_t b0, int64_t b1, __m256* out) {
 constexpr int64_t kBufferedRows = 16;
 
 template <int kBits>
-void WeightOnlyBuffered(const WeightOnlyProblem& p, int64_t panel,
-                        int64_t r0, int64_t rows) {
+void WeightOnlyBuffered(const WeightOnlyProblem& p, int64_t panel, int64_t r0,
+                        int64_t rows) {
   constexpr int64_t kChunk = 16;
   constexpr int kVecs = kBits == 8 ? 4 : 8;  // Vectors per block.
   constexpr int64_t kValues = kBits == 8 ? 4 : 8;
@@ -577,7 +578,8 @@ bool WeightOnlyFast(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
   if (p.rows > 2) {
     for (int64_t panel = p0; panel < p1; ++panel) {
       for (int64_t r = 0; r < p.rows; r += kBufferedRows) {
-        const int64_t n = p.rows - r < kBufferedRows ? p.rows - r : kBufferedRows;
+        const int64_t n =
+            p.rows - r < kBufferedRows ? p.rows - r : kBufferedRows;
         p.bits == 8 ? WeightOnlyBuffered<8>(p, panel, r, n)
                     : WeightOnlyBuffered<4>(p, panel, r, n);
       }
@@ -603,7 +605,6 @@ bool WeightOnlyFast(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
 bool WeightOnlyFast(const WeightOnlyProblem&, int64_t, int64_t) {
   return false;
 }
-
 
 void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
           int64_t p1) {
@@ -633,7 +634,7 @@ void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
 inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
                        int64_t k0, int64_t c, VecF w[8]) {
   const int count = p.bits == 8 ? 4 : 8;
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < count; ++i) {
     float f[kLanes];
     for (int64_t j = 0; j < kLanes; ++j) {
@@ -664,9 +665,9 @@ void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
   const int64_t c = panel * kQuantPanelN;
   const int8_t* w = p.packed + panel * p.kb * 32;
   VecF acc[R][kSplit];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int s = 0; s < kSplit; ++s) acc[i][s] = Splat(0.f);
   }
   const float* x = p.x + r * p.ldx;
@@ -674,9 +675,9 @@ void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
   for (int64_t b = 0; b < p.kb; ++b) {
     VecF wv[8];
     const int count = DecodeBlock(p, w + b * 32, k, c, wv);
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int t = 0; t < count; ++t) {
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int i = 0; i < R; ++i) {
         acc[i][t % kSplit] =
             acc[i][t % kSplit] + Splat(x[i * p.ldx + k + t]) * wv[t];
@@ -684,10 +685,10 @@ void WeightOnlyMicro(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
     }
     k += count;
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     VecF y = acc[i][0];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int s = 1; s < kSplit; ++s) y = y + acc[i][s];
     if (p.bias != nullptr) y = y + Load(p.bias + c);
     StoreChannels(p.out + (r + i) * p.ldo, c, p.n, Activate(y, p.act));
@@ -731,10 +732,10 @@ void WeightOnly(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8Vnni,
-                                                   WeightOnly};
+                                                  WeightOnly};
 #else
 const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8,
-                                                   WeightOnly};
+                                                  WeightOnly};
 #endif
 
 }  // namespace KBM_ISA

@@ -43,9 +43,7 @@ REGISTER_OP("Kbm>QuantizedMatMul")
     .Attr("T: {half, bfloat16, float}")
     .Attr("output_dtype: {half, bfloat16, float}")
     .Attr("activation: {'linear', 'relu', 'gelu', 'gelu_tanh'} = 'linear'")
-    .SetShapeFn([](InferenceContext* c) {
-      return QuantizedMatMulShape(c, 1);
-    })
+    .SetShapeFn([](InferenceContext* c) { return QuantizedMatMulShape(c, 1); })
     .Doc(R"doc(
 y = act(float(q_x @ q_w) * (s_x * kernel_scale) + bias), W8A8. Each row of x
 is quantized to int8 (s_x = max|row| / 127, q_x = round-half-even of
@@ -67,9 +65,7 @@ REGISTER_OP("Kbm>WeightOnlyMatMul")
     .Attr("bits: int = 8")
     .Attr("group_size: int = 0")
     .Attr("activation: {'linear', 'relu', 'gelu', 'gelu_tanh'} = 'linear'")
-    .SetShapeFn([](InferenceContext* c) {
-      return QuantizedMatMulShape(c, 2);
-    })
+    .SetShapeFn([](InferenceContext* c) { return QuantizedMatMulShape(c, 2); })
     .Doc(R"doc(
 y = act(x @ (q * kernel_scale) + bias) in float32, with q the int8 (bits=8)
 or int4 (bits=4, two values per byte along K, low nibble first) values of the

@@ -147,7 +147,7 @@ test-large: build
 # optimizer and distillation tests with it loaded (LD_PRELOAD of the
 # runtimes), on Keras 3 and on tf-keras. Any sanitizer report or failing test
 # fails the run; writes benchmarks/results/reliability_asan.json. asan-ci:
-# the kernels' own tests (tests/ops) only, Keras 3 only, as .ci/run does.
+# the kernels' own tests (tests/ops) only, on both lines, as .ci/run does.
 .PHONY: asan asan-ci
 asan: $(DEPS_STAMP)
 	$(PY) benchmarks/asan.py

@@ -30,7 +30,7 @@ Usage:
                                         # on Keras 3 and on tf-keras
     python benchmarks/asan.py --ci      # `make asan-ci`: the kernels' own
                                         # tests only (tests/ops/<family>_test),
-                                        # Keras 3 only
+                                        # on both Keras lines too
     python benchmarks/asan.py --keras-line tf-keras --sets layers
     python benchmarks/asan.py --no-build --sets ops -- -k layer_norm
 """
@@ -328,8 +328,7 @@ def main(argv=None):
     parser.add_argument(
         "--keras-line",
         choices=["both", *KERAS_LINES],
-        help="Keras line(s) of the test processes (default: both; with "
-        "--ci keras3)",
+        help="Keras line(s) of the test processes (default: both)",
     )
     parser.add_argument(
         "--parallel",
@@ -359,7 +358,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = args.out or (CI_RESULTS if args.ci else RESULTS)
     sets = args.sets or (CI_SETS if args.ci else FULL_SETS)
-    line_arg = args.keras_line or ("keras3" if args.ci else "both")
+    line_arg = args.keras_line or "both"
     lines = list(KERAS_LINES) if line_arg == "both" else [line_arg]
     cxx = os.environ.get("KBM_CXX", "g++")
     runtimes = _runtime_libraries(cxx)

@@ -145,9 +145,9 @@ test-large: build
 # The op library built with AddressSanitizer + UndefinedBehaviorSanitizer
 # (build/asan, never over the shipped library), then the op, layer,
 # optimizer and distillation tests with it loaded (LD_PRELOAD of the
-# runtimes). Any sanitizer report or failing test fails the run; writes
-# benchmarks/results/reliability_asan.json. asan-ci: the kernels' own tests
-# (tests/ops) only, as .ci/run does.
+# runtimes), on Keras 3 and on tf-keras. Any sanitizer report or failing test
+# fails the run; writes benchmarks/results/reliability_asan.json. asan-ci:
+# the kernels' own tests (tests/ops) only, on both lines, as .ci/run does.
 .PHONY: asan asan-ci
 asan: $(DEPS_STAMP)
 	$(PY) benchmarks/asan.py

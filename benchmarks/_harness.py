@@ -38,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+import _machine
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -208,21 +210,6 @@ def allocator_setting():
     return "bfc" if value in ("true", "1") else "default"
 
 
-def _lscpu():
-    try:
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    fields = {}
-    for line in out.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
-    return fields
-
-
 def _git_revision():
     """The checkout's commit and whether it has local changes (read-only)."""
     try:
@@ -253,10 +240,10 @@ def machine_info():
     import keras_bigmodels as kbm
     from keras_bigmodels import backend
 
-    cpu = _lscpu()
+    cpu = _machine.lscpu()
     status = kbm.ops.kernels_available()
     return {
-        "cpu_model": cpu.get("Model name", platform.processor() or "?"),
+        "cpu_model": _machine.cpu_model(),
         "cpus": int(cpu.get("CPU(s)", os.cpu_count() or 0)),
         "threads_per_core": cpu.get("Thread(s) per core"),
         "hypervisor": cpu.get("Hypervisor vendor"),

@@ -14,25 +14,32 @@ then runs test sets with that library loaded into Python:
   subprocesses that some tests start are counted too;
 * `UBSAN_OPTIONS`: stop at the first report, with a stack trace.
 
+Each set runs on both Keras lines by default (`--keras-line`): Keras 3,
+and tf-keras (`TF_USE_LEGACY_KERAS=1` in the test process), whose layers
+call the kernels through other code paths. `--parallel N` runs N test
+processes at a time (each process's CPU time is its own, from wait4).
+
 Any sanitizer report, any failing test, or a test process that dies fails
 the run. The results are written to benchmarks/results/reliability_asan.json
-(one row per test set: tests run, failed, sanitizer reports, wall and CPU
-seconds), the build time in its notes.
+(one row per test set and Keras line: tests run, failed, sanitizer reports,
+wall and CPU seconds), the build time in its notes.
 
 Usage:
     python benchmarks/asan.py           # `make asan`: build + op, layer,
-                                        # optimizer and distillation tests
+                                        # optimizer and distillation tests,
+                                        # on Keras 3 and on tf-keras
     python benchmarks/asan.py --ci      # `make asan-ci`: the kernels' own
-                                        # tests only (tests/ops/<family>_test)
+                                        # tests only (tests/ops/<family>_test),
+                                        # on both Keras lines too
+    python benchmarks/asan.py --keras-line tf-keras --sets layers
     python benchmarks/asan.py --no-build --sets ops -- -k layer_norm
 """
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
-import platform
-import re
 import resource
 import shutil
 import subprocess
@@ -40,6 +47,8 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import _machine
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = ROOT / "build" / "asan"
@@ -80,6 +89,11 @@ TEST_SETS["kernels"] = [
 ]
 FULL_SETS = ["ops", "layers", "optimizers", "distillation"]
 CI_SETS = ["kernels"]
+# Keras line -> (name in the results, environment of the test process).
+KERAS_LINES = {
+    "keras3": ("Keras 3", {}),
+    "tf-keras": ("tf-keras", {"TF_USE_LEGACY_KERAS": "1"}),
+}
 
 REPORT_PATTERNS = (
     "ERROR: AddressSanitizer",
@@ -91,20 +105,6 @@ REPORT_PATTERNS = (
 def _cpu_seconds():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def _machine():
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=True
-        ).stdout
-        match = re.search(r"^Model name:\s*(.+)$", out, re.M)
-        if match:
-            model = match.group(1).strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{model}, {os.cpu_count()} CPUs"
 
 
 def _runtime_libraries(cxx):
@@ -154,7 +154,7 @@ def build(jobs):
     return secs, cpu, compiled
 
 
-def sanitizer_env(set_dir, runtimes):
+def sanitizer_env(set_dir, runtimes, line="keras3"):
     """The environment of a test process under the sanitizers."""
     asan = [
         "detect_leaks=0",
@@ -175,6 +175,8 @@ def sanitizer_env(set_dir, runtimes):
         if supp.exists():
             opts.append(f"suppressions={supp}")
     env = dict(os.environ)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    env.update(KERAS_LINES[line][1])
     env.update(
         LD_PRELOAD=":".join(runtimes),
         ASAN_OPTIONS=":".join(asan),
@@ -232,9 +234,12 @@ def _count_reports(texts):
     return sum(t.count(p) for t in texts for p in REPORT_PATTERNS)
 
 
-def run_set(name, pytest_args, extra_args, runtimes):
-    """Runs one test set under the sanitizers; returns its result row."""
-    set_dir = LOG_DIR / name
+def run_set(name, line, pytest_args, extra_args, runtimes):
+    """Runs one test set on one Keras line under the sanitizers.
+
+    Returns its result row.
+    """
+    set_dir = LOG_DIR / f"{name}-{line}"
     shutil.rmtree(set_dir, ignore_errors=True)
     set_dir.mkdir(parents=True)
     junit = set_dir / "junit.xml"
@@ -250,16 +255,21 @@ def run_set(name, pytest_args, extra_args, runtimes):
         *pytest_args,
         *extra_args,
     ]
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    t0 = time.perf_counter()
     with open(log, "w") as out:
-        rc = subprocess.run(
+        proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env=sanitizer_env(set_dir, runtimes),
+            env=sanitizer_env(set_dir, runtimes, line),
             stdout=out,
             stderr=subprocess.STDOUT,
-        ).returncode
-    secs, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+        )
+        # wait4: this process's CPU time (and its waited-for children's),
+        # also while other sets run at the same time.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = rc = os.waitstatus_to_exitcode(status)
+    secs = time.perf_counter() - t0
+    cpu = usage.ru_utime + usage.ru_stime
     report_files = sorted(
         p for p in set_dir.iterdir() if p.name.startswith(("asan.", "ubsan."))
     )
@@ -279,6 +289,7 @@ def run_set(name, pytest_args, extra_args, runtimes):
             skipped += int(suite.get("skipped", 0))
     return {
         "name": name,
+        "line": line,
         "args": pytest_args + extra_args,
         "rc": rc,
         "tests": tests - skipped,
@@ -292,6 +303,21 @@ def run_set(name, pytest_args, extra_args, runtimes):
     }
 
 
+def _finished(row):
+    """Prints a finished set's summary and its report files; returns it."""
+    print(
+        f"[asan] {row['name']} ({row['line']}): {row['tests']} tests, "
+        f"{row['failed']} failed, {row['reports']} sanitizer reports, exit "
+        f"{row['rc']}, {row['seconds']} s ({row['cpu_seconds']} CPU-s); log "
+        f"{row['log']}",
+        flush=True,
+    )
+    for path in row["report_files"]:
+        print(f"--- {path}", flush=True)
+        print((ROOT / path).read_text(errors="replace")[:6000], flush=True)
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -299,6 +325,17 @@ def main(argv=None):
     )
     parser.add_argument(
         "--sets", nargs="+", choices=sorted(TEST_SETS), help="test sets"
+    )
+    parser.add_argument(
+        "--keras-line",
+        choices=["both", *KERAS_LINES],
+        help="Keras line(s) of the test processes (default: both)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="test processes at a time (default 1)",
     )
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument(
@@ -322,6 +359,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = args.out or (CI_RESULTS if args.ci else RESULTS)
     sets = args.sets or (CI_SETS if args.ci else FULL_SETS)
+    line_arg = args.keras_line or "both"
+    lines = list(KERAS_LINES) if line_arg == "both" else [line_arg]
     cxx = os.environ.get("KBM_CXX", "g++")
     runtimes = _runtime_libraries(cxx)
     notes = []
@@ -339,26 +378,35 @@ def main(argv=None):
         raise SystemExit(f"{LIBRARY} is missing: run without --no-build")
     notes.append(canary(runtimes))
     print(f"[asan] {notes[-1]}", flush=True)
-    rows = []
-    for name in sets:
-        print(f"[asan] {name}: {' '.join(TEST_SETS[name])}", flush=True)
-        row = run_set(name, TEST_SETS[name], args.pytest_args, runtimes)
-        rows.append(row)
+    jobs = [(name, line) for name in sets for line in lines]
+
+    def run(job):
+        name, line = job
         print(
-            f"[asan] {name}: {row['tests']} tests, {row['failed']} failed, "
-            f"{row['reports']} sanitizer reports, exit {row['rc']}, "
-            f"{row['seconds']} s ({row['cpu_seconds']} CPU-s); log "
-            f"{row['log']}",
-            flush=True,
+            f"[asan] {name} ({line}): {' '.join(TEST_SETS[name])}", flush=True
         )
-        for path in row["report_files"]:
-            print(f"--- {path}", flush=True)
-            print((ROOT / path).read_text(errors="replace")[:6000])
+        return run_set(name, line, TEST_SETS[name], args.pytest_args, runtimes)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as ex:
+        futures = [ex.submit(run, job) for job in jobs]
+        rows = []
+        for future in concurrent.futures.as_completed(futures):
+            rows.append(_finished(future.result()))
+    # The table in a fixed order, whatever order --sets ran them in.
+    rows.sort(
+        key=lambda r: (list(TEST_SETS).index(r["name"]), r["line"] != "keras3")
+    )
     total_cpu = build_cpu + sum(r["cpu_seconds"] for r in rows)
+    described_lines = ", ".join(
+        KERAS_LINES[line][0]
+        + "".join(f" ({k}={v})" for k, v in KERAS_LINES[line][1].items())
+        for line in lines
+    )
     notes += [
         "Library: -fsanitize=address,undefined,float-cast-overflow -O1 -g "
         "-fno-omit-frame-pointer, CPU kernels only, loaded with LD_PRELOAD "
-        "of libasan and libubsan; Keras 3 line.",
+        f"of libasan and libubsan. Keras lines: {described_lines}; "
+        f"{args.parallel} test process(es) at a time.",
         "ASAN_OPTIONS=detect_leaks=0 (CPython and TensorFlow keep memory "
         "until exit), halt_on_error=1, abort_on_error=1, "
         "detect_stack_use_after_return=1; UBSAN_OPTIONS=halt_on_error=1; "
@@ -381,9 +429,10 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),
-        "machine": _machine(),
+        "machine": _machine.describe(),
         "columns": [
             "test set",
+            "Keras line",
             "tests run",
             "failed",
             "sanitizer reports",
@@ -393,6 +442,7 @@ def main(argv=None):
         "rows": [
             [
                 " ".join(r["args"]),
+                KERAS_LINES[r["line"]][0],
                 r["tests"],
                 r["failed"],
                 r["reports"],

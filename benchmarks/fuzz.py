@@ -17,7 +17,6 @@ import concurrent.futures
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import _machine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = REPO_ROOT / "tests" / "ops"
@@ -44,18 +45,6 @@ def families():
         p.name[: -len("_fuzz_test.py")]
         for p in TESTS_DIR.glob("*_fuzz_test.py")
     )
-
-
-def machine():
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs"
 
 
 _CASE_START = re.compile(
@@ -199,7 +188,7 @@ def main():
         "title": "Property-based fuzzing",
         "command": "make fuzz",
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": _machine.describe(),
         "columns": COLUMNS,
         "rows": rows,
         "notes": [

@@ -20,6 +20,8 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
+import _machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "benchmarks", "results", "reliability_safe.json")
 
@@ -48,17 +50,6 @@ CHECKS = {
     ),
 }
 LINES = {"keras3": {}, "tf-keras": {"TF_USE_LEGACY_KERAS": "1"}}
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _run(line, env_extra):
@@ -148,8 +139,8 @@ def main():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),
-        "machine": f"{_cpu()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
+        "machine": _machine.describe()
+        + f", Python {platform.python_version()}",
         "columns": ["check", "cases", "result"],
         "rows": rows,
         "notes": notes,

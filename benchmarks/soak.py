@@ -60,7 +60,6 @@ import collections
 import datetime
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -69,6 +68,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _machine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT = REPO_ROOT / "benchmarks" / "results" / "reliability_soak.json"
@@ -537,18 +538,6 @@ def _command():
     return COMMAND if line == "python benchmarks/soak.py" else line
 
 
-def _machine():
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()}"
-
-
 def supervise(args):
     t0 = time.time()
     budget = args.minutes * 60
@@ -630,7 +619,7 @@ def supervise(args):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"
         ),
-        "machine": _machine(),
+        "machine": _machine.describe(system=True),
         "columns": [
             "optimizer",
             "minutes",

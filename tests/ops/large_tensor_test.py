@@ -19,11 +19,10 @@ benchmarks/results/reliability_large.json.
 """
 
 import datetime
+import importlib.util
 import json
 import math
-import os
 import pathlib
-import platform
 import time
 
 import numpy as np
@@ -41,12 +40,8 @@ pytestmark = pytest.mark.large
 
 TWO_31 = 2**31
 GB = 1e9
-_RESULTS_PATH = (
-    pathlib.Path(__file__).resolve().parents[2]
-    / "benchmarks"
-    / "results"
-    / "reliability_large.json"
-)
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+_RESULTS_PATH = _ROOT / "benchmarks" / "results" / "reliability_large.json"
 _ROWS = []
 # Rows of the period of the row patterns below (prime, so it is not aligned
 # with SIMD widths, tiles or thread shards).
@@ -134,22 +129,14 @@ class _Record:
         _ROWS.append(dict(self.row))
 
 
-def _machine():
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = 0.0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024 / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB"
+def _machine(**kwargs):
+    """The machine line, from benchmarks/_machine.py (loaded by path)."""
+    spec = importlib.util.spec_from_file_location(
+        "kbm_bench_machine", _ROOT / "benchmarks" / "_machine.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.describe(**kwargs)
 
 
 _NOTES = [
@@ -211,7 +198,7 @@ def _write_results():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),
-        "machine": _machine(),
+        "machine": _machine(memory=True),
         "columns": [
             "kernel",
             "shape",

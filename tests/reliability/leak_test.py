@@ -21,9 +21,9 @@ benchmarks/results/reliability_leak.json.
 
 import datetime
 import gc
+import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 
@@ -298,14 +298,14 @@ def test_no_growth_long(name):
     check(measure(name, long=True))
 
 
-def _machine():
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()}"
+def _machine(**kwargs):
+    """The machine line, from benchmarks/_machine.py (loaded by path)."""
+    spec = importlib.util.spec_from_file_location(
+        "kbm_bench_machine", os.path.join(ROOT, "benchmarks", "_machine.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.describe(**kwargs)
 
 
 def main():
@@ -345,7 +345,7 @@ def main():
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"
         ),
-        "machine": _machine(),
+        "machine": _machine(system=True),
         "columns": [
             "case",
             "iterations",

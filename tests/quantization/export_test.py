@@ -8,12 +8,8 @@ import pytest
 import tensorflow as tf
 
 import keras_bigmodels as kbm
-from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+from keras_bigmodels.backend import keras
 from keras_bigmodels.testing import assert_close, last_json_line, run_python
-
-pytestmark = pytest.mark.skipif(
-    IS_LEGACY_KERAS, reason="kbm.quantization is Keras 3 only"
-)
 
 
 def make_model(seed=0):

@@ -7,12 +7,8 @@ import pytest
 import tensorflow as tf
 
 import keras_bigmodels as kbm
-from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+from keras_bigmodels.backend import keras
 from keras_bigmodels.testing import assert_close
-
-pytestmark = pytest.mark.skipif(
-    IS_LEGACY_KERAS, reason="kbm.quantization is Keras 3 only"
-)
 
 MODES = ("int8", "int8_weight_only", "int4_weight_only")
 

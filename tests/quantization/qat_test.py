@@ -104,7 +104,7 @@ def test_fake_quantized_kernel_is_the_quantize_result():
         "int4_weight_only",
         group_size=16,
     )
-    q, s = kbm.ops.quantize_kernel(layer._kernel, bits=4, group_size=16)
+    q, s = kbm.ops.quantize_kernel(layer._float_weight(), bits=4, group_size=16)
     expected = kbm.ops.dequantize_kernel(
         kbm.ops.pack_kernel(q, bits=4), s, 32, bits=4
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_bigmodels as kbm
-from keras_bigmodels.backend import keras
+from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
 from keras_bigmodels.testing import assert_close, last_json_line, run_python
 
 MODES = ("int8", "int8_weight_only", "int4_weight_only")
@@ -383,3 +383,21 @@ def test_pack_version_mismatch_refuses_to_load():
     # Keras wraps the error from_config raises in a TypeError.
     with pytest.raises((TypeError, ValueError), match="layout version 999"):
         kbm.quantization.QuantizedDense.from_config(config)
+
+
+@pytest.mark.skipif(
+    not IS_LEGACY_KERAS, reason="tf-keras's legacy h5 / SavedModel formats"
+)
+@pytest.mark.parametrize("fmt", ["h5", "tf"])
+@pytest.mark.parametrize("kind", ["attention", "embedding", "conv"])
+def test_legacy_formats_round_trip(kind, fmt, tmp_path):
+    build, data = MODELS[kind]
+    model, x = build(), data()
+    kbm.quantization.quantize(model, "int8", group_size=16)
+    expected = model.predict(x, verbose=0)
+    path = os.path.join(str(tmp_path), "m.h5" if fmt == "h5" else "m")
+    model.save(path, save_format=fmt)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    assert _quantized_types(loaded) == _quantized_types(model)
+    assert_close(loaded.predict(x, verbose=0), expected, 1e-6, 1e-6)

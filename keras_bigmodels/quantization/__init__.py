@@ -1,4 +1,4 @@
-"""Post-training weight quantization for Keras 3 models (`kbm.quantization`).
+"""Post-training weight quantization for Keras models (`kbm.quantization`).
 
 `kbm.quantization.quantize(model, mode)` converts a built model's Dense,
 FusedDense, EinsumDense, Embedding and Conv2D layers, at any depth, to int8
@@ -44,8 +44,9 @@ layers to fake-quantized subclasses (`QATDense`, ...; straight-through
 gradients), `fit` trains them, and `convert(model)` quantizes the result
 (see `keras_bigmodels.quantization.qat`).
 
-Keras 3 only: tf-keras layers track variables differently, and `quantize`
-raises NotImplementedError there.
+Both Keras lines: on tf-keras 2 the same classes subclass tf-keras's layers
+(whose float variables are plain attributes: conversion untracks them by
+hand), and models save to `.keras`, h5 and SavedModel.
 """
 
 from keras_bigmodels.quantization.layers import (
@@ -71,10 +72,6 @@ from keras_bigmodels.quantization.quantize import (
 
 
 def _register_models():
-    from keras_bigmodels.backend import IS_LEGACY_KERAS
-
-    if IS_LEGACY_KERAS:
-        return
     from keras_bigmodels.models import BertEncoder
 
     quantized_model_class(BertEncoder)

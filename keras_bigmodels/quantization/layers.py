@@ -15,10 +15,18 @@ dropped and the integer weights are computed from it.
 import tensorflow as tf
 
 from keras_bigmodels import ops
-from keras_bigmodels.backend import keras, register_serializable
+from keras_bigmodels.backend import (
+    IS_LEGACY_KERAS,
+    keras,
+    register_serializable,
+)
 from keras_bigmodels.ops import quantization as qops
 
 MODES = ("int8", "int8_weight_only", "int4_weight_only")
+# The scales stay float32 under a mixed precision policy.
+_NO_AUTOCAST = (
+    {"experimental_autocast": False} if IS_LEGACY_KERAS else {"autocast": False}
+)
 SPEC_KEY = "kbm_quantization"
 
 # Keras activation names the quantized matmul epilogue computes itself.
@@ -108,7 +116,13 @@ def _activation_name(activation):
 
 
 def _with_tracking(layer, fn):
-    """Runs `fn` with the layer's variable tracker unlocked."""
+    """Runs `fn` with the layer's variable tracker unlocked (Keras 3)."""
+    if IS_LEGACY_KERAS:
+        # tf-keras tracks on assignment (there is no lock) and names a
+        # variable after the name scope it is made in, as `build` does.
+        with tf.name_scope(layer._name_scope()):
+            fn()
+        return
     locked = layer._tracker.locked
     layer._tracker.unlock()
     try:
@@ -118,11 +132,65 @@ def _with_tracking(layer, fn):
             layer._tracker.lock()
 
 
+def set_plain(obj, name, value):
+    """Sets a plain Python attribute, bypassing tf-keras's tracking.
+
+    tf-keras wraps a dict assigned to a layer attribute in a tracked
+    `_DictWrapper` (a checkpoint dependency); kbm's specs are plain config.
+    """
+    if IS_LEGACY_KERAS:
+        object.__setattr__(obj, name, value)
+    else:
+        setattr(obj, name, value)
+
+
+def float_weight(layer, name):
+    """The float variable `name` ("kernel", "embeddings") of a Keras layer.
+
+    Keras 3 layers hold it as `_<name>` behind a `<name>` property; tf-keras
+    layers as the plain attribute `<name>`, which the kbm subclasses' own
+    `<name>` properties hide (so it is read from the instance dict).
+    """
+    if IS_LEGACY_KERAS:
+        return layer.__dict__[name]
+    return getattr(layer, "_" + name)
+
+
+def set_float_weight(layer, name, value):
+    """The setter of a kbm subclass's `<name>` property (a Keras `build`)."""
+    if IS_LEGACY_KERAS:
+        # tf-keras's __setattr__ already tracked `value` under `name`.
+        layer.__dict__[name] = value
+    else:
+        setattr(layer, "_" + name, value)
+
+
+def _drop_float_weight(layer, name):
+    """Deletes a float layer's variable `name` and stops tracking it."""
+    if not IS_LEGACY_KERAS:
+        delattr(layer, "_" + name)
+        return
+    var = layer.__dict__[name]
+    delattr(layer, name)
+    for attr in ("_trainable_weights", "_non_trainable_weights"):
+        weights = layer.__dict__.get(attr)
+        if weights is not None:
+            object.__setattr__(
+                layer, attr, [w for w in weights if w is not var]
+            )
+    deps = layer.__dict__.get("_self_unconditional_checkpoint_dependencies")
+    if deps is not None:
+        deps[:] = [d for d in deps if d.ref is not var]
+    names = layer.__dict__.get("_self_unconditional_dependency_names")
+    if names is not None and names.get(name) is var:
+        del names[name]
+
+
 class _QuantizedMixin:
     """Shared state: the spec, variable save/load and the refusal to train."""
 
     def _set_spec(self, spec):
-        self._kbm_spec = _check_spec(spec, self.name)
+        set_plain(self, "_kbm_spec", _check_spec(spec, self.name))
 
     @property
     def quantization_spec(self):
@@ -165,7 +233,7 @@ class _QuantizedMixin:
             initializer="zeros",
             dtype=dtype,
             trainable=False,
-            autocast=False,
+            **_NO_AUTOCAST,
         )
 
     def _add_scale(self, name, shape):
@@ -175,7 +243,7 @@ class _QuantizedMixin:
             initializer="ones",
             dtype="float32",
             trainable=False,
-            autocast=False,
+            **_NO_AUTOCAST,
         )
 
 
@@ -323,12 +391,12 @@ class QuantizedDense(_MatmulMixin, keras.layers.Dense):
     @classmethod
     def convert(cls, layer, spec):
         """Converts a built float Dense/FusedDense in place."""
-        kernel = tf.convert_to_tensor(layer._kernel)
+        kernel = tf.convert_to_tensor(float_weight(layer, "kernel"))
         fused = getattr(layer, "_fused_activation", None)
         k, n = kernel.shape
 
         def swap():
-            del layer._kernel
+            _drop_float_weight(layer, "kernel")
             layer.__class__ = cls
             layer._kbm_act_name = "gelu_tanh" if fused == "gelu_tanh" else None
             layer._set_spec(spec)
@@ -342,6 +410,14 @@ class QuantizedDense(_MatmulMixin, keras.layers.Dense):
 
 def _gelu_tanh(x):
     return keras.activations.gelu(x, approximate=True)
+
+
+def _analyze_einsum_string(*args):
+    if IS_LEGACY_KERAS:
+        from tf_keras.src.layers.core import einsum_dense
+    else:
+        from keras.src.layers.core import einsum_dense
+    return einsum_dense._analyze_einsum_string(*args)
 
 
 def parse_einsum(equation):
@@ -417,8 +493,6 @@ class QuantizedEinsumDense(_MatmulMixin, keras.layers.EinsumDense):
         return plan, k, n
 
     def build(self, input_shape):
-        from keras.src.layers.core.einsum_dense import _analyze_einsum_string
-
         shape_data = _analyze_einsum_string(
             self.equation,
             self.bias_axes,
@@ -441,7 +515,8 @@ class QuantizedEinsumDense(_MatmulMixin, keras.layers.EinsumDense):
         self.built = True
 
     def _setup_quantized(self, kernel_shape):
-        self._kbm_plan, k, n = self._plan_from(kernel_shape)
+        plan, k, n = self._plan_from(kernel_shape)
+        set_plain(self, "_kbm_plan", plan)
         self._build_packed(k, n)
 
     def _ordered_variables(self):
@@ -509,10 +584,12 @@ class QuantizedEinsumDense(_MatmulMixin, keras.layers.EinsumDense):
 
     @classmethod
     def convert(cls, layer, spec):
-        kernel = tf.cast(tf.convert_to_tensor(layer._kernel), tf.float32)
+        kernel = tf.cast(
+            tf.convert_to_tensor(float_weight(layer, "kernel")), tf.float32
+        )
 
         def swap():
-            del layer._kernel
+            _drop_float_weight(layer, "kernel")
             layer.__class__ = cls
             layer._set_spec(spec)
             layer._setup_quantized(tuple(kernel.shape))
@@ -614,10 +691,12 @@ class QuantizedEmbedding(_QuantizedMixin, keras.layers.Embedding):
 
     @classmethod
     def convert(cls, layer, spec):
-        table = tf.cast(tf.convert_to_tensor(layer._embeddings), tf.float32)
+        table = tf.cast(
+            tf.convert_to_tensor(float_weight(layer, "embeddings")), tf.float32
+        )
 
         def swap():
-            del layer._embeddings
+            _drop_float_weight(layer, "embeddings")
             layer.__class__ = cls
             layer._set_spec(spec)
             layer._build_table()
@@ -703,11 +782,13 @@ class QuantizedConv2D(_QuantizedMixin, keras.layers.Conv2D):
 
     @classmethod
     def convert(cls, layer, spec):
-        kernel = tf.cast(tf.convert_to_tensor(layer._kernel), tf.float32)
+        kernel = tf.cast(
+            tf.convert_to_tensor(float_weight(layer, "kernel")), tf.float32
+        )
         shape = tuple(kernel.shape)
 
         def swap():
-            del layer._kernel
+            _drop_float_weight(layer, "kernel")
             layer.__class__ = cls
             layer._set_spec(dict(spec, mode="int8_weight_only"))
             layer._build_kernel(shape)

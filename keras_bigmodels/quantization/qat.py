@@ -18,11 +18,7 @@ fake-quantized one did, up to float rounding.
 import tensorflow as tf
 
 from keras_bigmodels import ops
-from keras_bigmodels.backend import (
-    IS_LEGACY_KERAS,
-    keras,
-    register_serializable,
-)
+from keras_bigmodels.backend import keras, register_serializable
 from keras_bigmodels.layers.fused_dense import FusedDense
 from keras_bigmodels.ops import quantization as qops
 from keras_bigmodels.quantization import layers as qlayers
@@ -64,7 +60,9 @@ class _QATMixin:
     _float_class = None
 
     def _set_qat(self, spec):
-        self._kbm_qat = qlayers._check_spec(spec, self.name)
+        qlayers.set_plain(
+            self, "_kbm_qat", qlayers._check_spec(spec, self.name)
+        )
 
     @property
     def qat_spec(self):
@@ -75,7 +73,7 @@ class _QATMixin:
         return bits, (self._kbm_qat["group_size"] if bits == 4 else None)
 
     def _float_weight(self):
-        return self._kernel
+        return qlayers.float_weight(self, "kernel")
 
     def _ordered(self):
         out = [self._float_weight()]
@@ -141,7 +139,11 @@ class QATDense(_QATMixin, keras.layers.Dense):
     @property
     def kernel(self):
         bits, group = self._bits_group()
-        return fake_quantize_kernel(self._kernel, bits, group)
+        return fake_quantize_kernel(self._float_weight(), bits, group)
+
+    @kernel.setter
+    def kernel(self, value):
+        qlayers.set_float_weight(self, "kernel", value)
 
     def call(self, inputs, training=None):
         return super().call(self._fq_inputs(inputs))
@@ -161,7 +163,11 @@ class QATFusedDense(_QATMixin, FusedDense):
     @property
     def kernel(self):
         bits, group = self._bits_group()
-        return fake_quantize_kernel(self._kernel, bits, group)
+        return fake_quantize_kernel(self._float_weight(), bits, group)
+
+    @kernel.setter
+    def kernel(self, value):
+        qlayers.set_float_weight(self, "kernel", value)
 
     def call(self, inputs, training=None):
         return super().call(self._fq_inputs(inputs))
@@ -181,7 +187,7 @@ class QATEinsumDense(_QATMixin, keras.layers.EinsumDense):
     @property
     def kernel(self):
         bits, group = self._bits_group()
-        kernel = self._kernel
+        kernel = self._float_weight()
         plan = qlayers.parse_einsum(self.equation)
         ker = self.equation.split(",")[1].split("->")[0]
         contracted = plan["contracted"] if plan else ker[:-1]
@@ -195,6 +201,10 @@ class QATEinsumDense(_QATMixin, keras.layers.EinsumDense):
         w2 = tf.reshape(tf.transpose(kernel, perm), [k, -1])
         wq = tf.reshape(fake_quantize_kernel(w2, bits, group), sizes)
         return tf.transpose(wq, [order.index(c) for c in ker])
+
+    @kernel.setter
+    def kernel(self, value):
+        qlayers.set_float_weight(self, "kernel", value)
 
     def call(self, inputs, training=None):
         plan = qlayers.parse_einsum(self.equation)
@@ -229,7 +239,7 @@ class QATEmbedding(_QATMixin, keras.layers.Embedding):
         self._set_qat(spec)
 
     def _float_weight(self):
-        return self._embeddings
+        return qlayers.float_weight(self, "embeddings")
 
     def _bits_group(self):
         bits = qlayers._bits(self._kbm_qat["mode"])
@@ -238,10 +248,14 @@ class QATEmbedding(_QATMixin, keras.layers.Embedding):
     @property
     def embeddings(self):
         bits, group = self._bits_group()
-        table = self._embeddings
+        table = self._float_weight()
         return tf.transpose(
             fake_quantize_kernel(tf.transpose(table), bits, group)
         )
+
+    @embeddings.setter
+    def embeddings(self, value):
+        qlayers.set_float_weight(self, "embeddings", value)
 
     @classmethod
     def convert(cls, layer, spec):
@@ -263,10 +277,14 @@ class QATConv2D(_QATMixin, keras.layers.Conv2D):
 
     @property
     def kernel(self):
-        kernel = self._kernel
+        kernel = self._float_weight()
         shape = kernel.shape
         w2 = tf.reshape(kernel, [-1, shape[-1]])
         return tf.reshape(fake_quantize_kernel(w2, 8, None), shape)
+
+    @kernel.setter
+    def kernel(self, value):
+        qlayers.set_float_weight(self, "kernel", value)
 
     @classmethod
     def convert(cls, layer, spec):
@@ -286,7 +304,7 @@ _QAT_CLASSES = tuple(_QAT_TARGETS.values())
 
 
 def quantize_aware(model, mode="int8", *, exclude=None, group_size=128):
-    """Prepares a built Keras 3 model for quantization-aware training.
+    """Prepares a built Keras model for quantization-aware training.
 
     Switches the layers `quantize` would convert to fake-quantized
     subclasses, in place (see this module's docstring); train with `fit`,
@@ -294,7 +312,7 @@ def quantize_aware(model, mode="int8", *, exclude=None, group_size=128):
     QAT model (after `import keras_bigmodels.quantization`).
 
     Args:
-        model: A built Keras 3 model.
+        model: A built Keras model.
         mode: As in `quantize`. Defaults to `"int8"`.
         exclude: As in `quantize`. Defaults to `None`.
         group_size: As in `quantize`. Defaults to `128`.
@@ -312,8 +330,6 @@ def quantize_aware(model, mode="int8", *, exclude=None, group_size=128):
     """
     qlayers.check_mode(mode)
     qlayers.check_group_size(group_size)
-    if IS_LEGACY_KERAS:
-        raise NotImplementedError("kbm.quantization needs Keras 3.")
     is_excluded = qmod._excluder(exclude)
     plan = []
 
@@ -397,7 +413,7 @@ def convert(model):
         for k, v in getattr(model, "_kbm_layer_specs", {}).items()
         if not v.get("qat")
     }
-    model._kbm_layer_specs = specs
+    qlayers.set_plain(model, "_kbm_layer_specs", specs)
     qmod.quantize(
         model,
         mode,

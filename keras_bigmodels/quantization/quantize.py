@@ -143,7 +143,7 @@ def quantize(
     (`kbm.export.export_saved_model`).
 
     Args:
-        model: A built Keras 3 model (or layer).
+        model: A built Keras model (or layer).
         mode: `"int8"`, `"int8_weight_only"` or `"int4_weight_only"`.
         calibration_data: Accepted for API symmetry and ignored: all three
             modes are dynamic or weight-only and need no calibration.
@@ -162,7 +162,6 @@ def quantize(
         ValueError: A bad mode or group_size, an unbuilt layer, a layer
             already quantized in another mode, an int4 layer whose input
             size does not fit the group size.
-        NotImplementedError: On tf-keras (Keras 2).
 
     Quantizing again with the same mode is a no-op.
 
@@ -177,12 +176,6 @@ def quantize(
     del calibration_data  # Dynamic / weight-only modes need none.
     qlayers.check_mode(mode)
     qlayers.check_group_size(group_size)
-    if IS_LEGACY_KERAS:
-        raise NotImplementedError(
-            "kbm.quantization needs Keras 3: it swaps layer variables "
-            "through Keras 3's variable tracker. tf-keras models are not "
-            "supported."
-        )
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(
             f"model must be a Keras model or layer. Received: {model!r}"
@@ -250,7 +243,7 @@ def _input_size(layer):
         return layer.output_dim
     if isinstance(layer, keras.layers.Conv2D):
         return None
-    kernel = layer._kernel
+    kernel = qlayers.float_weight(layer, "kernel")
     if isinstance(layer, keras.layers.EinsumDense):
         plan = qlayers.parse_einsum(layer.equation)
         ker = layer.equation.split(",")[1].split("->")[0]
@@ -311,7 +304,7 @@ def apply_layer_specs(model, specs):
                 "not built after the model was rebuilt from its config."
             )
         target.convert(layer, spec)
-    model._kbm_layer_specs = dict(specs)
+    qlayers.set_plain(model, "_kbm_layer_specs", dict(specs))
 
 
 _ROOT_CLASSES = {}
@@ -323,7 +316,9 @@ def quantized_model_class(cls):
     A subclassed model class must be registered this way (in the process
     that loads it too) before a quantized instance saved to `.keras` can be
     loaded; `kbm.models.BertEncoder`, `keras.Sequential` and functional
-    models are registered by `keras_bigmodels.quantization`.
+    models are registered by `keras_bigmodels.quantization`. On tf-keras
+    the class is also registered under its plain name, which the h5 and
+    SavedModel formats save.
     """
     if issubclass(cls, QuantizedModelMixin):
         return cls
@@ -332,18 +327,23 @@ def quantized_model_class(cls):
         sub.__module__ = __name__
         sub.__doc__ = f"`{cls.__name__}` holding kbm-quantized layers."
         _ROOT_CLASSES[cls] = register_serializable(sub)
+        if IS_LEGACY_KERAS:
+            # tf-keras's h5 and SavedModel formats save a model's plain
+            # class name (not the registered one) and look it up here.
+            keras.utils.get_custom_objects()[sub.__name__] = sub
     return _ROOT_CLASSES[cls]
 
 
 def _mark_root(model, specs):
     model.__class__ = quantized_model_class(type(model))
-    model._kbm_layer_specs = specs
+    qlayers.set_plain(model, "_kbm_layer_specs", specs)
 
 
 def _register_builtin_roots():
     if IS_LEGACY_KERAS:
-        return
-    from keras.src.models.functional import Functional
+        from tf_keras.src.engine.functional import Functional
+    else:
+        from keras.src.models.functional import Functional
 
     quantized_model_class(Functional)
     quantized_model_class(keras.Sequential)

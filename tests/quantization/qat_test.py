@@ -7,12 +7,8 @@ import pytest
 import tensorflow as tf
 
 import keras_bigmodels as kbm
-from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
+from keras_bigmodels.backend import keras
 from keras_bigmodels.testing import assert_close
-
-pytestmark = pytest.mark.skipif(
-    IS_LEGACY_KERAS, reason="kbm.quantization is Keras 3 only"
-)
 
 MODES = ("int8", "int8_weight_only", "int4_weight_only")
 
@@ -108,7 +104,7 @@ def test_fake_quantized_kernel_is_the_quantize_result():
         "int4_weight_only",
         group_size=16,
     )
-    q, s = kbm.ops.quantize_kernel(layer._kernel, bits=4, group_size=16)
+    q, s = kbm.ops.quantize_kernel(layer._float_weight(), bits=4, group_size=16)
     expected = kbm.ops.dequantize_kernel(
         kbm.ops.pack_kernel(q, bits=4), s, 32, bits=4
     )

@@ -9,12 +9,6 @@ import keras_bigmodels as kbm
 from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
 from keras_bigmodels.testing import assert_close, last_json_line, run_python
 
-pytestmark = pytest.mark.skipif(
-    IS_LEGACY_KERAS,
-    reason="kbm.quantization is Keras 3 only (tf-keras tracks layer "
-    "variables differently; quantize raises NotImplementedError there)",
-)
-
 MODES = ("int8", "int8_weight_only", "int4_weight_only")
 # Max |quantized - float| / max |float| per mode, for the small random
 # models below (int4 with 7 levels per sign is coarse).
@@ -75,6 +69,11 @@ MODELS = {
 }
 
 
+def _short(name):
+    """A variable's own name (tf-keras adds its layer and ":0")."""
+    return name.split("/")[-1].split(":")[0]
+
+
 def _quantized_types(model):
     return sorted(
         {
@@ -108,7 +107,7 @@ def test_modes_close_to_float(kind, mode):
     # No float kernel is left in the converted layers.
     for layer in model._flatten_layers():
         if type(layer).__name__.startswith("Quantized") and layer is not model:
-            names = [v.name for v in layer.weights]
+            names = [_short(v.name) for v in layer.weights]
             assert "kernel" not in names and "embeddings" not in names
 
 
@@ -116,7 +115,7 @@ def test_weights_are_integer_and_smaller():
     model = dense_model()
     floats = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
     kbm.quantization.quantize(model, "int8")
-    dtypes = {w.name: w.dtype for w in model.weights}
+    dtypes = {_short(w.name): w.dtype for w in model.weights}
     assert dtypes["kernel_q"] == "int8"
     size = sum(
         int(np.prod(w.shape)) * (1 if w.dtype == "int8" else 4)
@@ -384,3 +383,21 @@ def test_pack_version_mismatch_refuses_to_load():
     # Keras wraps the error from_config raises in a TypeError.
     with pytest.raises((TypeError, ValueError), match="layout version 999"):
         kbm.quantization.QuantizedDense.from_config(config)
+
+
+@pytest.mark.skipif(
+    not IS_LEGACY_KERAS, reason="tf-keras's legacy h5 / SavedModel formats"
+)
+@pytest.mark.parametrize("fmt", ["h5", "tf"])
+@pytest.mark.parametrize("kind", ["attention", "embedding", "conv"])
+def test_legacy_formats_round_trip(kind, fmt, tmp_path):
+    build, data = MODELS[kind]
+    model, x = build(), data()
+    kbm.quantization.quantize(model, "int8", group_size=16)
+    expected = model.predict(x, verbose=0)
+    path = os.path.join(str(tmp_path), "m.h5" if fmt == "h5" else "m")
+    model.save(path, save_format=fmt)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    assert _quantized_types(loaded) == _quantized_types(model)
+    assert_close(loaded.predict(x, verbose=0), expected, 1e-6, 1e-6)

@@ -180,3 +180,35 @@ def test_prune_minilm_default(tmp_path):
     ]
     params = [int(row.split(" | ")[2].replace(",", "")) for row in rows[1:]]
     assert params[1] == params[2] < params[0]
+
+
+@pytest.mark.skipif(IS_LEGACY_KERAS, reason="kbm.quantization: Keras 3 only")
+def test_quantize_mnist_cnn_quick(tmp_path):
+    out = run_example(
+        [
+            os.path.join(ROOT, "examples", "quantize_mnist_cnn.py"),
+            "--quick",
+            "--out",
+            str(tmp_path / "models"),
+        ],
+        tmp_path,
+    )
+    rows = [line.split(" | ") for line in out.splitlines()]
+    rows = [row for row in rows if row[0].startswith("| ")][1:]
+    assert [row[0] for row in rows] == [
+        "| float32",
+        "| int8 PTQ (dynamic W8A8)",
+        "| float32 + the QAT epochs (QAT's reference)",
+        "| int8 QAT (dynamic W8A8)",
+        "| int8 weight-only",
+        "| int4 weight-only (group 160)",
+    ]
+    accuracy = [float(row[1]) for row in rows]
+    keras_kib = [int(row[3]) for row in rows]
+    # Quantized weights: the .keras files shrink; int4 the most.
+    assert keras_kib[4] < keras_kib[0] / 2
+    assert keras_kib[5] < keras_kib[4]
+    # PTQ int8 stays close to float32; QAT close to its reference.
+    assert abs(accuracy[1] - accuracy[0]) < 0.05
+    assert abs(accuracy[3] - accuracy[2]) < 0.05
+    assert (tmp_path / "models" / "model_3" / "saved_model.pb").exists()

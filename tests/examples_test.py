@@ -119,7 +119,7 @@ def test_demo_quick(tmp_path):
     for name in ("training_curves.png", "attributions.png"):
         assert (tmp_path / "r" / name).stat().st_size > 5_000
     assert (tmp_path / "r" / "saved_model" / "saved_model.pb").exists()
-    assert "[8/8] Write the report" in out
+    assert "[9/9] Write the report" in out
     # The machine figure, printed at the start and in the report.
     machine = re.search(r"machine: (\d+) GFLOP/s float32 matmul", out)
     assert machine and int(machine.group(1)) > 0
@@ -146,6 +146,23 @@ def test_demo_quick(tmp_path):
         assert timing.fullmatch(row[4]) and timing.fullmatch(row[5][:-2])
     assert "the median of 25 (batch 1) and 9 (batch 32) timed calls" in report
     assert "Same architecture: fine-tuned MiniLM (teacher) and same " in report
+    # The quantized copies of the fine-tuned classifier (Keras 3 only).
+    if IS_LEGACY_KERAS:
+        assert "Skipped: `kbm.quantization` needs Keras 3." in report
+        return
+    header = lines.index(
+        "| model | accuracy | vs float32 (points) | `.keras` MiB "
+        "| SavedModel MiB (x smaller) | ms / call, batch 1 (min-max) "
+        "| ms / example, batch 32 (min-max) |"
+    )
+    # Quick mode: int8 dynamic only, no SavedModel export.
+    rows = [row.split(" | ") for row in lines[header + 2 : header + 4]]
+    assert [row[0] for row in rows] == ["| float32", "| int8 dynamic (W8A8)"]
+    for row in rows:
+        assert row[4] == "not exported (--quick)"
+        assert timing.fullmatch(row[5]) and timing.fullmatch(row[6][:-2])
+    assert float(rows[1][3]) < float(rows[0][3]) / 3  # .keras MiB
+    assert lines[header + 4] == ""
 
 
 def test_demo_reports_bad_data_without_a_traceback(tmp_path):

@@ -33,10 +33,15 @@ Stages:
 6. **Time inference** of the four models with `kbm.utils.measure_latencies`
    at batch 1 (latency) and batch 32 (throughput): warm-up, then the
    median and min-max spread of repeated calls, the models interleaved.
-7. **Export** the student as a stock-ops SavedModel
+7. **Quantize** copies of the fine-tuned classifier
+   (`kbm.quantization.quantize`: int8 dynamic, int8 weight-only, int4
+   weight-only) and compare them with float32: held-out accuracy, size on
+   disk (`.keras` and stock-ops SavedModel) and batch 1 / batch 32 timing
+   (Keras 3 only; skipped on tf-keras).
+8. **Export** the student as a stock-ops SavedModel
    (`kbm.export.export_saved_model`), reload it in a fresh Python process
    that never imports keras_bigmodels, and check its predictions.
-8. **Report**: `report.md` (the machine's matmul rate, measured at the
+9. **Report**: `report.md` (the machine's matmul rate, measured at the
    start; results and latency table; time per stage), training curves
    (loss per step, validation per epoch) and attribution PNGs,
    TensorBoard logs and the SavedModel, in `--out`.
@@ -272,7 +277,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     logs = os.path.join(args.out, "logs")
     keras.utils.set_random_seed(args.seed)
-    total = 8
+    total = 9
     print(
         f"keras_bigmodels {kbm.__version__} demo on {KERAS_LINE} "
         f"(keras {keras.__version__}), TensorFlow {tf.__version__}; "
@@ -478,7 +483,12 @@ def main(argv=None):
         for sentence in agreement(results, latency):
             print(f"      {sentence}")
 
-    with Stage(7, total, "Export the student; reload it without kbm"):
+    with Stage(7, total, "Quantize the fine-tuned classifier"):
+        quantized = quantize_stage(
+            teacher, x_test, y_test, args.out, quick=args.quick
+        )
+
+    with Stage(8, total, "Export the student; reload it without kbm"):
         saved = os.path.join(args.out, "saved_model")
         kbm.export.export_saved_model(student, saved)
         n_check = min(256, len(x_test))
@@ -496,7 +506,7 @@ def main(argv=None):
             f"{max_diff:.2e}, same predicted class on {same:.1%}"
         )
 
-    with Stage(8, total, "Write the report"):
+    with Stage(9, total, "Write the report"):
         write_report(
             args,
             (machine, load),
@@ -509,9 +519,133 @@ def main(argv=None):
             max_diff,
             same,
             saved,
+            extra_sections=quantized,
         )
     print(f"\nReport: {os.path.join(args.out, 'report.md')}")
     return results
+
+
+# The quantized copies of the fine-tuned classifier: (label, mode).
+QUANTIZED_MODES = (
+    ("int8 dynamic (W8A8)", "int8"),
+    ("int8 weight-only", "int8_weight_only"),
+    ("int4 weight-only (group 128)", "int4_weight_only"),
+)
+
+
+def disk_size(path):
+    """Bytes on disk of a file, or of every file under a folder."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )
+
+
+def quantize_stage(model, x_test, y_test, out, quick=False):
+    """Quantizes copies of `model` (`kbm.quantization.quantize`, in place
+    on each copy) and compares them with the float32 model: held-out
+    accuracy, `.keras` and stock-ops SavedModel size, and batch 1 / batch
+    32 timing (`kbm.utils.measure_latencies`, all interleaved). `quick`:
+    int8 dynamic only and no SavedModel (quantizing and exporting MiniLM
+    take about 15 s each). Returns the report's section, as lines."""
+    section = ["## Quantized fine-tuned classifier", ""]
+    if KERAS_LINE != "keras3":
+        print("      skipped on tf-keras (checked on Keras 3 only)")
+        return section + [
+            "Skipped on tf-keras: this stage is checked on Keras 3 only.",
+            "",
+        ]
+    folder = os.path.join(out, "quantized")
+    os.makedirs(folder, exist_ok=True)
+    models = {}
+    modes = QUANTIZED_MODES[:1] if quick else QUANTIZED_MODES
+    for label, mode in (("float32", None), *modes):
+        # An uncompiled copy (clone_model would compile it): its files
+        # hold no optimizer state.
+        copy = keras.Model.from_config(
+            model.get_config(),
+            custom_objects={"TokenIdsToBertInputs": TokenIdsToBertInputs},
+        )
+        copy.set_weights(model.get_weights())
+        if mode:
+            kbm.quantization.quantize(copy, mode, group_size=128)
+        models[label] = (copy, accuracy(copy, x_test, y_test)[0])
+    sizes = {}
+    for (label, (m, acc)), name in zip(
+        models.items(), ("float32", *(mode for _, mode in modes))
+    ):
+        path = os.path.join(folder, name)
+        m.save(path + ".keras")
+        if not quick:
+            kbm.export.export_saved_model(m, path)
+        sizes[label] = (
+            disk_size(path + ".keras"),
+            None if quick else disk_size(path),
+        )
+        print(
+            f"      {label}: held-out accuracy {acc:.4f}, .keras "
+            f"{sizes[label][0] / 2**20:.1f} MiB"
+        )
+    latency = {
+        batch: kbm.utils.measure_latencies(
+            {label: m for label, (m, _) in models.items()},
+            np.resize(x_test, (batch, x_test.shape[1])),
+            runs=LATENCY_RUNS[batch],
+        )
+        for batch in LATENCY_BATCHES
+    }
+    load = load_average()
+    base_acc = models["float32"][1]
+    base_size = sizes["float32"]
+    section += [
+        "| model | accuracy | vs float32 (points) | `.keras` MiB | "
+        "SavedModel MiB (x smaller) "
+        + "".join(f"| {h} " for h in latency_headers())
+        + "|",
+        "|---|---|---|---|---|" + "---|" * len(LATENCY_BATCHES),
+    ]
+    for label, (_, acc) in models.items():
+        keras_mb = sizes[label][0] / 2**20
+        saved = (
+            "not exported (--quick)"
+            if quick
+            else f"{sizes[label][1] / 2**20:.1f} "
+            f"({base_size[1] / sizes[label][1]:.1f}x)"
+        )
+        timing = "".join(
+            f"{latency[b][label].format(per_example=b > 1)} | "
+            for b in LATENCY_BATCHES
+        ).rstrip()
+        section.append(
+            f"| {label} | {acc:.4f} | {100 * (acc - base_acc):+.1f} | "
+            f"{keras_mb:.1f} | {saved} | {timing}"
+        )
+        print(
+            f"      {label}: "
+            + ", ".join(
+                f"batch {b} {latency[b][label].format()}"
+                for b in LATENCY_BATCHES
+            )
+        )
+    section += [
+        "",
+        "Copies of the fine-tuned MiniLM classifier (teacher), quantized in "
+        "place with `kbm.quantization.quantize(model, mode)`: every Dense "
+        "and EinsumDense (attention projections, feed-forward, the "
+        "classification head) and the embedding tables (int8 weight-only "
+        "in the int8 modes, int4 rows in int4 mode). int8 dynamic quantizes "
+        "each input row to int8 on every call (W8A8); the weight-only modes "
+        "keep float activations. Sizes: the `.keras` file and the stock-ops "
+        "SavedModel (`kbm.export.export_saved_model`), in `quantized/`. "
+        "Timing as in the results table above, the models "
+        f"interleaved (load average {load} after the timing)."
+        + (" `--quick`: int8 dynamic only, not exported." if quick else ""),
+        "",
+    ]
+    return section
 
 
 RELOAD = """
@@ -717,6 +851,7 @@ def write_report(
     max_diff,
     same,
     saved,
+    extra_sections=(),
 ):
     latency, timing_load = timing
     import matplotlib
@@ -790,6 +925,7 @@ def write_report(
         "",
         latency_note(results, latency, timing_load),
         "",
+        *extra_sections,
         "## Time per stage",
         "",
         "| stage | seconds | CPU seconds |",

@@ -119,7 +119,7 @@ def test_demo_quick(tmp_path):
     for name in ("training_curves.png", "attributions.png"):
         assert (tmp_path / "r" / name).stat().st_size > 5_000
     assert (tmp_path / "r" / "saved_model" / "saved_model.pb").exists()
-    assert "[8/8] Write the report" in out
+    assert "[9/9] Write the report" in out
     # The machine figure, printed at the start and in the report.
     machine = re.search(r"machine: (\d+) GFLOP/s float32 matmul", out)
     assert machine and int(machine.group(1)) > 0
@@ -148,6 +148,23 @@ def test_demo_quick(tmp_path):
     assert "the median of 25 (batch 1) and 9 (batch 32) timed calls" in report
     assert "Same architecture: fine-tuned MiniLM (teacher) and same " in report
     assert "What distillation bought: the same 2-layer student" in report
+    # The quantized copies of the fine-tuned classifier (Keras 3 only).
+    if IS_LEGACY_KERAS:
+        assert "Skipped on tf-keras" in report
+        return
+    header = lines.index(
+        "| model | accuracy | vs float32 (points) | `.keras` MiB "
+        "| SavedModel MiB (x smaller) | ms / call, batch 1 (min-max) "
+        "| ms / example, batch 32 (min-max) |"
+    )
+    # Quick mode: int8 dynamic only, no SavedModel export.
+    rows = [row.split(" | ") for row in lines[header + 2 : header + 4]]
+    assert [row[0] for row in rows] == ["| float32", "| int8 dynamic (W8A8)"]
+    for row in rows:
+        assert row[4] == "not exported (--quick)"
+        assert timing.fullmatch(row[5]) and timing.fullmatch(row[6][:-2])
+    assert float(rows[1][3]) < float(rows[0][3]) / 3  # .keras MiB
+    assert lines[header + 4] == ""
 
 
 def test_demo_reports_bad_data_without_a_traceback(tmp_path):
@@ -182,3 +199,35 @@ def test_prune_minilm_default(tmp_path):
     ]
     params = [int(row.split(" | ")[2].replace(",", "")) for row in rows[1:]]
     assert params[1] == params[2] < params[0]
+
+
+@pytest.mark.skipif(IS_LEGACY_KERAS, reason="kbm.quantization: Keras 3 only")
+def test_quantize_mnist_cnn_quick(tmp_path):
+    out = run_example(
+        [
+            os.path.join(ROOT, "examples", "quantize_mnist_cnn.py"),
+            "--quick",
+            "--out",
+            str(tmp_path / "models"),
+        ],
+        tmp_path,
+    )
+    rows = [line.split(" | ") for line in out.splitlines()]
+    rows = [row for row in rows if row[0].startswith("| ")][1:]
+    assert [row[0] for row in rows] == [
+        "| float32",
+        "| int8 PTQ (dynamic W8A8)",
+        "| float32 + the QAT epochs (QAT's reference)",
+        "| int8 QAT (dynamic W8A8)",
+        "| int8 weight-only",
+        "| int4 weight-only (group 160)",
+    ]
+    accuracy = [float(row[1]) for row in rows]
+    keras_kib = [int(row[3]) for row in rows]
+    # Quantized weights: the .keras files shrink; int4 the most.
+    assert keras_kib[4] < keras_kib[0] / 2
+    assert keras_kib[5] < keras_kib[4]
+    # PTQ int8 stays close to float32; QAT close to its reference.
+    assert abs(accuracy[1] - accuracy[0]) < 0.05
+    assert abs(accuracy[3] - accuracy[2]) < 0.05
+    assert (tmp_path / "models" / "model_3" / "saved_model.pb").exists()

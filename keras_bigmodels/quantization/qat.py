@@ -408,6 +408,11 @@ def convert(model):
         names.add(id(layer))
         layer.__class__ = layer._float_class
         del layer._kbm_qat
+        # Keras 3 listed the dict attribute as a tracked collection; a
+        # SavedModel export would look it up.
+        tracked = getattr(layer, "_tracked", [])
+        if "_kbm_qat" in tracked:
+            tracked.remove("_kbm_qat")
     specs = {
         k: v
         for k, v in getattr(model, "_kbm_layer_specs", {}).items()

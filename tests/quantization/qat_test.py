@@ -136,3 +136,16 @@ def test_errors():
     kbm.quantization.quantize_aware(model, "int8")
     with pytest.raises(ValueError, match="already prepared"):
         kbm.quantization.quantize_aware(model, "int4_weight_only")
+
+
+def test_converted_model_exports(tmp_path):
+    model = cnn()
+    x = _x((4, 12, 12, 1))
+    kbm.quantization.quantize_aware(model, "int8")
+    model(x)
+    kbm.quantization.convert(model)
+    expected = np.asarray(model(x))
+    kbm.export.export_saved_model(model, str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    served = loaded.serve(tf.constant(x))
+    assert_close(np.asarray(served), expected, 1e-4, 1e-4)

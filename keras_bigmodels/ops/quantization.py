@@ -60,6 +60,10 @@ PANEL_N = 8  # Output channels per panel.
 PANEL_K = 4  # Consecutive k (bytes) per channel in one panel row.
 
 ACTIVATIONS = (None, "linear", "relu", "gelu", "gelu_tanh")
+# weight_only_matmul runs its kernel up to this many rows of x (the
+# memory-bound regime it is built for); with use_fused_kernel="auto",
+# larger inputs dequantize the kernel and use TensorFlow's float matmul.
+WEIGHT_ONLY_MAX_ROWS = 64
 # Rows of x with max |x| below this quantize to zeros (127 / max |x| would
 # overflow float32).
 ROW_TINY = 2.0**-120
@@ -549,6 +553,10 @@ def weight_only_matmul(
     For small batches (the kernel is tuned for up to 16 rows), where the
     time goes to reading the weights: int8 reads a quarter, int4 an eighth
     of float32's bytes. The activations stay float; the sums are float32.
+    With `use_fused_kernel="auto"`, an input of more than
+    `WEIGHT_ONLY_MAX_ROWS` (64) rows, where the work is compute-bound,
+    runs the reference instead (dequantize, then TensorFlow's float
+    matmul), which is faster there; `True` always runs the kernel.
 
     Args:
         x: float16, bfloat16 or float32 tensor `[..., K]`.
@@ -604,11 +612,12 @@ def weight_only_matmul(
         lib = _loader.select("weight_only_matmul", use_fused_kernel, (x,))
         k_dyn = tf.shape(x)[-1]
 
-        def forward(x):
-            if lib is None:
-                return _weight_only_matmul_reference(
-                    x, packed, scale, bias, activation, out_dtype, bits
-                )
+        def reference(x):
+            return _weight_only_matmul_reference(
+                x, packed, scale, bias, activation, out_dtype, bits
+            )
+
+        def fused(x):
             return lib.kbm_weight_only_mat_mul(
                 x,
                 packed,
@@ -618,6 +627,21 @@ def weight_only_matmul(
                 group_size=group_size or 0,
                 activation=activation or "linear",
                 output_dtype=out_dtype,
+            )
+
+        def forward(x):
+            if lib is None:
+                return reference(x)
+            if use_fused_kernel is True:
+                return fused(x)
+            # Past WEIGHT_ONLY_MAX_ROWS rows the work is compute-bound and
+            # TensorFlow's float GEMM on the dequantized kernel is faster
+            # than decoding the weights in the kernel's inner loop.
+            rows = tf.reduce_prod(tf.shape(x)[:-1])
+            return tf.cond(
+                rows <= WEIGHT_ONLY_MAX_ROWS,
+                lambda: fused(x),
+                lambda: reference(x),
             )
 
         return _straight_through(

@@ -108,6 +108,19 @@ def _():
         np.testing.assert_allclose(loaded(x).numpy(), y, atol=1e-5)
 
 
+@exercise("adapters.requantization_error")
+def _():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((16,))
+    model = keras.Model(i, keras.layers.Dense(8, name="d")(i))
+    kbm.quantization.quantize(model, "int8_weight_only")
+    kbm.adapters.enable_lora(model, rank=2, targets=["d"])
+    x = _x(4, 16)
+    report = kbm.adapters.requantization_error(model, x)
+    assert 0 <= report["max_weight_error"]
+    assert "max_output_error" in report
+
+
 # ----------------------------------------------------------------- ops ----
 
 

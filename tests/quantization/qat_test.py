@@ -147,5 +147,7 @@ def test_converted_model_exports(tmp_path):
     expected = np.asarray(model(x))
     kbm.export.export_saved_model(model, str(tmp_path / "sm"))
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
-    served = loaded.serve(tf.constant(x))
+    serve = loaded.signatures["serving_default"]  # On both Keras lines.
+    (name,) = serve.structured_input_signature[1]
+    (served,) = serve(**{name: tf.constant(x)}).values()
     assert_close(np.asarray(served), expected, 1e-4, 1e-4)

@@ -22,7 +22,14 @@ from keras_bigmodels.backend import keras
 
 PACKAGE = "keras_bigmodels"
 # Subpackages imported on first use register their classes on import.
-LAZY_SUBPACKAGES = ("models", "datasets", "distribute")
+LAZY_SUBPACKAGES = (
+    "models",
+    "datasets",
+    "distribute",
+    "pruning",
+    "quantization",
+    "adapters",
+)
 
 RNG = np.random.default_rng(0)
 
@@ -41,14 +48,47 @@ class Case(NamedTuple):
     obj: Any = None
 
 
+# Registered classes without safe-mode and tampered-config cases here yet
+# (pruning and quantization); their own tests cover `.keras` round trips
+# (tests/pruning, tests/quantization).
+NOT_YET_COVERED = {
+    f"{PACKAGE}>{name}"
+    for name in (
+        "ConstantSparsity",
+        "PolynomialDecay",
+        "PrunedConv2D",
+        "PrunedDense",
+        "PrunedEinsumDense",
+        "PrunedEmbedding",
+        "PrunedFusedDense",
+        "SkippedBlock",
+        "UpdatePruningStep",
+        "QATConv2D",
+        "QATDense",
+        "QATEinsumDense",
+        "QATEmbedding",
+        "QATFusedDense",
+        "QuantizedBertEncoder",
+        "QuantizedConv2D",
+        "QuantizedDense",
+        "QuantizedEinsumDense",
+        "QuantizedEmbedding",
+        "QuantizedFunctional",
+        "QuantizedModel",
+        "QuantizedSequential",
+    )
+}
+
+
 def registered_classes():
-    """{registered name: class} of everything kbm registers with Keras."""
+    """{registered name: class} of everything kbm registers with Keras,
+    less `NOT_YET_COVERED`."""
     for name in LAZY_SUBPACKAGES:
         importlib.import_module(f"{PACKAGE}.{name}")
     return {
         name: cls
         for name, cls in keras.saving.get_custom_objects().items()
-        if name.startswith(f"{PACKAGE}>")
+        if name.startswith(f"{PACKAGE}>") and name not in NOT_YET_COVERED
     }
 
 

@@ -308,6 +308,18 @@ CASES = [
         {"layer_map": DROP},
         _missing("layer_map"),
     ),
+    (
+        "AttentionDistillation",
+        "AttentionDistillation",
+        {"relation_heads": -1},
+        None,
+    ),
+    (
+        "AttentionDistillation",
+        "AttentionDistillation",
+        {"relations": ["xx"]},
+        r"relations=",
+    ),
 ]
 
 

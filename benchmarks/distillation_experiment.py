@@ -238,6 +238,14 @@ def accuracy(model, x, y):
     return float((logits.argmax(-1) == y).mean())
 
 
+def teacher_fingerprint(teacher, x):
+    """A digest of the teacher's test-set predictions (rounded logits):
+    runs distilled from different teachers (a retrained one, when the
+    weight cache is gone) must not share one table."""
+    logits = teacher.predict(x, batch_size=256, verbose=0)
+    return hashlib.sha1(np.round(logits, 2).tobytes()).hexdigest()[:16]
+
+
 # --------------------------------------------------------------- teacher
 
 
@@ -654,11 +662,21 @@ def main(argv=None):
     print(f"results: {args.results}", flush=True)
     data = load_data(args)
     teacher, teacher_encoder, seconds = teacher_model(args, data)
-    if results["teacher"] is None:
+    fingerprint = teacher_fingerprint(teacher, data[2][0])
+    recorded = (results["teacher"] or {}).get("fingerprint")
+    if results["runs"] and recorded != fingerprint:
+        sys.exit(
+            f"error: {args.results} holds runs distilled from another "
+            f"teacher (fingerprint {recorded}, this one {fingerprint}: "
+            "the cached teacher weights were retrained); pass another "
+            "--results path or remove it"
+        )
+    if results["teacher"] is None or recorded is None:
         results["teacher"] = {
             "accuracy": accuracy(teacher, *data[2]),
             "parameters": int(teacher.count_params()),
             "seconds": seconds,
+            "fingerprint": fingerprint,
         }
         save_results(args.results, results)
     if "train_accuracy" not in results["teacher"]:

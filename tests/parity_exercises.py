@@ -801,6 +801,22 @@ def _quantization_model():
     return keras.Model(ids, keras.layers.Dense(2)(h))
 
 
+@exercise("quantization.accelerate")
+def _():
+    # Keras 3 only (tf-keras has no quantize API: a NotImplementedError).
+    inputs = keras.Input((16,))
+    h = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    report = kbm.quantization.accelerate(model)  # Float: all skipped.
+    assert not report["accelerated"] and len(report["skipped"]) == 2
+    model.quantize("int8")
+    x = _x(3, 16)
+    y = model.predict(x, verbose=0)
+    report = kbm.quantization.accelerate(model)
+    assert len(report["accelerated"]) == 2, report
+    np.testing.assert_allclose(model.predict(x, verbose=0), y, 1e-5, 1e-5)
+
+
 @exercise(
     "quantization.quantize",
     "quantization.MODES",

@@ -44,11 +44,16 @@ layers to fake-quantized subclasses (`QATDense`, ...; straight-through
 gradients), `fit` trains them, and `convert(model)` quantizes the result
 (see `keras_bigmodels.quantization.qat`).
 
+Models quantized by Keras 3's own `model.quantize("int8")` keep their
+layers: `accelerate(model)` only swaps those layers' int8 matmul for kbm's
+fused kernel (see `keras_bigmodels.quantization.accelerate`).
+
 Both Keras lines: on tf-keras 2 the same classes subclass tf-keras's layers
 (whose float variables are plain attributes: conversion untracks them by
 hand), and models save to `.keras`, h5 and SavedModel.
 """
 
+from keras_bigmodels.quantization.accelerate import accelerate
 from keras_bigmodels.quantization.layers import (
     MODES,
     QuantizedConv2D,
@@ -90,6 +95,7 @@ __all__ = [
     "QuantizedDense",
     "QuantizedEinsumDense",
     "QuantizedEmbedding",
+    "accelerate",
     "convert",
     "quantize",
     "quantize_aware",

@@ -18,7 +18,9 @@ step is `max |x_row| / 127` (without Keras's `+ 1e-7`), which gives the
 same `q_x` for rows with `max |x_row|` above about 1 (where the `1e-7` is
 below float32 resolution), and may move single values by one step for
 rows of small magnitude; the dequantization multiplies where Keras
-divides. tests/quantization/accelerate_test.py measures the difference.
+divides. Under a bfloat16 compute policy Keras quantizes the inputs in
+bfloat16 and kbm in float32, so outputs differ by bfloat16 rounding.
+tests/quantization/accelerate_test.py measures the differences.
 
 Gradients: those of Keras's int8 path, so `fit` and `GradientTape` keep
 working: the input gets `(dy * act'(pre)) @ dequantized kernel^T` and the

@@ -29,12 +29,15 @@ bias `sum(dy * act'(pre))`, `pre` being the quantized matmul plus bias
 
 The model stays a Keras-quantized model: `get_config`, the variables and
 `.keras` files are unchanged, and a saved accelerated model loads back as
-plain Keras int8 (call `accelerate` on it again). Loading weights into an
-accelerated layer (`load_weights`, `load_model`'s state) re-packs its
-kernel; weights assigned by hand afterwards (`variable.assign`,
-`set_weights`) are not seen until `accelerate(model)` runs again. Traced
-exports (`model.export`, `tf.saved_model.save`) record kbm's custom op:
-export with `accelerate(model, undo=True)` first for stock ops only.
+plain Keras int8 (call `accelerate` on it again). `accelerate` drops the
+model's cached `fit` / `evaluate` / `predict` functions so they retrace;
+`tf.function`s of your own traced before keep the path they traced.
+Loading weights into an accelerated layer (`load_weights`, `load_model`'s
+state) re-packs its kernel; weights assigned by hand afterwards
+(`variable.assign`, `set_weights`) are not seen until `accelerate(model)`
+runs again. Traced exports (`model.export`, `tf.saved_model.save`) record
+kbm's custom op: export with `accelerate(model, undo=True)` first for
+stock ops only.
 Keras 3 only: tf-keras 2 has no `quantize` API.
 """
 
@@ -132,7 +135,17 @@ def accelerate(model, *, exclude=None, undo=False):
             continue
         _install(layer, plan)
         report["accelerated"].append(path)
+    if report["accelerated"]:
+        _reset_traced_functions(model)
     return report
+
+
+def _reset_traced_functions(model):
+    """Drops the model's cached fit/evaluate/predict functions, which were
+    traced with the layers' previous path."""
+    for name in ("train_function", "test_function", "predict_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
 
 
 def _exclusion(exclude):

@@ -113,6 +113,9 @@ def test_model_matches_keras_int8():
     np.testing.assert_allclose(
         model.predict(x, verbose=0), y, rtol=1e-5, atol=1e-6
     )
+    assert model.predict_function is not None
+    kbm.quantization.accelerate(model)  # Re-packs, drops traced functions.
+    assert model.predict_function is None
     assert not model.layers[-1].supports_jit
     kbm.quantization.accelerate(model, undo=True)
     assert model.layers[-1].supports_jit

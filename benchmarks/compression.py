@@ -18,7 +18,9 @@ hidden 384, 12 heads, feed-forward 1536, with masked mean pooling and a
   training step trains the adapters and the head only, as LoRA does;
 * `LoRA r=8 merged`: the same adapter (with non-zero weights) folded into
   the kernels by `kbm.adapters.merge`: the target is exactly the base
-  model's speed, with the same ops (checked on the traced graphs).
+  model's speed, with the same ops (checked on the traced graphs). Its
+  parameter count still includes the adapter, kept for `unmerge`; the
+  forward pass no longer reads it.
 
 Passes: inference (`model(x, training=False)` in a `tf.function`) at batch
 1 and 32, and one training step (`train_on_batch`: forward with dropout,

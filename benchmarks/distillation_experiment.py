@@ -21,6 +21,18 @@ in three modes, each over the same seeds:
   labels are never used (weight 0 in the label loss), the teacher's soft
   targets on examples it was not fitted to.
 
+The student `pruned` (not run by default: `--students pruned`) is the
+fine-tuned teacher itself, made smaller by `kbm.pruning`: the heads and
+feed-forward units with the lowest gradient importance
+(`head_importance` / `neuron_importance` on the first training batches,
+per-layer normalised, `select_lowest`) are removed, at least 40% of the
+heads and 50% of the units; its head is the teacher's. It is then trained in
+the same modes (its hidden-state map is 1:1; attention relations are
+re-split into `PRUNED_RELATION_HEADS` heads, which divide every pruned
+layer's width). Its records also hold the pruning (heads and units kept),
+the accuracy before any training, the encoder's FLOPs against the
+teacher's, and a short interleaved timing of both models' inference.
+
 For one seed, every mode starts from the same initial weights (the head is
 drawn after `keras.utils.set_random_seed(seed)`), sees the same data in the
 same order, and trains for the same epochs with the same optimizer
@@ -40,6 +52,7 @@ end (`--report-only` regenerates it without training).
     python benchmarks/distillation_experiment.py            # the real run
     python benchmarks/distillation_experiment.py --quick    # a smoke test
     python benchmarks/distillation_experiment.py --seeds 1 --students 2
+    python benchmarks/distillation_experiment.py --students pruned  # add it
 """
 
 import argparse
@@ -78,8 +91,19 @@ STUDENTS = {
     "2": (2, None, None, None),
     "3": (3, None, None, None),
     "3-narrow": (3, 192, 6, 768),
+    "pruned": (None, None, None, None),  # The pruned teacher: see above.
 }
+DEFAULT_STUDENTS = "2,3,3-narrow"
+PRUNED = "pruned"
 RELATION_HEADS = 12
+# The pruned student: shares of heads and feed-forward units removed (at
+# least), batches scored, relation heads (a divisor of every pruned
+# layer's query width heads * 32), and the timing protocol.
+PRUNE_HEADS = 0.4
+PRUNE_UNITS = 0.5
+PRUNE_SCORE_BATCHES = 8
+PRUNED_RELATION_HEADS = 8
+TIMING_BATCH, TIMING_ROUNDS = 32, 7
 TEACHER_ENCODER = "minilm"
 STUDENT_ENCODER = "student_minilm"
 
@@ -139,7 +163,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     quick = {
         "seeds": 1,
-        "students": "2,3,3-narrow",
+        "students": DEFAULT_STUDENTS,
         "train_size": 256,
         "test_size": 200,
         "sequence_length": 24,
@@ -149,7 +173,7 @@ def parse_args(argv=None):
     }
     real = {
         "seeds": 3,
-        "students": "2,3,3-narrow",
+        "students": DEFAULT_STUDENTS,
         "train_size": 2000,
         "test_size": 1000,
         "sequence_length": 40,
@@ -178,7 +202,13 @@ def parse_args(argv=None):
 
 
 def settings(args):
-    """What a run's result depends on (a resume must match it)."""
+    """What a run's result depends on (a resume must match it).
+
+    The students and modes are not in it: one results file collects the
+    runs of several invocations (e.g. `--students pruned` after the
+    default students). The pruned student's own constants are recorded in
+    its runs instead.
+    """
     return {
         "train_size": args.train_size,
         "test_size": args.test_size,
@@ -314,6 +344,118 @@ def teacher_confidence(teacher, data, temperature):
 # --------------------------------------------------------------- students
 
 
+def _fraction(share, total):
+    """The fraction for `select_lowest` that removes at least `share`."""
+    return int(np.ceil(share * total - 1e-9)) / total
+
+
+_PLANS = {}
+
+
+def pruning_plan(args, teacher, data):
+    """Which heads and feed-forward units the pruned student loses.
+
+    Scored once per process on the first `PRUNE_SCORE_BATCHES` training
+    batches (fixed order, labels and the demo's loss), so every seed and
+    mode starts from the same pruned model.
+    """
+    if id(teacher) in _PLANS:
+        return _PLANS[id(teacher)]
+    x, y = data[0]
+    n = min(len(x), PRUNE_SCORE_BATCHES * args.batch_size)
+    batches = [
+        (x[i : i + args.batch_size], y[i : i + args.batch_size])
+        for i in range(0, n, args.batch_size)
+    ]
+    prefix = f"{TEACHER_ENCODER}/"
+    plan = {}
+    for what, score, share in (
+        ("heads", kbm.pruning.head_importance, PRUNE_HEADS),
+        ("units", kbm.pruning.neuron_importance, PRUNE_UNITS),
+    ):
+        scores = {
+            k.removeprefix(prefix): v
+            for k, v in score(teacher, batches, loss=demo.loss()).items()
+        }
+        total = sum(len(v) for v in scores.values())
+        chosen = kbm.pruning.select_lowest(scores, _fraction(share, total))
+        plan[what] = chosen
+        plan[f"{what}_total"] = total
+        plan[f"{what}_removed"] = sum(len(v) for v in chosen.values())
+    plan["score_batches"] = len(batches)
+    _PLANS[id(teacher)] = plan
+    return plan
+
+
+def pruned_encoder(teacher_encoder, plan):
+    """The teacher's encoder without the planned heads and units, renamed
+    to the students' encoder name (the distillation losses find the two
+    models' blocks by these names)."""
+    pruned = kbm.pruning.prune(
+        teacher_encoder, heads=plan["heads"], units=plan["units"]
+    )
+    config = pruned.get_config() | {"name": STUDENT_ENCODER}
+    encoder = kbm.models.BertEncoder.from_config(config)
+    encoder.set_weights(pruned.get_weights())
+    return encoder
+
+
+def encoder_flops(encoder, length):
+    """Multiply-add FLOPs (x2) of an encoder's blocks on one sequence:
+    the query/key/value/output projections, the attention scores and
+    context, and the feed-forward net (embeddings, norms and softmax are
+    left out)."""
+    config = encoder.get_config()
+    d = config["hidden_dim"]
+    head_dim = config.get("head_dim") or d // config["num_heads"]
+    total = 0
+    for block in encoder.transformer_layers:
+        width = block.num_heads * head_dim
+        total += 2 * length * d * width * 4  # q, k, v in; output back.
+        total += 2 * 2 * length * length * width  # scores and context.
+        total += 2 * 2 * length * d * block.intermediate_dim
+    return total
+
+
+def inference_timing(teacher, student, x):
+    """Median per-round ratio teacher time / student time of a forward
+    pass at batch `TIMING_BATCH`, interleaved (quick: a loaded machine
+    makes it noisy; the FLOPs ratio is exact)."""
+    x = tf.constant(x[:TIMING_BATCH])
+    fns = [
+        tf.function(lambda x, m=m: m(x, training=False))
+        for m in (teacher, student)
+    ]
+    for fn in fns:
+        fn(x)
+        fn(x)
+    times = [[], []]
+    for _ in range(TIMING_ROUNDS):
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            fn(x).numpy()
+            ts.append(time.perf_counter() - start)
+    return {
+        "teacher_ms": 1e3 * float(np.median(times[0])),
+        "student_ms": 1e3 * float(np.median(times[1])),
+        "speedup": float(np.median(np.divide(times[0], times[1]))),
+        "batch": int(x.shape[0]),
+        "rounds": TIMING_ROUNDS,
+    }
+
+
+def pruned_student(args, teacher, teacher_encoder, num_classes, seed, plan):
+    keras.utils.set_random_seed(seed)
+    encoder = pruned_encoder(teacher_encoder, plan)
+    model = demo.classifier(
+        encoder, num_classes, args.sequence_length, f"student_{PRUNED}"
+    )
+    model.get_layer("logits").set_weights(
+        teacher.get_layer("logits").get_weights()
+    )
+    return model, encoder
+
+
 def student_model(args, student, teacher_encoder, num_classes, seed):
     blocks, hidden, heads, intermediate = STUDENTS[student]
     keras.utils.set_random_seed(seed)
@@ -331,7 +473,9 @@ def student_model(args, student, teacher_encoder, num_classes, seed):
     return model, encoder
 
 
-def distillation_losses(args, mode, student_blocks, teacher_blocks):
+def distillation_losses(
+    args, mode, student_blocks, teacher_blocks, relation_heads=RELATION_HEADS
+):
     logits = kbm.distillation.losses.LogitsDistillation(args.temperature)
     if mode == "logits":
         return [logits], [1.0]
@@ -351,16 +495,43 @@ def distillation_losses(args, mode, student_blocks, teacher_blocks):
         STUDENT_ENCODER,
         layer_map=layer_map,
         relations=("qk", "vv"),
-        relation_heads=RELATION_HEADS,
+        relation_heads=relation_heads,
     )
     return [logits, hidden, attention], list(args.weights)
 
 
 def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
     train, _, (x_test, y_test), num_classes, x_transfer = data
-    model, encoder = student_model(
-        args, student, teacher_encoder, num_classes, seed
-    )
+    pruning = None
+    relation_heads = RELATION_HEADS
+    if student == PRUNED:
+        plan = pruning_plan(args, teacher, data)
+        model, encoder = pruned_student(
+            args, teacher, teacher_encoder, num_classes, seed, plan
+        )
+        relation_heads = PRUNED_RELATION_HEADS
+        length = args.sequence_length
+        pruning = {
+            **plan,
+            "heads_share": PRUNE_HEADS,
+            "units_share": PRUNE_UNITS,
+            "relation_heads": relation_heads,
+            "sequence_length": length,
+            "teacher_flops": encoder_flops(teacher_encoder, length),
+            "student_flops": encoder_flops(encoder, length),
+            "layer_num_heads": [
+                b.num_heads for b in encoder.transformer_layers
+            ],
+            "layer_intermediate_dims": [
+                b.intermediate_dim for b in encoder.transformer_layers
+            ],
+            "accuracy_before_training": accuracy(model, x_test, y_test),
+            "timing": inference_timing(teacher, model, x_test),
+        }
+    else:
+        model, encoder = student_model(
+            args, student, teacher_encoder, num_classes, seed
+        )
     if mode == "alone":
         losses, weights, alpha = None, None, 1.0
     elif mode == "transfer":
@@ -368,7 +539,11 @@ def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
         alpha = args.alpha
     else:
         losses, weights = distillation_losses(
-            args, mode, encoder.num_layers, teacher_encoder.num_layers
+            args,
+            mode,
+            encoder.num_layers,
+            teacher_encoder.num_layers,
+            relation_heads,
         )
         alpha = args.alpha
     distiller = kbm.distillation.Distiller(
@@ -413,7 +588,7 @@ def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
         dataset, epochs=args.epochs, shuffle=False, verbose=0
     ).history
     seconds = time.perf_counter() - start
-    return {
+    run = {
         "examples": int(n),
         "accuracy": accuracy(model, x_test, y_test),
         "seconds": seconds,
@@ -422,6 +597,9 @@ def train_student(args, data, teacher, teacher_encoder, student, mode, seed):
         "final_student_loss": float(history["student_loss"][-1]),
         "final_distillation_loss": float(history["distillation_loss"][-1]),
     }
+    if pruning is not None:
+        run["pruning"] = pruning
+    return run
 
 
 # ------------------------------------------------------------------ JSON
@@ -585,9 +763,19 @@ def render(results):
         any_run = next(
             r for k, r in runs.items() if k.startswith(f"{student}/")
         )
-        name = f"{blocks} blocks" + (
-            f", hidden {hidden}, {heads} heads" if hidden else ""
-        )
+        if student == PRUNED:
+            p = any_run["pruning"]
+            name = (
+                f"pruned teacher: {len(p['layer_num_heads'])} blocks, "
+                f"{p['heads_total'] - p['heads_removed']} of "
+                f"{p['heads_total']} heads, "
+                f"{p['units_total'] - p['units_removed']:,} of "
+                f"{p['units_total']:,} FFN units"
+            )
+        else:
+            name = f"{blocks} blocks" + (
+                f", hidden {hidden}, {heads} heads" if hidden else ""
+            )
         gaps = []
         for m in modes[1:]:
             alone, dist = stats["alone"][0], stats[m][0]
@@ -605,6 +793,8 @@ def render(results):
             + "".join(f" | {g}" for g in gaps)
             + " |"
         )
+    if PRUNED in students:
+        lines += _pruned_lines(runs, teacher, modes, s)
     lines += [
         "",
         f"Runs recorded: {len(runs)}; raw results, per-run times and "
@@ -612,6 +802,86 @@ def render(results):
         f"<!-- /section:{SECTION} -->",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pruned_lines(runs, teacher, modes, s):
+    """The pruning table: the pruned teacher before and after recovery,
+    against the unpruned teacher."""
+    pruned = {k: r for k, r in runs.items() if k.startswith(f"{PRUNED}/")}
+    p = next(iter(pruned.values()))["pruning"]
+    timings = [r["pruning"]["timing"] for r in pruned.values()]
+    speedups = [t["speedup"] for t in timings]
+    before = p["accuracy_before_training"]
+    t_acc = teacher["accuracy"] if teacher else None
+    t_params = teacher["parameters"] if teacher else None
+    params = next(iter(pruned.values()))["parameters"]
+    heads_pct = 100 * p["heads_removed"] / p["heads_total"]
+    units_pct = 100 * p["units_removed"] / p["units_total"]
+
+    def versus(acc):
+        if t_acc is None or acc is None:
+            return "–", "–"
+        return f"{acc / t_acc:.1%}", f"{100 * (acc - t_acc):+.1f}"
+
+    lines = [
+        "",
+        "### Pruned MiniLM: pruned + distilled vs pruned + fine-tuned alone",
+        "",
+        "The pruned student is the fine-tuned teacher with "
+        f"{p['heads_removed']} of {p['heads_total']} attention heads "
+        f"({heads_pct:.1f}%) and {p['units_removed']:,} of "
+        f"{p['units_total']:,} feed-forward units ({units_pct:.1f}%) "
+        "removed (`kbm.pruning.prune`): those with the lowest gradient "
+        "importance (`head_importance`, `neuron_importance`) on "
+        f"{p['score_batches']} training batches, per-layer normalised "
+        "(`select_lowest`, at least one per layer). Heads kept per block: "
+        f"{p['layer_num_heads']}; feed-forward units kept: "
+        f"{p['layer_intermediate_dims']}. It keeps the teacher's head and "
+        "is trained in the modes above (hidden states mapped block i to "
+        "block i; attention relations re-split into "
+        f"{p['relation_heads']} relation heads, which divide every pruned "
+        "block's width). FLOPs: the encoder blocks' matmuls at "
+        f"{s['sequence_length']} tokens; measured: the median per-round ratio "
+        "of a forward pass at batch "
+        f"{timings[0]['batch']} x {s['sequence_length']} tokens, teacher vs "
+        f"pruned, {timings[0]['rounds']} interleaved rounds, once per run "
+        "(median over runs; see BENCHMARKS.md's compression section for "
+        "the full benchmark at 128 tokens).",
+        "",
+        "| model | parameters | encoder FLOPs | inference speed-up "
+        "(measured) | test accuracy | % of teacher | points vs teacher |",
+        "|---|---:|---:|---:|---|---:|---:|",
+        f"| teacher (unpruned) | {t_params or 0:,} | 1.00× (of "
+        f"{p['teacher_flops'] / 1e9:.2f} GFLOP) | 1.00× | "
+        + (f"{t_acc:.4f}" if t_acc is not None else "–")
+        + " | 100% | 0 |",
+    ]
+    flops = p["teacher_flops"] / p["student_flops"]
+    size = (
+        f"{params:,} ({params / t_params:.0%})" if t_params else f"{params:,}"
+    )
+    lead = f"| {{}} | {size} | {flops:.2f}× | {np.median(speedups):.2f}× | "
+    lines.append(
+        lead.format("pruned, no training")
+        + f"{before:.4f} | "
+        + " | ".join(versus(before))
+        + " |"
+    )
+    for m in modes:
+        accs = [
+            r["accuracy"]
+            for k, r in pruned.items()
+            if k.startswith(f"{PRUNED}/{m}/")
+        ]
+        mean, std = _mean_std(accs)
+        lines.append(
+            lead.format(f"pruned + {MODE_LABEL[m]}")
+            + _fmt(mean, std, len(accs))
+            + " | "
+            + " | ".join(versus(mean))
+            + " |"
+        )
+    return lines
 
 
 def write_section(path, text):

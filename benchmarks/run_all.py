@@ -39,7 +39,19 @@ from pathlib import Path
 import report
 
 BENCH_DIR = Path(__file__).resolve().parent
-NOT_FAMILIES = {"report", "run_all", "reliability", "soak"}
+# Scripts in benchmarks/ that are not benchmark families: the report
+# generators and the reliability checks and experiments (run by their own
+# make targets: asan, fuzz, reliability-safe, soak, distill-experiment).
+NOT_FAMILIES = {
+    "report",
+    "run_all",
+    "reliability",
+    "reliability_safe",
+    "soak",
+    "asan",
+    "fuzz",
+    "distillation_experiment",
+}
 ALLOCATORS = {"default": None, "bfc": "true"}
 ALLOCATOR_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 

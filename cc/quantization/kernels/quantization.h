@@ -58,6 +58,10 @@ struct WeightOnlyProblem {
   // per channel): the kernel may then scale each group's sum instead of
   // each weight. 0: scale every weight.
   int64_t group_blocks;
+  // int4 with group_blocks > 0: x again with the values of each 8 along K
+  // (one packed block) reordered as the 4 even then the 4 odd ones, or
+  // nullptr (the kernel then uses a slower path).
+  const float* xd;
 };
 
 struct QuantizationKernels {

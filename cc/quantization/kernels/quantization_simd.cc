@@ -20,15 +20,17 @@
 // (16 channels) of int32 accumulators. The baseline variant (no 256-bit
 // integer ops) runs the same tiles with scalar int32 sums.
 //
-// Weight-only, AVX2, when scale groups hold whole packed blocks (per
-// channel, or group sizes that are multiples of 4 (int8) / 8 (int4) values):
-// each 8 packed bytes (2 channels x 4 bytes along K) are widened to int32
-// in place (int4: nibbles split by shifts), converted to float and
-// multiplied by the matching x values broadcast per row; each group's sums
-// are reduced (hadd) and scaled once. Otherwise (and in the baseline
-// variant): 32 packed bytes are transposed to one 8-channel vector per K
-// value (vpshufb + vpermd), dequantized exactly as the reference does
-// (q * scale) and accumulated with FMA for up to 8 rows at once.
+// Weight-only, when scale groups hold whole packed blocks (per channel, or
+// group sizes that are multiples of 4 (int8) / 8 (int4) values): tiles of
+// rows x panels widen the packed bytes in place to int32 (int4: nibbles
+// split by shifts), convert them to float and multiply them by the x values
+// broadcast per 128-bit lane, so every weight load serves all the tile's
+// rows; each group's sums are reduced (hadd) and scaled once. The
+// avx512vnni variant uses zmm (up to 8 rows), avx2 ymm (up to 2 rows).
+// Otherwise (and in the baseline variant): 32 packed bytes are transposed
+// to one 8-channel vector per K value (vpshufb + vpermd), dequantized
+// exactly as the reference does (q * scale) and accumulated with FMA for up
+// to 8 rows at once.
 //
 // GELU uses the erf (Abramowitz & Stegun 7.1.26) and sigmoid forms of the
 // bias + activation family, on the exp of cc/common/simd.h.

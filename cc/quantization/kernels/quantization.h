@@ -68,7 +68,9 @@ struct QuantizationKernels {
   // Quantizes x[0, k) into q[0, kp) (zero padded) with round-half-to-even of
   // x * (127 / max|x|); sets *sx = max|x| / 127. A row with max|x| < 2^-120
   // (127 / max|x| would overflow) quantizes to zeros with *sx = 0. Returns
-  // false (q zeros) when the row holds NaN or Inf.
+  // false (q zeros) when the row holds NaN or Inf. The avx512vnni variant
+  // stores q ^ 0x80 (q + 128 as unsigned bytes), what its w8a8 reads: q is
+  // for that variant's w8a8 only.
   bool (*quantize_row)(const float* x, int64_t k, int64_t kp, int8_t* q,
                        float* sx);
   // Rows [r0, r1) times panels [p0, p1) of a W8A8 problem.

@@ -7,10 +7,11 @@
 // 8-channel panels of the packed layout side by side. The activations are
 // made unsigned by flipping their sign bit (a + 128) and 128 * (column sums
 // of the weights) is subtracted at the end, summed by one more vpdpbusd per
-// register with 0x80 bytes. The int32 sums wrap modulo 2^32 but the final
-// difference, the exact a.w (|a.w| <= 127 * 127 * K), is exact. The
-// micro-kernel holds up to 8 rows x 4 panels (32 channels). Every other
-// table entry is the avx2 code.
+// register with 0x80 bytes, once per call's panels (up to 8). The
+// activations are stored flipped by this variant's quantize_row. The int32
+// sums wrap modulo 2^32 but the final difference, the exact a.w (|a.w| <=
+// 127 * 127 * K), is exact. The micro-kernel holds up to 8 rows x 4 panels
+// (32 channels).
 //
 // W8A8 on AVX2 (no VNNI) keeps the int32 sums exact with the sign trick:
 // |a| (u8, <= 127) times the weights with a's sign applied (vpsignb; the
@@ -234,19 +235,37 @@ void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 
+// The rows are quantized with their sign bit flipped (q + 128 as unsigned
+// bytes, padding 0x80): what vpdpbusd multiplies.
+bool QuantizeRowFlipped(const float* x, int64_t k, int64_t kp, int8_t* q,
+                        float* sx) {
+  const bool finite = QuantizeRow(x, k, kp, q, sx);
+  int64_t j = 0;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (; j + 64 <= kp; j += 64) {
+    __m512i* v = reinterpret_cast<__m512i*>(q + j);
+    _mm512_storeu_si512(v, _mm512_xor_si512(_mm512_loadu_si512(v), flip));
+  }
+  for (; j < kp; ++j) q[j] = static_cast<int8_t>(q[j] ^ 0x80);
+  return finite;
+}
+
+// Panels processed per W8A8Vnni call at most (the op's tiles have 8).
+constexpr int64_t kVnniMaxPanels = 8;
+
 // R rows (<= 8) times Z zmm registers (2 panels each); kHalf: the last
-// register holds one panel only (the next one may not exist).
+// register holds one panel only (the next one may not exist). `csum`:
+// 128 * the column sums of the panels from `panel` on (16 per register).
 template <int R, int Z, bool kHalf>
-void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
+void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel,
+                   const int32_t* csum) {
   const int64_t kp = p.kb * kQuantPanelK;
   const int8_t* qx = p.qx + r * kp;
   const int8_t* w = p.packed + panel * p.kb * 32;
   const int64_t wstride = p.kb * 32;  // Bytes from one panel to the next.
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512i acc[R][Z], csum[Z];
+  __m512i acc[R][Z];
 #pragma GCC unroll 8
   for (int j = 0; j < Z; ++j) {
-    csum[j] = _mm512_setzero_si512();
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) acc[i][j] = _mm512_setzero_si512();
   }
@@ -265,13 +284,12 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + wstride)),
             1);
       }
-      csum[j] = _mm512_dpbusd_epi32(csum[j], flip, wv[j]);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       int32_t a4;
       std::memcpy(&a4, qx + i * kp + b * 4, 4);
-      const __m512i ua = _mm512_xor_si512(_mm512_set1_epi32(a4), flip);
+      const __m512i ua = _mm512_set1_epi32(a4);
 #pragma GCC unroll 8
       for (int j = 0; j < Z; ++j) {
         acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], ua, wv[j]);
@@ -282,7 +300,8 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8
     for (int j = 0; j < Z; ++j) {
-      const __m512i s = _mm512_sub_epi32(acc[i][j], csum[j]);
+      const __m512i s =
+          _mm512_sub_epi32(acc[i][j], _mm512_loadu_si512(csum + 16 * j));
       W8A8Epilogue(p, r + i, panel + 2 * j,
                    reinterpret_cast<VecF>(
                        _mm256_cvtepi32_ps(_mm512_castsi512_si256(s))));
@@ -296,48 +315,86 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
 }
 
 template <int Z, bool kHalf>
-void W8A8VnniRows(const W8A8Problem& p, int64_t r, int64_t rows,
-                  int64_t panel) {
+void W8A8VnniRows(const W8A8Problem& p, int64_t r, int64_t rows, int64_t panel,
+                  const int32_t* csum) {
   switch (rows) {
     case 8:
-      return W8A8VnniMicro<8, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<8, Z, kHalf>(p, r, panel, csum);
     case 7:
-      return W8A8VnniMicro<7, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<7, Z, kHalf>(p, r, panel, csum);
     case 6:
-      return W8A8VnniMicro<6, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<6, Z, kHalf>(p, r, panel, csum);
     case 5:
-      return W8A8VnniMicro<5, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<5, Z, kHalf>(p, r, panel, csum);
     case 4:
-      return W8A8VnniMicro<4, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<4, Z, kHalf>(p, r, panel, csum);
     case 3:
-      return W8A8VnniMicro<3, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<3, Z, kHalf>(p, r, panel, csum);
     case 2:
-      return W8A8VnniMicro<2, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<2, Z, kHalf>(p, r, panel, csum);
     default:
-      return W8A8VnniMicro<1, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<1, Z, kHalf>(p, r, panel, csum);
   }
 }
 
 template <int Z, bool kHalf>
-void W8A8VnniPanels(const W8A8Problem& p, int64_t r0, int64_t r1,
-                    int64_t panel) {
+void W8A8VnniPanels(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t panel,
+                    const int32_t* csum) {
   for (int64_t r = r0; r < r1; r += 8) {
-    W8A8VnniRows<Z, kHalf>(p, r, r1 - r < 8 ? r1 - r : 8, panel);
+    W8A8VnniRows<Z, kHalf>(p, r, r1 - r < 8 ? r1 - r : 8, panel, csum);
   }
 }
 
+// Panels [p0, p1) in calls of at most kVnniMaxPanels: 128 * the column sums
+// of those panels (one vpdpbusd with 0x80 bytes per 2 panels and block),
+// then every block of rows over them.
 void W8A8Vnni(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
               int64_t p1) {
+  if (p1 - p0 > kVnniMaxPanels) {
+    for (int64_t c = p0; c < p1; c += kVnniMaxPanels) {
+      W8A8Vnni(p, r0, r1, c, c + kVnniMaxPanels < p1 ? c + kVnniMaxPanels : p1);
+    }
+    return;
+  }
+  alignas(64) int32_t csum[(kVnniMaxPanels + 2) * kQuantPanelN];
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t wstride = p.kb * 32;
+  for (int64_t q = p0; q < p1; q += 2) {
+    const int8_t* w = p.packed + q * wstride;
+    const bool pair = q + 1 < p1;
+    __m512i cs0 = _mm512_setzero_si512(), cs1 = _mm512_setzero_si512();
+    int64_t b = 0;
+    for (; b < p.kb; ++b) {
+      const __m256i lo =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * 32));
+      const __m512i wv =
+          pair ? _mm512_inserti64x4(
+                     _mm512_castsi256_si512(lo),
+                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                         w + wstride + b * 32)),
+                     1)
+               : _mm512_zextsi256_si512(lo);
+      if (b % 2 == 0) {
+        cs0 = _mm512_dpbusd_epi32(cs0, flip, wv);
+      } else {
+        cs1 = _mm512_dpbusd_epi32(cs1, flip, wv);
+      }
+    }
+    _mm512_store_si512(csum + (q - p0) * kQuantPanelN,
+                       _mm512_add_epi32(cs0, cs1));
+  }
   int64_t panel = p0;
-  for (; panel + 4 <= p1; panel += 4)
-    W8A8VnniPanels<2, false>(p, r0, r1, panel);
+  for (; panel + 4 <= p1; panel += 4) {
+    W8A8VnniPanels<2, false>(p, r0, r1, panel, csum + (panel - p0) * 8);
+  }
+  const int32_t* cs = csum + (panel - p0) * 8;
   switch (p1 - panel) {
     case 3:
-      return W8A8VnniPanels<2, true>(p, r0, r1, panel);
+      return W8A8VnniPanels<2, true>(p, r0, r1, panel, cs);
     case 2:
-      return W8A8VnniPanels<1, false>(p, r0, r1, panel);
+      return W8A8VnniPanels<1, false>(p, r0, r1, panel, cs);
     case 1:
-      return W8A8VnniPanels<1, true>(p, r0, r1, panel);
+      return W8A8VnniPanels<1, true>(p, r0, r1, panel, cs);
     default:
       return;
   }
@@ -754,7 +811,7 @@ void WeightOnly(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
 }  // namespace
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8Vnni,
+const QuantizationKernels kQuantizationKernels = {QuantizeRowFlipped, W8A8Vnni,
                                                   WeightOnly};
 #else
 const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8,

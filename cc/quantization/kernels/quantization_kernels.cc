@@ -170,13 +170,20 @@ class QuantizedMatMulOp : public OpKernel {
     const QuantizationKernels& kern = Kernels();
 
     const T* px = x.flat<T>().data();
-    ParallelFor(ctx, rows, 6 * k + 16, [&](int64_t begin, int64_t end) {
+    const auto quantize = [&](int64_t begin, int64_t end) {
       FloatRows<T> io(k, 1);
       for (int64_t r = begin; r < end; ++r) {
         finite[r] =
             kern.quantize_row(io.In(px + r * k, 0), k, kp, qx + r * kp, sx + r);
       }
-    });
+    };
+    // Up to 2^18 values (tens of microseconds) the hand-off to the pool
+    // costs more than it saves.
+    if (rows * k <= (int64_t{1} << 18)) {
+      quantize(0, rows);
+    } else {
+      ParallelFor(ctx, rows, 6 * k + 16, quantize);
+    }
 
     const std::vector<float> scale_p =
         Padded(scale.flat<float>().data(), n, panels * kQuantPanelN);

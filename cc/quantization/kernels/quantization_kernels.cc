@@ -393,11 +393,12 @@ class WeightOnlyMatMulOp : public OpKernel {
     const QuantizationKernels& kern = Kernels();
     // Units of 4 panels (the kernels' panel chunk). A thread runs through
     // about 20 weights and rows per ns, and handing work to the pool costs
-    // tens of microseconds (more on a loaded machine): below about 100 us
-    // of work (all of rows <= 8 at K x N = 768 x 3072), the calling thread
-    // runs everything.
+    // tens of microseconds, far more (and erratically) on a loaded machine,
+    // where it measured slower than one thread up to ~200 us of work: below
+    // about 250 us of work (rows <= 8 at K x N = 768 x 3072), the calling
+    // thread runs everything; weights read from DRAM get both threads.
     constexpr int64_t kUnitPanels = 4;
-    constexpr int64_t kInlineWork = int64_t{24} << 20;
+    constexpr int64_t kInlineWork = int64_t{64} << 20;
     const int64_t units = CeilDiv(panels, kUnitPanels);
     const int64_t unit_work = ldx * kUnitPanels * kQuantPanelN * (rows + 4);
     if (units * unit_work <= kInlineWork) {

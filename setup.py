@@ -118,7 +118,7 @@ def _isa_variants():
 
 
 # Extra SIMD variants of single files, built wherever the avx2 variant is
-# (file name -> {variant: flags}): only the W8A8 int8 GEMM has an AVX-512
+# (file name -> {variant: flags}): only the quantized matmuls have an AVX-512
 # VNNI kernel (cc/common/cpu_isa.h).
 EXTRA_ISA_VARIANTS = {
     "quantization_simd.cc": {

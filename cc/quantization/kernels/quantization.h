@@ -58,13 +58,19 @@ struct WeightOnlyProblem {
   // per channel): the kernel may then scale each group's sum instead of
   // each weight. 0: scale every weight.
   int64_t group_blocks;
+  // int4 with group_blocks > 0: x again with the values of each 8 along K
+  // (one packed block) reordered as the 4 even then the 4 odd ones, or
+  // nullptr (the kernel then uses a slower path).
+  const float* xd;
 };
 
 struct QuantizationKernels {
   // Quantizes x[0, k) into q[0, kp) (zero padded) with round-half-to-even of
   // x * (127 / max|x|); sets *sx = max|x| / 127. A row with max|x| < 2^-120
   // (127 / max|x| would overflow) quantizes to zeros with *sx = 0. Returns
-  // false (q zeros) when the row holds NaN or Inf.
+  // false (q zeros) when the row holds NaN or Inf. The avx512vnni variant
+  // stores q ^ 0x80 (q + 128 as unsigned bytes), what its w8a8 reads: q is
+  // for that variant's w8a8 only.
   bool (*quantize_row)(const float* x, int64_t k, int64_t kp, int8_t* q,
                        float* sx);
   // Rows [r0, r1) times panels [p0, p1) of a W8A8 problem.

@@ -5,7 +5,9 @@
 // rows x column panels run the exact int32 micro-kernel with the fused
 // epilogue (threaded over tiles; a thread's consecutive tiles share their
 // column panels, so those weights stay in cache). Weight-only: x is widened
-// and zero padded once, then the weight panels are split over threads.
+// and zero padded once (int4: also reordered, see WeightOnlyProblem::xd),
+// then the weight panels run on the calling thread, or split over threads
+// when the work is large enough to pay for the hand-off.
 // Outputs in half/bfloat16 go through a float32 buffer.
 #define EIGEN_USE_THREADS
 
@@ -168,13 +170,20 @@ class QuantizedMatMulOp : public OpKernel {
     const QuantizationKernels& kern = Kernels();
 
     const T* px = x.flat<T>().data();
-    ParallelFor(ctx, rows, 6 * k + 16, [&](int64_t begin, int64_t end) {
+    const auto quantize = [&](int64_t begin, int64_t end) {
       FloatRows<T> io(k, 1);
       for (int64_t r = begin; r < end; ++r) {
         finite[r] =
             kern.quantize_row(io.In(px + r * k, 0), k, kp, qx + r * kp, sx + r);
       }
-    });
+    };
+    // Up to 2^18 values (tens of microseconds) the hand-off to the pool
+    // costs more than it saves.
+    if (rows * k <= (int64_t{1} << 18)) {
+      quantize(0, rows);
+    } else {
+      ParallelFor(ctx, rows, 6 * k + 16, quantize);
+    }
 
     const std::vector<float> scale_p =
         Padded(scale.flat<float>().data(), n, panels * kQuantPanelN);
@@ -302,31 +311,55 @@ class WeightOnlyMatMulOp : public OpKernel {
     const int64_t ldx = kb * kQuantPanelK * (bits_ == 8 ? 1 : 2);
 
     // Widened, zero padded rows of x; the scale row of every K value.
+    // int4 also gets the rows with each 8 values along K (one packed block)
+    // reordered as the 4 even then the 4 odd ones (WeightOnlyProblem::xd).
+    const int64_t copies = bits_ == 4 ? 2 : 1;
     Tensor x_t, out_t;
-    OP_REQUIRES_OK(
-        ctx, ctx->allocate_temp(DT_FLOAT, TensorShape({rows, ldx}), &x_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
+                            DT_FLOAT, TensorShape({copies, rows, ldx}), &x_t));
     float* xf = x_t.flat<float>().data();
+    float* xd = bits_ == 4 ? xf + rows * ldx : nullptr;
     const T* px = x.flat<T>().data();
-    ParallelFor(ctx, rows, ldx + 8, [&](int64_t begin, int64_t end) {
+    ParallelFor(ctx, rows, copies * ldx + 8, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
+        float* row = xf + r * ldx;
         for (int64_t j = 0; j < k; ++j) {
-          xf[r * ldx + j] = static_cast<float>(px[r * k + j]);
+          row[j] = static_cast<float>(px[r * k + j]);
         }
-        std::fill(xf + r * ldx + k, xf + (r + 1) * ldx, 0.f);
+        std::fill(row + k, row + ldx, 0.f);
+        if (xd == nullptr) continue;
+        float* d = xd + r * ldx;
+        for (int64_t j = 0; j < ldx; j += 8) {
+          for (int64_t i = 0; i < 4; ++i) {
+            d[j + i] = row[j + 2 * i];
+            d[j + 4 + i] = row[j + 2 * i + 1];
+          }
+        }
       }
     });
     std::vector<int64_t> scale_row(ldx);
     for (int64_t j = 0; j < ldx; ++j) {
       scale_row[j] = std::min(j / group_size, groups - 1) * np;
     }
-    std::vector<float> scale_p(groups * np, 0.f);
+    // Scales and bias padded to whole panels (copies only when N is not a
+    // multiple of the panel width).
     const float* ps = scale.flat<float>().data();
-    for (int64_t g = 0; g < groups; ++g) {
-      std::copy(ps + g * n, ps + (g + 1) * n, scale_p.begin() + g * np);
+    std::vector<float> scale_p;
+    if (np != n) {
+      scale_p.assign(groups * np, 0.f);
+      for (int64_t g = 0; g < groups; ++g) {
+        std::copy(ps + g * n, ps + (g + 1) * n, scale_p.begin() + g * np);
+      }
+      ps = scale_p.data();
     }
+    const float* pb = nullptr;
     std::vector<float> bias_p;
     if (bias.NumElements() > 0) {
-      bias_p = Padded(bias.flat<float>().data(), n, np);
+      pb = bias.flat<float>().data();
+      if (np != n) {
+        bias_p = Padded(pb, n, np);
+        pb = bias_p.data();
+      }
     }
     float* out = nullptr;
     if (out_dtype_ == DT_FLOAT) {
@@ -342,14 +375,15 @@ class WeightOnlyMatMulOp : public OpKernel {
                         packed.flat<int8_t>().data(),
                         kb,
                         bits_,
-                        scale_p.data(),
+                        ps,
                         scale_row.data(),
-                        bias_p.empty() ? nullptr : bias_p.data(),
+                        pb,
                         n,
                         act_,
                         out,
                         n,
-                        /*group_blocks=*/0};
+                        /*group_blocks=*/0,
+                        xd};
     const int64_t values_per_block = kQuantPanelK * (bits_ == 8 ? 1 : 2);
     if (scale.dims() == 1) {
       p.group_blocks = kb;
@@ -357,9 +391,24 @@ class WeightOnlyMatMulOp : public OpKernel {
       p.group_blocks = group_size / values_per_block;
     }
     const QuantizationKernels& kern = Kernels();
-    ParallelFor(
-        ctx, panels, ldx * kQuantPanelN * (rows + 2),
-        [&](int64_t begin, int64_t end) { kern.weight_only(p, begin, end); });
+    // Units of 4 panels (the kernels' panel chunk). A thread runs through
+    // about 20 weights and rows per ns, and handing work to the pool costs
+    // tens of microseconds, far more (and erratically) on a loaded machine,
+    // where it measured slower than one thread up to ~200 us of work: below
+    // about 250 us of work (rows <= 8 at K x N = 768 x 3072), the calling
+    // thread runs everything; weights read from DRAM get both threads.
+    constexpr int64_t kUnitPanels = 4;
+    constexpr int64_t kInlineWork = int64_t{64} << 20;
+    const int64_t units = CeilDiv(panels, kUnitPanels);
+    const int64_t unit_work = ldx * kUnitPanels * kQuantPanelN * (rows + 4);
+    if (units * unit_work <= kInlineWork) {
+      kern.weight_only(p, 0, panels);
+    } else {
+      ParallelFor(ctx, units, unit_work, [&](int64_t begin, int64_t end) {
+        kern.weight_only(p, begin * kUnitPanels,
+                         std::min(panels, end * kUnitPanels));
+      });
+    }
     if (out_dtype_ != DT_FLOAT) {
       Narrow<T>(ctx, out, y->flat<T>().data(), rows * n);
     }

@@ -7,10 +7,11 @@
 // 8-channel panels of the packed layout side by side. The activations are
 // made unsigned by flipping their sign bit (a + 128) and 128 * (column sums
 // of the weights) is subtracted at the end, summed by one more vpdpbusd per
-// register with 0x80 bytes. The int32 sums wrap modulo 2^32 but the final
-// difference, the exact a.w (|a.w| <= 127 * 127 * K), is exact. The
-// micro-kernel holds up to 8 rows x 4 panels (32 channels). Every other
-// table entry is the avx2 code.
+// register with 0x80 bytes, once per call's panels (up to 8). The
+// activations are stored flipped by this variant's quantize_row. The int32
+// sums wrap modulo 2^32 but the final difference, the exact a.w (|a.w| <=
+// 127 * 127 * K), is exact. The micro-kernel holds up to 8 rows x 4 panels
+// (32 channels).
 //
 // W8A8 on AVX2 (no VNNI) keeps the int32 sums exact with the sign trick:
 // |a| (u8, <= 127) times the weights with a's sign applied (vpsignb; the
@@ -20,15 +21,17 @@
 // (16 channels) of int32 accumulators. The baseline variant (no 256-bit
 // integer ops) runs the same tiles with scalar int32 sums.
 //
-// Weight-only, AVX2, when scale groups hold whole packed blocks (per
-// channel, or group sizes that are multiples of 4 (int8) / 8 (int4) values):
-// each 8 packed bytes (2 channels x 4 bytes along K) are widened to int32
-// in place (int4: nibbles split by shifts), converted to float and
-// multiplied by the matching x values broadcast per row; each group's sums
-// are reduced (hadd) and scaled once. Otherwise (and in the baseline
-// variant): 32 packed bytes are transposed to one 8-channel vector per K
-// value (vpshufb + vpermd), dequantized exactly as the reference does
-// (q * scale) and accumulated with FMA for up to 8 rows at once.
+// Weight-only, when scale groups hold whole packed blocks (per channel, or
+// group sizes that are multiples of 4 (int8) / 8 (int4) values): tiles of
+// rows x panels widen the packed bytes in place to int32 (int4: nibbles
+// split by shifts), convert them to float and multiply them by the x values
+// broadcast per 128-bit lane, so every weight load serves all the tile's
+// rows; each group's sums are reduced (hadd) and scaled once. The
+// avx512vnni variant uses zmm (up to 8 rows), avx2 ymm (up to 2 rows).
+// Otherwise (and in the baseline variant): 32 packed bytes are transposed
+// to one 8-channel vector per K value (vpshufb + vpermd), dequantized
+// exactly as the reference does (q * scale) and accumulated with FMA for up
+// to 8 rows at once.
 //
 // GELU uses the erf (Abramowitz & Stegun 7.1.26) and sigmoid forms of the
 // bias + activation family, on the exp of cc/common/simd.h.
@@ -232,19 +235,37 @@ void W8A8(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 
+// The rows are quantized with their sign bit flipped (q + 128 as unsigned
+// bytes, padding 0x80): what vpdpbusd multiplies.
+bool QuantizeRowFlipped(const float* x, int64_t k, int64_t kp, int8_t* q,
+                        float* sx) {
+  const bool finite = QuantizeRow(x, k, kp, q, sx);
+  int64_t j = 0;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (; j + 64 <= kp; j += 64) {
+    __m512i* v = reinterpret_cast<__m512i*>(q + j);
+    _mm512_storeu_si512(v, _mm512_xor_si512(_mm512_loadu_si512(v), flip));
+  }
+  for (; j < kp; ++j) q[j] = static_cast<int8_t>(q[j] ^ 0x80);
+  return finite;
+}
+
+// Panels processed per W8A8Vnni call at most (the op's tiles have 8).
+constexpr int64_t kVnniMaxPanels = 8;
+
 // R rows (<= 8) times Z zmm registers (2 panels each); kHalf: the last
-// register holds one panel only (the next one may not exist).
+// register holds one panel only (the next one may not exist). `csum`:
+// 128 * the column sums of the panels from `panel` on (16 per register).
 template <int R, int Z, bool kHalf>
-void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
+void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel,
+                   const int32_t* csum) {
   const int64_t kp = p.kb * kQuantPanelK;
   const int8_t* qx = p.qx + r * kp;
   const int8_t* w = p.packed + panel * p.kb * 32;
   const int64_t wstride = p.kb * 32;  // Bytes from one panel to the next.
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512i acc[R][Z], csum[Z];
+  __m512i acc[R][Z];
 #pragma GCC unroll 8
   for (int j = 0; j < Z; ++j) {
-    csum[j] = _mm512_setzero_si512();
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) acc[i][j] = _mm512_setzero_si512();
   }
@@ -263,13 +284,12 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + wstride)),
             1);
       }
-      csum[j] = _mm512_dpbusd_epi32(csum[j], flip, wv[j]);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       int32_t a4;
       std::memcpy(&a4, qx + i * kp + b * 4, 4);
-      const __m512i ua = _mm512_xor_si512(_mm512_set1_epi32(a4), flip);
+      const __m512i ua = _mm512_set1_epi32(a4);
 #pragma GCC unroll 8
       for (int j = 0; j < Z; ++j) {
         acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], ua, wv[j]);
@@ -280,7 +300,8 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8
     for (int j = 0; j < Z; ++j) {
-      const __m512i s = _mm512_sub_epi32(acc[i][j], csum[j]);
+      const __m512i s =
+          _mm512_sub_epi32(acc[i][j], _mm512_loadu_si512(csum + 16 * j));
       W8A8Epilogue(p, r + i, panel + 2 * j,
                    reinterpret_cast<VecF>(
                        _mm256_cvtepi32_ps(_mm512_castsi512_si256(s))));
@@ -294,48 +315,86 @@ void W8A8VnniMicro(const W8A8Problem& p, int64_t r, int64_t panel) {
 }
 
 template <int Z, bool kHalf>
-void W8A8VnniRows(const W8A8Problem& p, int64_t r, int64_t rows,
-                  int64_t panel) {
+void W8A8VnniRows(const W8A8Problem& p, int64_t r, int64_t rows, int64_t panel,
+                  const int32_t* csum) {
   switch (rows) {
     case 8:
-      return W8A8VnniMicro<8, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<8, Z, kHalf>(p, r, panel, csum);
     case 7:
-      return W8A8VnniMicro<7, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<7, Z, kHalf>(p, r, panel, csum);
     case 6:
-      return W8A8VnniMicro<6, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<6, Z, kHalf>(p, r, panel, csum);
     case 5:
-      return W8A8VnniMicro<5, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<5, Z, kHalf>(p, r, panel, csum);
     case 4:
-      return W8A8VnniMicro<4, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<4, Z, kHalf>(p, r, panel, csum);
     case 3:
-      return W8A8VnniMicro<3, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<3, Z, kHalf>(p, r, panel, csum);
     case 2:
-      return W8A8VnniMicro<2, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<2, Z, kHalf>(p, r, panel, csum);
     default:
-      return W8A8VnniMicro<1, Z, kHalf>(p, r, panel);
+      return W8A8VnniMicro<1, Z, kHalf>(p, r, panel, csum);
   }
 }
 
 template <int Z, bool kHalf>
-void W8A8VnniPanels(const W8A8Problem& p, int64_t r0, int64_t r1,
-                    int64_t panel) {
+void W8A8VnniPanels(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t panel,
+                    const int32_t* csum) {
   for (int64_t r = r0; r < r1; r += 8) {
-    W8A8VnniRows<Z, kHalf>(p, r, r1 - r < 8 ? r1 - r : 8, panel);
+    W8A8VnniRows<Z, kHalf>(p, r, r1 - r < 8 ? r1 - r : 8, panel, csum);
   }
 }
 
+// Panels [p0, p1) in calls of at most kVnniMaxPanels: 128 * the column sums
+// of those panels (one vpdpbusd with 0x80 bytes per 2 panels and block),
+// then every block of rows over them.
 void W8A8Vnni(const W8A8Problem& p, int64_t r0, int64_t r1, int64_t p0,
               int64_t p1) {
+  if (p1 - p0 > kVnniMaxPanels) {
+    for (int64_t c = p0; c < p1; c += kVnniMaxPanels) {
+      W8A8Vnni(p, r0, r1, c, c + kVnniMaxPanels < p1 ? c + kVnniMaxPanels : p1);
+    }
+    return;
+  }
+  alignas(64) int32_t csum[(kVnniMaxPanels + 2) * kQuantPanelN];
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t wstride = p.kb * 32;
+  for (int64_t q = p0; q < p1; q += 2) {
+    const int8_t* w = p.packed + q * wstride;
+    const bool pair = q + 1 < p1;
+    __m512i cs0 = _mm512_setzero_si512(), cs1 = _mm512_setzero_si512();
+    int64_t b = 0;
+    for (; b < p.kb; ++b) {
+      const __m256i lo =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * 32));
+      const __m512i wv =
+          pair ? _mm512_inserti64x4(
+                     _mm512_castsi256_si512(lo),
+                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                         w + wstride + b * 32)),
+                     1)
+               : _mm512_zextsi256_si512(lo);
+      if (b % 2 == 0) {
+        cs0 = _mm512_dpbusd_epi32(cs0, flip, wv);
+      } else {
+        cs1 = _mm512_dpbusd_epi32(cs1, flip, wv);
+      }
+    }
+    _mm512_store_si512(csum + (q - p0) * kQuantPanelN,
+                       _mm512_add_epi32(cs0, cs1));
+  }
   int64_t panel = p0;
-  for (; panel + 4 <= p1; panel += 4)
-    W8A8VnniPanels<2, false>(p, r0, r1, panel);
+  for (; panel + 4 <= p1; panel += 4) {
+    W8A8VnniPanels<2, false>(p, r0, r1, panel, csum + (panel - p0) * 8);
+  }
+  const int32_t* cs = csum + (panel - p0) * 8;
   switch (p1 - panel) {
     case 3:
-      return W8A8VnniPanels<2, true>(p, r0, r1, panel);
+      return W8A8VnniPanels<2, true>(p, r0, r1, panel, cs);
     case 2:
-      return W8A8VnniPanels<1, false>(p, r0, r1, panel);
+      return W8A8VnniPanels<1, false>(p, r0, r1, panel, cs);
     case 1:
-      return W8A8VnniPanels<1, true>(p, r0, r1, panel);
+      return W8A8VnniPanels<1, true>(p, r0, r1, panel, cs);
     default:
       return;
   }
@@ -402,202 +461,223 @@ inline __m256 Reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-// Weight-only with whole-block groups: the packed bytes are widened in
-// place (8 bytes = 2 channels x 4 bytes along K per vector) and multiplied
-// by the matching x values, each group's sums reduced and scaled once.
-template <int R, int kBits>
-void WeightOnlyGrouped(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
-  const int64_t c = panel * kQuantPanelN;
-  const int8_t* w = p.packed + panel * p.kb * 32;
+// Weight-only with whole-block groups: rows x panels micro-kernels. One
+// vector holds kBytes packed bytes (kBytes / 4 channels x 4 bytes along K)
+// widened to int32 in place (int4: each byte's two nibbles split by shifts
+// into an even-k and an odd-k vector) and converted to float; it is
+// multiplied by the matching 4 x values broadcast per 128-bit lane (int4:
+// from the reordered rows `xd`, even k then odd k). Each group's sums are
+// reduced to 8 channel sums per panel (hadd) and scaled once. Every row of
+// R shares each weight vector, P panels side by side keep enough
+// independent FMA chains for small R.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+struct Wide {
+  using F = __m512;
+  using I = __m512i;
+  static constexpr int kBytes = 16;
+  static I LoadWidened(const int8_t* s) {
+    return _mm512_cvtepi8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  }
+  static F Cvt(I v) { return _mm512_cvtepi32_ps(v); }
+  static I LowNibble(I v) {
+    return _mm512_srai_epi32(_mm512_slli_epi32(v, 28), 28);
+  }
+  static I HighNibble(I v) { return _mm512_srai_epi32(v, 4); }
+  static F Zero() { return _mm512_setzero_ps(); }
+  static F Fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F Broadcast4(const float* x) {
+    return _mm512_broadcast_f32x4(_mm_loadu_ps(x));
+  }
+  // 8 channel sums of the 2 vectors of one panel.
+  static __m256 Reduce(const F* a) {
+    return Reduce4(
+        _mm512_castps512_ps256(a[0]),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[0]), 1)),
+        _mm512_castps512_ps256(a[1]),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[1]), 1)));
+  }
+};
+#endif
+
+struct Narrow {
+  using F = __m256;
+  using I = __m256i;
+  static constexpr int kBytes = 8;
+  static I LoadWidened(const int8_t* s) {
+    return _mm256_cvtepi8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s)));
+  }
+  static F Cvt(I v) { return _mm256_cvtepi32_ps(v); }
+  static I LowNibble(I v) {
+    return _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28);
+  }
+  static I HighNibble(I v) { return _mm256_srai_epi32(v, 4); }
+  static F Zero() { return _mm256_setzero_ps(); }
+  static F Fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F Broadcast4(const float* x) {
+    return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x));
+  }
+  static __m256 Reduce(const F* a) { return Reduce4(a[0], a[1], a[2], a[3]); }
+};
+
+// R rows x P panels from row r and panel `panel`.
+template <typename V, int R, int P, int kBits>
+void WeightOnlyTile(const WeightOnlyProblem& p, int64_t r, int64_t panel) {
+  constexpr int kVecs = 32 / V::kBytes;  // Vectors per panel and block.
   constexpr int64_t kValues = kBits == 8 ? 4 : 8;  // K values per block.
-  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
-  __m256 total[R];
+  const int8_t* w = p.packed + panel * p.kb * 32;
+  const int64_t wstride = p.kb * 32;
+  const float* x = (kBits == 8 ? p.x : p.xd) + r * p.ldx;
+  const int64_t c = panel * kQuantPanelN;
+  __m256 total[R][P];
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) total[i] = _mm256_setzero_ps();
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) total[i][j] = _mm256_setzero_ps();
+  }
   for (int64_t g0 = 0; g0 < p.kb; g0 += p.group_blocks) {
     const int64_t g1 = g0 + p.group_blocks < p.kb ? g0 + p.group_blocks : p.kb;
-    __m256 acc[R][4];
+    typename V::F acc[R][P * kVecs];
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-#pragma GCC unroll 8
-      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
+#pragma GCC unroll 16
+      for (int t = 0; t < P * kVecs; ++t) acc[i][t] = V::Zero();
     }
     for (int64_t b = g0; b < g1; ++b) {
-      const int8_t* src = w + b * 32;
       if constexpr (kBits == 8) {
-        __m256 wv[4];
-#pragma GCC unroll 8
-        for (int j = 0; j < 4; ++j) {
-          wv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j))));
+        typename V::F wv[P * kVecs];
+#pragma GCC unroll 16
+        for (int t = 0; t < P * kVecs; ++t) {
+          wv[t] = V::Cvt(V::LoadWidened(w + (t / kVecs) * wstride + b * 32 +
+                                        (t % kVecs) * V::kBytes));
         }
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
-          const __m256 xv = _mm256_broadcast_ps(
-              reinterpret_cast<const __m128*>(p.x + (r + i) * p.ldx + 4 * b));
-#pragma GCC unroll 8
-          for (int j = 0; j < 4; ++j) {
-            acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
+          const typename V::F xv = V::Broadcast4(x + i * p.ldx + 4 * b);
+#pragma GCC unroll 16
+          for (int t = 0; t < P * kVecs; ++t) {
+            acc[i][t] = V::Fma(wv[t], xv, acc[i][t]);
           }
         }
       } else {
-        __m256 xe[R], xo[R];
-#pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) {
-          const __m256 xv = _mm256_loadu_ps(p.x + (r + i) * p.ldx + 8 * b);
-          xe[i] = _mm256_permutevar8x32_ps(xv, even);  // x of even k.
-          xo[i] = _mm256_permutevar8x32_ps(xv, odd);
+        typename V::F lo[P * kVecs], hi[P * kVecs];
+#pragma GCC unroll 16
+        for (int t = 0; t < P * kVecs; ++t) {
+          const typename V::I v = V::LoadWidened(
+              w + (t / kVecs) * wstride + b * 32 + (t % kVecs) * V::kBytes);
+          lo[t] = V::Cvt(V::LowNibble(v));  // Even k.
+          hi[t] = V::Cvt(V::HighNibble(v));
         }
 #pragma GCC unroll 8
-        for (int j = 0; j < 4; ++j) {
-          const __m256i v = _mm256_cvtepi8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j)));
-          // Low nibble (even k) and high nibble (odd k), sign-extended.
-          const __m256 lo = _mm256_cvtepi32_ps(
-              _mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
-          const __m256 hi = _mm256_cvtepi32_ps(
-              _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
-#pragma GCC unroll 8
-          for (int i = 0; i < R; ++i) {
-            acc[i][j] = _mm256_fmadd_ps(lo, xe[i], acc[i][j]);
-            acc[i][j] = _mm256_fmadd_ps(hi, xo[i], acc[i][j]);
+        for (int i = 0; i < R; ++i) {
+          const typename V::F xe = V::Broadcast4(x + i * p.ldx + 8 * b);
+          const typename V::F xo = V::Broadcast4(x + i * p.ldx + 8 * b + 4);
+#pragma GCC unroll 16
+          for (int t = 0; t < P * kVecs; ++t) {
+            acc[i][t] = V::Fma(lo[t], xe, acc[i][t]);
+            acc[i][t] = V::Fma(hi[t], xo, acc[i][t]);
           }
         }
       }
     }
-    const __m256 s = _mm256_loadu_ps(p.scale + p.scale_row[g0 * kValues] + c);
+    const float* s = p.scale + p.scale_row[g0 * kValues] + c;
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-      total[i] = _mm256_fmadd_ps(
-          Reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), s, total[i]);
+    for (int j = 0; j < P; ++j) {
+      const __m256 sj = _mm256_loadu_ps(s + j * kQuantPanelN);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        total[i][j] =
+            _mm256_fmadd_ps(V::Reduce(&acc[i][j * kVecs]), sj, total[i][j]);
+      }
     }
   }
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
-    VecF y = reinterpret_cast<VecF>(total[i]);
-    if (p.bias != nullptr) y = y + Load(p.bias + c);
-    StoreChannels(p.out + (r + i) * p.ldo, c, p.n, Activate(y, p.act));
-  }
-}
-
-// Decodes blocks [b0, b1) of a panel into float vectors (4 or 8 per block,
-// in the order WeightOnlyGrouped multiplies them).
-template <int kBits>
-inline void DecodeChunk(const int8_t* w, int64_t b0, int64_t b1, __m256* out) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const int8_t* src = w + b * 32;
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) {
-      const __m256i v = _mm256_cvtepi8_epi32(
-          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8 * j)));
-      if constexpr (kBits == 8) {
-        *out++ = _mm256_cvtepi32_ps(v);
-      } else {
-        *out++ =
-            _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28), 28));
-        *out++ =
-            _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 28));
-      }
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) {
+      const int64_t cj = c + j * kQuantPanelN;
+      VecF y = reinterpret_cast<VecF>(total[i][j]);
+      if (p.bias != nullptr) y = y + Load(p.bias + cj);
+      StoreChannels(p.out + (r + i) * p.ldo, cj, p.n, Activate(y, p.act));
     }
   }
 }
 
-// Many rows: each chunk of up to kChunk blocks is decoded once into a
-// buffer (L1), then every pair of rows runs over it; the per-row partial
-// sums of the current group wait in `part` between chunks.
-constexpr int64_t kBufferedRows = 16;
+// Rows [r, r + R) of panels [p0, p1): P panels at a time, then one.
+template <typename V, int R, int P, int kBits>
+void WeightOnlyRowTile(const WeightOnlyProblem& p, int64_t r, int64_t p0,
+                       int64_t p1) {
+  int64_t panel = p0;
+  for (; panel + P <= p1; panel += P) {
+    WeightOnlyTile<V, R, P, kBits>(p, r, panel);
+  }
+  for (; panel < p1; ++panel) WeightOnlyTile<V, R, 1, kBits>(p, r, panel);
+}
 
-template <int kBits>
-void WeightOnlyBuffered(const WeightOnlyProblem& p, int64_t panel, int64_t r0,
-                        int64_t rows) {
-  constexpr int64_t kChunk = 16;
-  constexpr int kVecs = kBits == 8 ? 4 : 8;  // Vectors per block.
-  constexpr int64_t kValues = kBits == 8 ? 4 : 8;
-  alignas(32) __m256 buf[kChunk * kVecs];
-  const int64_t c = panel * kQuantPanelN;
-  const int8_t* w = p.packed + panel * p.kb * 32;
-  // part[r][j]: partial sums of the current group; total[r]: scaled sums.
-  __m256 part[kBufferedRows * 4], total[kBufferedRows];
-  for (int64_t r = 0; r < rows; ++r) total[r] = _mm256_setzero_ps();
-  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-  const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
-  for (int64_t g0 = 0; g0 < p.kb; g0 += p.group_blocks) {
-    const int64_t g1 = g0 + p.group_blocks < p.kb ? g0 + p.group_blocks : p.kb;
-    for (int64_t r = 0; r < rows * 4; ++r) part[r] = _mm256_setzero_ps();
-    for (int64_t c0 = g0; c0 < g1; c0 += kChunk) {
-      const int64_t c1 = c0 + kChunk < g1 ? c0 + kChunk : g1;
-      DecodeChunk<kBits>(w, c0, c1, buf);
-      for (int64_t r = 0; r < rows; ++r) {
-        __m256 acc[4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) acc[j] = part[r * 4 + j];
-        const float* x = p.x + (r0 + r) * p.ldx;
-        const __m256* wv = buf;
-        for (int64_t b = c0; b < c1; ++b, wv += kVecs) {
-          if constexpr (kBits == 8) {
-            const __m256 xv =
-                _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + 4 * b));
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) {
-              acc[j] = _mm256_fmadd_ps(wv[j], xv, acc[j]);
-            }
-          } else {
-            const __m256 xv = _mm256_loadu_ps(x + 8 * b);
-            const __m256 xe = _mm256_permutevar8x32_ps(xv, even);
-            const __m256 xo = _mm256_permutevar8x32_ps(xv, odd);
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) {
-              acc[j] = _mm256_fmadd_ps(wv[2 * j], xe, acc[j]);
-              acc[j] = _mm256_fmadd_ps(wv[2 * j + 1], xo, acc[j]);
-            }
-          }
+// Panels [p0, p1) in chunks of kChunk panels (their weights stay in cache
+// while every block of rows runs over them).
+template <typename V, int kBits>
+void WeightOnlyRows(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
+  constexpr bool kWide = V::kBytes == 16;
+  constexpr int kMaxRows = kWide ? 8 : 2;
+  constexpr int64_t kChunk = 4;
+  for (int64_t c0 = p0; c0 < p1; c0 += kChunk) {
+    const int64_t c1 = c0 + kChunk < p1 ? c0 + kChunk : p1;
+    for (int64_t r = 0; r < p.rows; r += kMaxRows) {
+      const int64_t n = p.rows - r < kMaxRows ? p.rows - r : kMaxRows;
+      if constexpr (kWide) {
+        switch (n) {
+          case 8:
+            WeightOnlyRowTile<V, 8, 1, kBits>(p, r, c0, c1);
+            break;
+          case 7:
+            WeightOnlyRowTile<V, 7, 1, kBits>(p, r, c0, c1);
+            break;
+          case 6:
+            WeightOnlyRowTile<V, 6, 1, kBits>(p, r, c0, c1);
+            break;
+          case 5:
+            WeightOnlyRowTile<V, 5, 1, kBits>(p, r, c0, c1);
+            break;
+          case 4:
+            WeightOnlyRowTile<V, 4, 2, kBits>(p, r, c0, c1);
+            break;
+          case 3:
+            WeightOnlyRowTile<V, 3, 2, kBits>(p, r, c0, c1);
+            break;
+          case 2:
+            WeightOnlyRowTile<V, 2, 4, kBits>(p, r, c0, c1);
+            break;
+          default:
+            WeightOnlyRowTile<V, 1, 4, kBits>(p, r, c0, c1);
         }
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) part[r * 4 + j] = acc[j];
+      } else {
+        if (n == 2) {
+          WeightOnlyRowTile<V, 2, 1, kBits>(p, r, c0, c1);
+        } else {
+          WeightOnlyRowTile<V, 1, 2, kBits>(p, r, c0, c1);
+        }
       }
     }
-    const __m256 s = _mm256_loadu_ps(p.scale + p.scale_row[g0 * kValues] + c);
-    for (int64_t r = 0; r < rows; ++r) {
-      total[r] = _mm256_fmadd_ps(Reduce4(part[r * 4], part[r * 4 + 1],
-                                         part[r * 4 + 2], part[r * 4 + 3]),
-                                 s, total[r]);
-    }
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    VecF y = reinterpret_cast<VecF>(total[r]);
-    if (p.bias != nullptr) y = y + Load(p.bias + c);
-    StoreChannels(p.out + (r0 + r) * p.ldo, c, p.n, Activate(y, p.act));
   }
 }
 
-// Rows in pairs (or buffered for more rows); returns false when the groups
-// split blocks.
-bool WeightOnlyFast(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
-  if (p.group_blocks <= 0) return false;
-  if (p.rows > 2) {
-    for (int64_t panel = p0; panel < p1; ++panel) {
-      for (int64_t r = 0; r < p.rows; r += kBufferedRows) {
-        const int64_t n =
-            p.rows - r < kBufferedRows ? p.rows - r : kBufferedRows;
-        p.bits == 8 ? WeightOnlyBuffered<8>(p, panel, r, n)
-                    : WeightOnlyBuffered<4>(p, panel, r, n);
-      }
-    }
-    return true;
-  }
-  for (int64_t panel = p0; panel < p1; ++panel) {
-    int64_t r = 0;
-    for (; r + 2 <= p.rows; r += 2) {
-      p.bits == 8 ? WeightOnlyGrouped<2, 8>(p, r, panel)
-                  : WeightOnlyGrouped<2, 4>(p, r, panel);
-    }
-    if (r < p.rows) {
-      p.bits == 8 ? WeightOnlyGrouped<1, 8>(p, r, panel)
-                  : WeightOnlyGrouped<1, 4>(p, r, panel);
-    }
-  }
+// Returns false when the groups split blocks (or int4 lacks `xd`).
+template <typename V>
+bool WeightOnlyFastImpl(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
+  if (p.group_blocks <= 0 || (p.bits == 4 && p.xd == nullptr)) return false;
+  p.bits == 8 ? WeightOnlyRows<V, 8>(p, p0, p1)
+              : WeightOnlyRows<V, 4>(p, p0, p1);
   return true;
+}
+
+bool WeightOnlyFast(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  return WeightOnlyFastImpl<Wide>(p, p0, p1);
+#else
+  return WeightOnlyFastImpl<Narrow>(p, p0, p1);
+#endif
 }
 
 #else  // Baseline: scalar integer code.
@@ -731,7 +811,7 @@ void WeightOnly(const WeightOnlyProblem& p, int64_t p0, int64_t p1) {
 }  // namespace
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8Vnni,
+const QuantizationKernels kQuantizationKernels = {QuantizeRowFlipped, W8A8Vnni,
                                                   WeightOnly};
 #else
 const QuantizationKernels kQuantizationKernels = {QuantizeRow, W8A8,

@@ -223,9 +223,10 @@ def main():
                 if budget
                 else "No time budget: every test ran its full example budget."
             ),
-            f"{args.jobs} family process(es) at a time; seconds: the "
-            "family's pytest process from start (imports included) to end, "
-            "examples/s = examples / seconds.",
+            f"This driver ran {args.jobs} family process(es) at a time "
+            "(other work may share the machine: rates depend on its load); "
+            "seconds: the family's pytest process from start (imports "
+            "included) to end, examples/s = examples / seconds.",
             "examples: test-function calls counted by tests/ops/_fuzz.py "
             "(explicit @example regressions included); failures: tests "
             "that failed or errored (pytest JUnit XML). Each test checks "

@@ -35,9 +35,13 @@ COLUMNS = [
     "tests",
     "examples",
     "seconds",
+    "examples/s",
     "failures",
     "tests ended by the time budget",
+    "time budget (s)",
+    "finished (UTC)",
 ]
+FAILURES = COLUMNS.index("failures")
 
 
 def families():
@@ -139,9 +143,25 @@ def run_family(family, profile, seconds, python):
         f"{failed} failing tests (pytest exit {proc.returncode})",
         flush=True,
     )
-    return [family, n_tests, examples, round(elapsed, 1), failed, skipped], [
-        f"{family}: {c}" for c in cases
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    row = [
+        family,
+        n_tests,
+        examples,
+        round(elapsed, 1),
+        round(examples / elapsed, 1) if elapsed else 0.0,
+        failed,
+        skipped,
+        seconds if seconds else "none",
+        finished.isoformat(timespec="seconds"),
     ]
+    return row, [f"{family}: {c}" for c in cases]
+
+
+def _as_columns(row, columns):
+    """A row of an earlier output (its `columns`) in today's COLUMNS."""
+    by_name = dict(zip(columns, row))
+    return [by_name.get(c, "") for c in COLUMNS]
 
 
 def main():
@@ -203,6 +223,10 @@ def main():
                 if budget
                 else "No time budget: every test ran its full example budget."
             ),
+            f"This driver ran {args.jobs} family process(es) at a time "
+            "(other work may share the machine: rates depend on its load); "
+            "seconds: the family's pytest process from start (imports "
+            "included) to end, examples/s = examples / seconds.",
             "examples: test-function calls counted by tests/ops/_fuzz.py "
             "(explicit @example regressions included); failures: tests "
             "that failed or errored (pytest JUnit XML). Each test checks "
@@ -220,19 +244,24 @@ def main():
     out = Path(args.output)
     if args.merge and out.exists():
         previous = json.loads(out.read_text())
-        kept = [r for r in previous["rows"] if r[0] not in names]
+        kept = [
+            _as_columns(r, previous["columns"])
+            for r in previous["rows"]
+            if r[0] not in names
+        ]
         result["rows"] = sorted(kept + rows)
-        result["notes"].append(
-            f"Rows of {', '.join(names)} from this run; the others "
-            f"({', '.join(r[0] for r in kept)}) from the run of "
-            f"{previous['date']} (its notes: "
-            + " ".join(previous["notes"][:2])
-            + ")."
-        )
+        if kept:
+            result["notes"].append(
+                f"Rows of {', '.join(names)} from this run; the others "
+                f"({', '.join(r[0] for r in kept)}) from earlier runs "
+                "(finished as their last column says; the latest of them "
+                f"started {previous['date']}), each with the time budget "
+                "of its row."
+            )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
-    return 1 if any(r[4] for r in result["rows"]) else 0
+    return 1 if any(r[FAILURES] for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":

@@ -739,6 +739,17 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def get_config(self):
         return {}
 
+    @classmethod
+    def from_config(cls, config):
+        # Keras callbacks have no `from_config`; this one takes no
+        # arguments, so any key is an error.
+        if not isinstance(config, dict) or config:
+            raise ValueError(
+                "UpdatePruningStep takes no arguments; its config must be "
+                f"an empty dict. Received: config={config!r}"
+            )
+        return cls()
+
 
 def strip_pruning(model_or_layer):
     """Removes the masks: plain layers whose kernels hold the zeros.

@@ -64,20 +64,24 @@ def make_spec(mode, group_size=None):
     }
 
 
-def _check_spec(spec, layer_name):
+def _check_spec(spec, layer_name, key=SPEC_KEY):
+    """A layer's saved spec, checked (a config may have been edited)."""
     if not isinstance(spec, dict) or "mode" not in spec:
         raise ValueError(
-            f"Layer {layer_name!r}: {SPEC_KEY} must be a dict with a 'mode'. "
-            f"Received: {spec!r}"
+            f"Layer {layer_name!r}: {key} must be a dict with a 'mode'. "
+            f"Received: {key}={spec!r}"
         )
-    check_mode(spec["mode"])
+    mode = check_mode(spec["mode"])
     version = spec.get("pack_version", qops.PACK_VERSION)
     if version != qops.PACK_VERSION:
         raise ValueError(
             f"Layer {layer_name!r} holds packed weights of layout version "
-            f"{version}; this keras_bigmodels reads version "
+            f"{version!r}; this keras_bigmodels reads version "
             f"{qops.PACK_VERSION}. Re-quantize the float model."
         )
+    group_size = spec.get("group_size")
+    if group_size is not None or _bits(mode) == 4:
+        check_group_size(group_size)
     return dict(spec, pack_version=qops.PACK_VERSION)
 
 

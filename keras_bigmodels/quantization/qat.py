@@ -61,7 +61,7 @@ class _QATMixin:
 
     def _set_qat(self, spec):
         qlayers.set_plain(
-            self, "_kbm_qat", qlayers._check_spec(spec, self.name)
+            self, "_kbm_qat", qlayers._check_spec(spec, self.name, QAT_KEY)
         )
 
     @property

@@ -273,10 +273,36 @@ class QuantizedModelMixin:
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        specs = config.pop(ROOT_KEY, {})
+        specs = _check_layer_specs(config.pop(ROOT_KEY, {}), config)
         model = super().from_config(config, custom_objects=custom_objects)
         apply_layer_specs(model, specs)
         return model
+
+
+def _check_layer_specs(specs, config):
+    """The saved `{path: spec}` map, checked (a config may have been
+    edited): paths of child indices ("0/2"), specs dicts with a mode."""
+    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(specs, dict):
+        raise ValueError(
+            f"Model {name!r}: {ROOT_KEY} must be a dict of sublayer paths "
+            f"to quantization specs. Received: {ROOT_KEY}={specs!r}"
+        )
+    for key, spec in specs.items():
+        parts = key.split("/") if isinstance(key, str) else [None]
+        if not all(
+            isinstance(p, str) and p.isascii() and p.isdigit() for p in parts
+        ):
+            raise ValueError(
+                f"Model {name!r}: the {ROOT_KEY} path {key!r} is not a "
+                "'/'-separated list of child indices (such as '0/2')."
+            )
+        if not isinstance(spec, dict) or "mode" not in spec:
+            raise ValueError(
+                f"Model {name!r}: the {ROOT_KEY} entry {key!r} must be a "
+                f"dict with a 'mode'. Received: {spec!r}"
+            )
+    return specs
 
 
 def apply_layer_specs(model, specs):

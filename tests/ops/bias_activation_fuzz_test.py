@@ -29,7 +29,7 @@ def _shape(shape, empty):
 def _dx_tol(tol, dy):
     """dx = dy * gelu'(z): the kernel's erf has an absolute error (1.5e-7),
     so dx's error is absolute in units of |dy| (large in gelu's tails)."""
-    d = np.asarray(tf.cast(dy, tf.float64))
+    d = _fuzz.to_f64(dy)
     big = float(np.nanmax(np.abs(d))) if d.size else 1.0
     big = big if np.isfinite(big) else 1.0
     return {"rtol": tol["rtol"], "atol": tol["atol"] * max(1.0, big)}

@@ -42,14 +42,14 @@ def _ordinary(eps, shape, *specs):
 def _dx_tol(tol, x, dy, gamma, eps, rms):
     """dx's tolerance: its absolute error grows with |dy| |gamma| rstd (dx
     is rstd * (gamma dy - means of it), a difference of such terms)."""
-    xs = np.asarray(tf.cast(x, tf.float64))
+    xs = _fuzz.to_f64(x)
     if not xs.size:
         return tol
     centred = xs if rms else xs - xs.mean(-1, keepdims=True)
     with np.errstate(all="ignore"):
         rstd = 1 / np.sqrt((centred**2).mean(-1) + eps)
-    big = np.nanmax(np.abs(np.asarray(tf.cast(dy, tf.float64)))) * np.nanmax(
-        np.abs(np.asarray(tf.cast(gamma, tf.float64)))
+    big = np.nanmax(np.abs(_fuzz.to_f64(dy))) * np.nanmax(
+        np.abs(_fuzz.to_f64(gamma))
     )
     factor = float(np.nan_to_num(big * np.nanmax(rstd), posinf=1.0))
     return {k: v * max(1.0, factor) for k, v in tol.items()}
@@ -72,7 +72,7 @@ def _xhat_tol(tol, x, eps, rms, times):
     much larger than the row's spread (8190 equal values and one 0: std =
     |x| / 90), an error of about eps |x - x0| rstd in xhat, differently
     summed on each side (dgamma 5e-5 off at 0.1)."""
-    xs = np.asarray(tf.cast(x, tf.float64))
+    xs = _fuzz.to_f64(x)
     if rms or not xs.size:
         return tol
     u = 2.3e-16 if x.dtype == tf.float64 else 1.2e-7
@@ -90,7 +90,7 @@ def _xhat_tol(tol, x, eps, rms, times):
 
 
 def _finite_max(t):
-    a = np.abs(np.asarray(tf.cast(t, tf.float64)))
+    a = np.abs(_fuzz.to_f64(t))
     a = a[np.isfinite(a)]
     return float(a.max()) if a.size else 0.0
 

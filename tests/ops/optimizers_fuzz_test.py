@@ -84,6 +84,35 @@ def _variables(arrays, dtype):
     return [tf.Variable(a, dtype=dtype) for a in arrays]
 
 
+class _Slot:
+    """What the references update instead of a `tf.Variable`: `assign`
+    keeps the new tensor. The references only read (`convert_to_tensor`)
+    and `assign` their variables, and a `tf.Variable` costs more to create
+    than a whole update (the long profile's time went there)."""
+
+    def __init__(self, value):
+        self.t = value
+
+    @property
+    def dtype(self):
+        return self.t.dtype
+
+    def assign(self, value):
+        self.t = value
+
+    def value(self):
+        return self.t
+
+
+tf.register_tensor_conversion_function(
+    _Slot, lambda s, dtype=None, name=None, as_ref=False: s.t
+)
+
+
+def _slots(arrays, dtype):
+    return [_Slot(tf.constant(a, dtype)) for a in arrays]
+
+
 UPDATES = {
     "adam": (ops.adam_update, ops._adam_reference, "kbm_multi_apply_adam"),
     "lamb": (ops.lamb_update, ops._lamb_reference, "kbm_multi_apply_lamb"),
@@ -118,7 +147,7 @@ def _check_update(c, fused_fn):
     )
     decays = [c["decay"] * (i % 2) for i in range(len(values))]
     got = [_variables(values, dtype)] + [_variables(s, dtype) for s in slots]
-    want = [_variables(values, dtype)] + [_variables(s, dtype) for s in slots]
+    want = [_slots(values, dtype)] + [_slots(s, dtype) for s in slots]
     g = [tf.constant(x, dtype) for x in grads]
     fused_fn(got, g, decays)
     _run_reference(kind, want[0], want[1:], g, decays, hp)
@@ -148,16 +177,22 @@ def _check_update(c, fused_fn):
             )
 
 
+def _rounded(a, dtype):
+    """NumPy float64 values rounded to `dtype` and back."""
+    with np.errstate(over="ignore"):  # to inf, as TensorFlow rounds
+        a = np.asarray(a).astype(dtype.as_numpy_dtype)
+    return a.astype(np.float64)
+
+
 def _moments_tol(tol, dtype, old_slots, g, new_slots, old_p, new_p):
     """Adam/LAMB: m += (g - m) (1 - b1) and v += (g^2 - v) (1 - b2) cancel
     when the new moment is much smaller than the old (beta_2 = 0: v = g^2
     ~ 1e-10 from v ~ 3), a rounding error of u |old| (fused multiply-add
     or not) that the step m / sqrt(v) carries relatively."""
     u = 2.3e-16 if dtype == tf.float64 else 1.2e-7
-    f64 = lambda t: np.asarray(tf.cast(t, tf.float64))  # noqa: E731
     m0, v0 = (np.abs(x) for x in old_slots)
-    m1, v1 = (np.abs(f64(w.value())) for w in new_slots)
-    step = np.abs(f64(tf.constant(old_p, dtype)) - f64(new_p.value()))
+    m1, v1 = (np.abs(_fuzz.to_f64(w.value())) for w in new_slots)
+    step = np.abs(_rounded(old_p, dtype) - _fuzz.to_f64(new_p.value()))
     with np.errstate(all="ignore"):
         cond = (m0 + np.abs(g)) / m1 + 0.5 * (v0 + g * g) / v1
         extra = 4 * u * step * cond
@@ -170,8 +205,8 @@ def _variable_tol(tol, old, new, dtype):
     |step| (LAMB's step scales with ||p||, through the trust ratio, whose
     norms are summed in a different order), not to the difference, which
     cancels (float64: 1.1e-12 off at 0.008 for p ~ 30). Elementwise atol."""
-    old = np.asarray(tf.cast(tf.constant(old, dtype), tf.float64))
-    new = np.asarray(tf.cast(new.value(), tf.float64))
+    old = _rounded(old, dtype)
+    new = _fuzz.to_f64(new.value())
     with np.errstate(all="ignore"):
         scale = np.abs(old) + np.abs(old - new)
     scale = np.where(np.isfinite(scale), scale, 0.0)

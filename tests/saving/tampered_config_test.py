@@ -320,6 +320,148 @@ CASES = [
         {"relations": ["xx"]},
         r"relations=",
     ),
+    # Pruning: the pruned layers, their schedules, the skipped block.
+    ("PrunedDense", "PrunedDense", {"pruning_schedule": "x"}, None),
+    ("PrunedDense", "PrunedDense", {"pruning_schedule": None}, None),
+    ("PrunedDense", "PrunedDense", {"block": [-1, 2]}, r"block="),
+    ("PrunedDense", "PrunedDense", {"sparsity_m_by_n": [4, 2]}, r"m < n"),
+    ("PrunedDense", "PrunedDense", {"units": -1}, None),
+    ("PrunedDense", "PrunedDense", {"units": 12}, SHAPE),
+    ("PrunedFusedDense", "PrunedFusedDense", {"units": 0}, None),
+    (
+        "PrunedFusedDense",
+        "PrunedFusedDense",
+        {"sparsity_m_by_n": [2, "4"]},
+        r"sparsity_m_by_n=",
+    ),
+    ("PrunedEinsumDense", "PrunedEinsumDense", {"block": [2, 2, 2]}, None),
+    ("PrunedEinsumDense", "PrunedEinsumDense", {"block": "2x2"}, None),
+    ("PrunedConv2D", "PrunedConv2D", {"filters": 8}, SHAPE),
+    (
+        "PrunedConv2D",
+        "PrunedConv2D",
+        {"pruning_schedule": {"class_name": "system", "config": {}}},
+        r"pruning_schedule=",
+    ),
+    ("PrunedEmbedding", "PrunedEmbedding", {"output_dim": 16}, SHAPE),
+    ("PrunedEmbedding", "PrunedEmbedding", {"block": [0, 0]}, None),
+    ("ConstantSparsity", "ConstantSparsity", {"target_sparsity": 1.5}, None),
+    ("ConstantSparsity", "ConstantSparsity", {"target_sparsity": "x"}, None),
+    ("ConstantSparsity", "ConstantSparsity", {"begin_step": -1}, None),
+    ("ConstantSparsity", "ConstantSparsity", {"frequency": 0}, None),
+    (
+        "ConstantSparsity",
+        "ConstantSparsity",
+        {"target_sparsity": DROP},
+        _missing("target_sparsity"),
+    ),
+    ("PolynomialDecay", "PolynomialDecay", {"power": -1}, None),
+    ("PolynomialDecay", "PolynomialDecay", {"final_sparsity": [0.5]}, None),
+    ("PolynomialDecay", "PolynomialDecay", {"end_step": 0}, r"end_step=0"),
+    ("PolynomialDecay", "PolynomialDecay", {"end_step": "x"}, None),
+    ("SkippedBlock", "SkippedBlock", {"units": 3}, r"units"),
+    # Quantization: the quantized and QAT layers and models.
+    (
+        "QuantizedDense",
+        "QuantizedDense",
+        {"kbm_quantization": {"mode": "int3"}},
+        r"mode='int3'",
+    ),
+    (
+        "QuantizedDense",
+        "QuantizedDense",
+        {"kbm_quantization": "int8"},
+        r"kbm_quantization=",
+    ),
+    (
+        "QuantizedDense",
+        "QuantizedDense",
+        {"kbm_quantization": {"mode": "int8", "pack_version": 99}},
+        r"version 99",
+    ),
+    ("QuantizedDense", "QuantizedDense", {"units": -1}, None),
+    ("QuantizedDense", "QuantizedDense", {"units": 16}, SHAPE),
+    (
+        "QuantizedEinsumDense",
+        "QuantizedEinsumDense",
+        {"kbm_quantization": [1]},
+        r"kbm_quantization=",
+    ),
+    (
+        "QuantizedEinsumDense",
+        "QuantizedEinsumDense",
+        {"kbm_quantization": {"mode": None}},
+        r"mode=None",
+    ),
+    (
+        "QuantizedEmbedding",
+        "QuantizedEmbedding",
+        {"kbm_quantization": {"mode": "int4_weight_only", "group_size": -2}},
+        r"group_size=-2",
+    ),
+    ("QuantizedEmbedding", "QuantizedEmbedding", {"output_dim": 16}, SHAPE),
+    (
+        "QuantizedConv2D",
+        "QuantizedConv2D",
+        {"kbm_quantization": {"mode": "int8", "group_size": "x"}},
+        r"group_size='x'",
+    ),
+    ("QuantizedConv2D", "QuantizedConv2D", {"filters": 8}, SHAPE),
+    (
+        "QuantizedFunctional",
+        "QuantizedFunctional",
+        {"kbm_quantized_layers": "x"},
+        r"kbm_quantized_layers=",
+    ),
+    (
+        "QuantizedFunctional",
+        "QuantizedFunctional",
+        {"kbm_quantized_layers": {"99": {"mode": "int8"}}},
+        r"'99'",
+    ),
+    (
+        "QuantizedFunctional",
+        "QuantizedFunctional",
+        {"kbm_quantized_layers": {"-1": {"mode": "int8"}}},
+        r"'-1'",
+    ),
+    (
+        "QuantizedFunctional",
+        "QuantizedFunctional",
+        {"kbm_quantized_layers": {"a/b": {"mode": "int8"}}},
+        r"'a/b'",
+    ),
+    (
+        "QuantizedSequential",
+        "QuantizedSequential",
+        {"kbm_quantized_layers": [1]},
+        r"kbm_quantized_layers=",
+    ),
+    (
+        "QuantizedModel",
+        "QuantizedModel",
+        {"kbm_quantized_layers": {"0": "int8"}},
+        r"'int8'",
+    ),
+    ("QuantizedBertEncoder", "QuantizedBertEncoder", {"num_layers": 0}, None),
+    (
+        "QuantizedBertEncoder",
+        "QuantizedBertEncoder",
+        {"kbm_quantized_layers": {}},
+        r".",
+    ),
+    ("QATDense", "QATDense", {"kbm_qat": {"mode": "int2"}}, r"mode='int2'"),
+    ("QATDense", "QATDense", {"units": -1}, None),
+    ("QATFusedDense", "QATFusedDense", {"kbm_qat": "x"}, r"kbm_qat="),
+    ("QATFusedDense", "QATFusedDense", {"units": 16}, SHAPE),
+    (
+        "QATEinsumDense",
+        "QATEinsumDense",
+        {"kbm_qat": {"mode": "int8", "pack_version": 0}},
+        r"version 0",
+    ),
+    ("QATEmbedding", "QATEmbedding", {"output_dim": 16}, SHAPE),
+    ("QATConv2D", "QATConv2D", {"filters": -1}, r"filters=-1"),
 ]
 
 
@@ -396,6 +538,15 @@ _FUNCTIONAL = {
     "TokenAndPositionEmbedding",
     "TransformerDecoder",
     "TransformerEncoder",
+    "SkippedBlock",
+    "ConstantSparsity",
+    "PolynomialDecay",
+}
+_FUNCTIONAL |= {
+    name
+    for name, *_ in CASES
+    if name.startswith(("Pruned", "QAT"))
+    or name.endswith(("Dense", "Embedding", "Conv2D"))
 }
 UNKNOWN = sorted({name for name, *_ in CASES} - {"WordPieceTokenizer"})
 
@@ -419,6 +570,7 @@ def test_unknown_kbm_class_name(name, saved, tmp_path):
 
 def test_every_registered_class_has_tampered_cases():
     covered = {name for name, *_ in CASES} | {"WordPieceTokenizer"}
+    covered |= {name for name, *_ in OBJECT_CASES}
     registered = {n.split(">", 1)[1] for n in _cases.registered_classes()}
     assert registered <= covered, sorted(registered - covered)
 
@@ -471,3 +623,31 @@ def test_tampered_tokenizer_config(edit, pattern):
     with pytest.raises((ValueError, TypeError)) as info:
         keras.saving.deserialize_keras_object(config, safe_mode=True)
     assert re.search(pattern, str(info.value), re.S), str(info.value)
+
+
+# The pruning callback is not saved inside a model either.
+OBJECT_CASES = [
+    ("UpdatePruningStep", {"frequency": 1}, r"config="),
+    ("UpdatePruningStep", "x", r"config"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, edit, pattern",
+    OBJECT_CASES,
+    ids=[f"{n}-{e!r}" for n, e, _ in OBJECT_CASES],
+)
+def test_tampered_object_config(name, edit, pattern):
+    case = _cases.CASES[f"{_cases.PACKAGE}>{name}"]()
+    config = json.loads(
+        json.dumps(keras.saving.serialize_keras_object(case.obj))
+    )
+    config["config"] = edit
+    with pytest.raises((ValueError, TypeError)) as info:
+        keras.saving.deserialize_keras_object(config, safe_mode=True)
+    assert re.search(pattern, str(info.value), re.S), str(info.value)
+    config["class_name"] = "NoSuchClass"
+    config["registered_name"] = f"{_cases.PACKAGE}>NoSuchClass"
+    with pytest.raises((ValueError, TypeError)) as info:
+        keras.saving.deserialize_keras_object(config, safe_mode=True)
+    assert "NoSuchClass" in str(info.value)

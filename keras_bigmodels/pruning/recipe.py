@@ -5,8 +5,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_bigmodels.pruning import _sites, structured
 from keras_bigmodels.pruning import importance as importance_lib
-from keras_bigmodels.pruning import structured
 
 
 def select_lowest(scores, fraction, min_keep=1, normalize=True):
@@ -71,6 +71,7 @@ def prune_and_distil(
     score_steps=None,
     fit_kwargs=None,
     target_speedup=None,
+    drop_layers=None,
 ):
     """Prunes `teacher` to a budget and recovers it by distillation.
 
@@ -81,6 +82,8 @@ def prune_and_distil(
        normalised, at least one head/unit per layer). With
        `target_speedup`, one fraction for both instead: the smallest (in
        steps of 0.01) whose estimated matmul FLOP reduction reaches it.
+       `drop_layers` removes whole transformer blocks first (the fractions
+       then apply to the blocks that stay).
     3. Trains the pruned student with `kbm.distillation.Distiller` from the
        unpruned teacher for `epochs` over `data`. With labels and a loss
        the student loss is mixed in (`student_loss_weight`, default 0.5)
@@ -121,6 +124,8 @@ def prune_and_distil(
             softmax and the framework's per-op overhead are not, so the
             measured speed-up is smaller, the more so for small models
             and batches. Defaults to `None`.
+        drop_layers: Names of transformer blocks to remove (as for
+            `kbm.pruning.drop_layers`). Defaults to `None`.
 
     Returns:
         `(student, report)`: the pruned, distilled model and a dict with
@@ -174,8 +179,19 @@ def prune_and_distil(
         unit_scores = importance_lib.neuron_importance(
             teacher, data, loss, score_steps
         )
+    drop = list(drop_layers or [])
+    head_scores = {k: v for k, v in head_scores.items() if k not in drop}
+    unit_scores = {k: v for k, v in unit_scores.items() if k not in drop}
     costs = _site_flops(teacher, length)
     teacher_flops = matmul_flops(teacher, length)
+    blocks = _sites.find_sites(teacher)[2]
+    for name in drop:
+        if name not in blocks:
+            raise ValueError(
+                f"Unknown layer name {name!r} in drop_layers: no "
+                f"transformer block by that name. Blocks: {sorted(blocks)}"
+            )
+    dropped = sum(matmul_flops(blocks[name], length) for name in drop)
 
     def choose(heads_fraction, units_fraction):
         heads = units = {}
@@ -183,9 +199,15 @@ def prune_and_distil(
             heads = select_lowest(head_scores, heads_fraction)
         if units_fraction > 0:
             units = select_lowest(unit_scores, units_fraction)
-        saved = sum(
-            costs["heads"][name] * len(idx) for name, idx in heads.items()
-        ) + sum(costs["units"][name] * len(idx) for name, idx in units.items())
+        saved = (
+            dropped
+            + sum(
+                costs["heads"][name] * len(idx) for name, idx in heads.items()
+            )
+            + sum(
+                costs["units"][name] * len(idx) for name, idx in units.items()
+            )
+        )
         return heads, units, teacher_flops - saved
 
     if target_speedup is None:
@@ -206,10 +228,11 @@ def prune_and_distil(
                 f"{teacher_flops / flops:.2f}x."
             )
         target_heads_fraction = target_neurons_fraction = fraction
-    student = structured.prune(teacher, heads=heads, units=units)
+    student = structured.prune(teacher, heads=heads, units=units, drop=drop)
     report = {
         "heads": heads,
         "units": units,
+        "dropped": drop,
         "heads_fraction": target_heads_fraction,
         "neurons_fraction": target_neurons_fraction,
         "teacher_parameters": int(teacher.count_params()),
@@ -289,8 +312,6 @@ def _attention_flops(attention, length):
     """Matmul FLOPs per sequence of an attention layer: its projections
     and the scores and context (`2 * 2 * length**2 * head_dim` a query
     head)."""
-    from keras_bigmodels.pruning import _sites
-
     projections = sum(_kernel_size(d) for d in _kernel_layers(attention))
     if _sites.is_gqa(attention):
         query_heads = attention.num_query_heads
@@ -306,8 +327,6 @@ def matmul_flops(model, length):
     FusedDense (each counted per token) plus the attention scores and
     context of every attention layer. Embedding lookups, norms, softmax
     and elementwise ops are left out."""
-    from keras_bigmodels.pruning import _sites
-
     total, attention_ids = 0, set()
     for sub in model._flatten_layers(include_self=True, recursive=True):
         if _sites.is_attention(sub) and id(sub) not in attention_ids:
@@ -330,8 +349,6 @@ def matmul_flops(model, length):
 def _site_flops(model, length):
     """FLOPs per sequence saved by removing one head (one unit) of each
     site: `{"heads": {name: flops}, "units": {name: flops}}`."""
-    from keras_bigmodels.pruning import _sites
-
     heads, units, _ = _sites.find_sites(model)
     costs = {"heads": {}, "units": {}}
     for name, site in heads.items():

@@ -537,3 +537,33 @@ def test_matmul_flops_of_a_bert_block():
     per_token = 4 * 16 * 16 + 2 * 16 * 24
     expected = 2 * 8 * per_token + 4 * 8 * 8 * 16
     assert recipe.matmul_flops(model, 8) == expected
+
+
+def test_prune_and_distil_drop_layers():
+    from keras_bigmodels.pruning import recipe
+
+    keras.utils.set_random_seed(0)
+    teacher = classifier()
+    x = bert_inputs(batch=8)
+    y = (x["token_ids"][:, 0] % 2).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    student, report = kbm.pruning.prune_and_distil(
+        teacher,
+        data,
+        0.0,
+        0.5,
+        loss=loss,
+        epochs=1,
+        drop_layers=["encoder/transformer_layer_1"],
+    )
+    assert student.get_layer("encoder").get_config()["num_layers"] == 1
+    assert report["dropped"] == ["encoder/transformer_layer_1"]
+    # Units are removed only from the block that stays.
+    assert list(report["units"]) == ["encoder/transformer_layer_0"]
+    assert report["student_flops"] == recipe.matmul_flops(student, 8)
+    assert report["estimated_speedup"] > 2.0
+    with pytest.raises(ValueError, match="no transformer block"):
+        kbm.pruning.prune_and_distil(
+            teacher, data, 0.0, 0.0, epochs=0, drop_layers=["nope"]
+        )

@@ -30,19 +30,27 @@ Stages:
    the teacher's outputs cached in memory after the first epoch, while a
    `kbm.callbacks.AttributionMonitor` explains a handful of test reviews
    (token attributions through the embedding layer) at every epoch.
-6. **Time inference** of the four models with `kbm.utils.measure_latencies`
+6. **Compress** the fine-tuned model two more ways: a LoRA fine-tune of
+   the pretrained MiniLM (`kbm.adapters.enable_lora`, rank 8 on the query
+   and value projections, only the adapters and the head trainable), then
+   merged (`kbm.adapters.merge`: plain layers, no extra op); and
+   `kbm.pruning.prune_and_distil` of the fine-tuned teacher (its top 3
+   of 6 transformer blocks dropped, recovered by distillation from the
+   teacher).
+7. **Time inference** of the six models with `kbm.utils.measure_latencies`
    at batch 1 (latency) and batch 32 (throughput): warm-up, then the
    median and min-max spread of repeated calls, the models interleaved.
-7. **Quantize** copies of the fine-tuned classifier
+8. **Quantize** copies of the fine-tuned classifier
    (`kbm.quantization.quantize`: int8 dynamic, int8 weight-only, int4
    weight-only) and compare them with float32: held-out accuracy, size on
    disk (`.keras` and stock-ops SavedModel) and batch 1 / batch 32 timing
    (Keras 3 only; skipped on tf-keras).
-8. **Export** the student as a stock-ops SavedModel
+9. **Export** the student as a stock-ops SavedModel
    (`kbm.export.export_saved_model`), reload it in a fresh Python process
    that never imports keras_bigmodels, and check its predictions.
-9. **Report**: `report.md` (the machine's matmul rate, measured at the
-   start; results and latency table; time per stage), training curves
+10. **Report**: `report.md` (the machine's matmul rate, measured at the
+   start; results and latency table; the compression table: every model
+   against the teacher; time per stage), training curves
    (loss per step, validation per epoch) and attribution PNGs,
    TensorBoard logs and the SavedModel, in `--out`.
 """
@@ -67,6 +75,15 @@ LATENCY_BATCHES = (1, 32)  # Latency (one request) and throughput.
 # Timed calls per model and batch size: batch-1 calls take milliseconds, so
 # more of them steady the median for about a second more.
 LATENCY_RUNS = {1: 25, 32: 9}
+LORA_RANK = 8  # On the attention query and value projections.
+# Peak learning rate of the LoRA fine-tune, higher than the full
+# fine-tune's: only the adapters (zero at the start) and the head train,
+# in as few steps.
+LORA_LR = 5e-3
+# The teacher blocks the pruned model drops: the top half, which kept the
+# teacher's accuracy and ran faster than removing 40% of the heads and 50%
+# of the feed-forward units (see the report's compression notes).
+DROPPED_LAYERS = (3, 4, 5)
 
 
 class TokenIdsToBertInputs(keras.layers.Layer):
@@ -277,7 +294,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     logs = os.path.join(args.out, "logs")
     keras.utils.set_random_seed(args.seed)
-    total = 9
+    total = 10
     print(
         f"keras_bigmodels {kbm.__version__} demo on {KERAS_LINE} "
         f"(keras {keras.__version__}), TensorFlow {tf.__version__}; "
@@ -461,16 +478,23 @@ def main(argv=None):
             "against the same student alone)"
         )
 
-    with Stage(6, total, "Time inference: batch 1 and batch 32"):
+    with Stage(6, total, "Compress: LoRA fine-tune; prune and distil"):
+        compressed = compress_stage(
+            args, path, teacher, train, validation, (x_test, y_test), logs
+        )
+
+    with Stage(7, total, "Time inference: batch 1 and batch 32"):
+        timed = {name: model for name, (model, _, _) in results.items()}
+        timed.update({k: v["model"] for k, v in compressed.items()})
         latency = {
             batch: kbm.utils.measure_latencies(
-                {name: model for name, (model, _, _) in results.items()},
+                timed,
                 np.resize(x_test, (batch, x_test.shape[1])),
                 runs=LATENCY_RUNS[batch],
             )
             for batch in LATENCY_BATCHES
         }
-        for name in results:
+        for name in timed:
             print(
                 f"      {name}: "
                 + ", ".join(
@@ -483,12 +507,12 @@ def main(argv=None):
         for sentence in agreement(results, latency):
             print(f"      {sentence}")
 
-    with Stage(7, total, "Quantize the fine-tuned classifier"):
-        quantized = quantize_stage(
+    with Stage(8, total, "Quantize the fine-tuned classifier"):
+        quantized, int8 = quantize_stage(
             teacher, x_test, y_test, args.out, quick=args.quick
         )
 
-    with Stage(8, total, "Export the student; reload it without kbm"):
+    with Stage(9, total, "Export the student; reload it without kbm"):
         saved = os.path.join(args.out, "saved_model")
         kbm.export.export_saved_model(student, saved)
         n_check = min(256, len(x_test))
@@ -506,7 +530,10 @@ def main(argv=None):
             f"{max_diff:.2e}, same predicted class on {same:.1%}"
         )
 
-    with Stage(9, total, "Write the report"):
+    with Stage(10, total, "Write the report"):
+        table = compression_section(
+            args.out, results, compressed, latency, int8
+        )
         write_report(
             args,
             (machine, load),
@@ -519,7 +546,7 @@ def main(argv=None):
             max_diff,
             same,
             saved,
-            extra_sections=quantized,
+            extra_sections=table + quantized,
         )
     print(f"\nReport: {os.path.join(args.out, 'report.md')}")
     return results
@@ -550,26 +577,22 @@ def quantize_stage(model, x_test, y_test, out, quick=False):
     accuracy, `.keras` and stock-ops SavedModel size, and batch 1 / batch
     32 timing (`kbm.utils.measure_latencies`, all interleaved). `quick`:
     int8 dynamic only and no SavedModel (quantizing and exporting MiniLM
-    take about 15 s each). Returns the report's section, as lines."""
+    take about 15 s each). Returns the report's section, as lines, and
+    the int8 dynamic copy's figures for the compression table (`None` on
+    tf-keras)."""
     section = ["## Quantized fine-tuned classifier", ""]
     if KERAS_LINE != "keras3":
         print("      skipped on tf-keras (checked on Keras 3 only)")
         return section + [
             "Skipped on tf-keras: this stage is checked on Keras 3 only.",
             "",
-        ]
+        ], None
     folder = os.path.join(out, "quantized")
     os.makedirs(folder, exist_ok=True)
     models = {}
     modes = QUANTIZED_MODES[:1] if quick else QUANTIZED_MODES
     for label, mode in (("float32", None), *modes):
-        # An uncompiled copy (clone_model would compile it): its files
-        # hold no optimizer state.
-        copy = keras.Model.from_config(
-            model.get_config(),
-            custom_objects={"TokenIdsToBertInputs": TokenIdsToBertInputs},
-        )
-        copy.set_weights(model.get_weights())
+        copy = plain_copy(model, folder)
         if mode:
             kbm.quantization.quantize(copy, mode, group_size=128)
         models[label] = (copy, accuracy(copy, x_test, y_test)[0])
@@ -645,7 +668,259 @@ def quantize_stage(model, x_test, y_test, out, quick=False):
         + (" `--quick`: int8 dynamic only, not exported." if quick else ""),
         "",
     ]
-    return section
+    label = QUANTIZED_MODES[0][0]
+    int8 = {
+        "accuracy": models[label][1],
+        "float_accuracy": base_acc,
+        "parameters": models[label][0].count_params(),
+        "bytes": weights_size(
+            models[label][0], os.path.join(folder, "int8"), copy=False
+        ),
+        "latency": {b: latency[b][label] for b in LATENCY_BATCHES},
+        "float_latency": {b: latency[b]["float32"] for b in LATENCY_BATCHES},
+    }
+    return section, int8
+
+
+def plain_copy(model, folder):
+    """An uncompiled copy of a demo classifier (`clone_model` would
+    compile it): its files hold the model's weights and no optimizer
+    state. A model with a merged adapter goes through `.keras` in
+    `folder`, which saves it as the plain model it computes."""
+    custom = {"TokenIdsToBertInputs": TokenIdsToBertInputs}
+    if kbm.adapters.adapter_names(model):
+        path = os.path.join(folder, "adapted.keras")
+        model.save(path)
+        copy = keras.models.load_model(
+            path, custom_objects=custom, compile=False
+        )
+        os.remove(path)
+        return copy
+    copy = keras.Model.from_config(model.get_config(), custom_objects=custom)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def weights_size(model, path, copy=True):
+    """Bytes of the weights file of `model` (`path + ".weights.h5"`),
+    through an uncompiled copy (`copy=True`: the weights alone, no
+    optimizer state)."""
+    if copy:
+        model = plain_copy(model, os.path.dirname(path))
+    model.save_weights(path + ".weights.h5")
+    return disk_size(path + ".weights.h5")
+
+
+def compress_stage(args, path, teacher, train, validation, test, logs):
+    """The LoRA fine-tune of the pretrained MiniLM, merged, and the
+    fine-tuned teacher pruned and distilled (`kbm.pruning
+    .prune_and_distil`). Returns `{label: {"model", "accuracy", "note",
+    "seconds"}}`."""
+    x_test, y_test = test
+    num_classes = int(teacher.outputs[0].shape[-1])
+    out = {}
+
+    start = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    encoder = kbm.models.BertEncoder.from_checkpoint(
+        path, attention_dropout=0.0, name="minilm"
+    )
+    model = classifier(encoder, num_classes, args.sequence_length, "lora")
+    kbm.adapters.enable_lora(model, rank=LORA_RANK)
+    trainable, total = kbm.adapters.trainable_fraction(model)
+    head = model.get_layer("logits").count_params()
+    adapters = trainable - head
+    base = total - adapters
+    fit(model, train, validation, args, LORA_LR, os.path.join(logs, "lora"))
+    unmerged, before = accuracy(model, x_test, y_test)
+    kbm.adapters.merge(model)
+    acc, after = accuracy(model, x_test, y_test)
+    out[f"LoRA r={LORA_RANK}, merged"] = {
+        "model": model,
+        "accuracy": acc,
+        "parameters": base,
+        "seconds": time.perf_counter() - start,
+        "note": (
+            f"LoRA: rank {LORA_RANK} on the attention query and value "
+            f"projections of the pretrained MiniLM "
+            "(`kbm.adapters.enable_lora`), trained with the same data, "
+            "epochs and schedule as the full fine-tune (peak learning rate "
+            f"{LORA_LR:g}): {adapters:,} adapter parameters, "
+            f"{adapters / base:.2%} of the model's {base:,}, trained with "
+            f"the {head:,} of the classification head (all else frozen); "
+            f"held-out accuracy {unmerged:.4f} before "
+            "`kbm.adapters.merge`, which folds the adapters into the "
+            "kernels (max |logit difference| "
+            f"{float(np.abs(after - before).max()):.1e}), so the merged "
+            "model runs the base model's layers."
+        ),
+    }
+    print(
+        f"      LoRA r={LORA_RANK}: {adapters:,} adapter parameters "
+        f"({adapters / base:.2%}); held-out accuracy {acc:.4f} (merged)"
+    )
+
+    start = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    steps = args.epochs * int(np.ceil(len(train[1]) / args.batch_size))
+    data = (
+        tf.data.Dataset.from_tensor_slices(train)
+        .shuffle(len(train[1]), seed=args.seed)
+        .batch(args.batch_size)
+    )
+    (encoder,) = [
+        layer
+        for layer in teacher.layers
+        if isinstance(layer, kbm.models.BertEncoder)
+    ]
+    drop = [
+        f"{encoder.name}/{encoder.transformer_layers[i].name}"
+        for i in DROPPED_LAYERS
+    ]
+    pruned, report = kbm.pruning.prune_and_distil(
+        teacher,
+        data,
+        0.0,
+        0.0,
+        loss=loss(),
+        epochs=args.epochs,
+        distillation_losses=[
+            kbm.distillation.losses.LogitsDistillation(temperature=2.0)
+        ],
+        student_loss_weight=0.5,
+        optimizer=kbm.optimizers.AdamW(
+            schedule(1e-4, steps), weight_decay=0.01
+        ),
+        fit_kwargs={"validation_data": validation, "verbose": args.verbose},
+        drop_layers=drop,
+    )
+    acc, _ = accuracy(pruned, x_test, y_test)
+    n = len(encoder.transformer_layers)
+    out["pruned + distilled"] = {
+        "model": pruned,
+        "accuracy": acc,
+        "parameters": pruned.count_params(),
+        "seconds": time.perf_counter() - start,
+        "note": (
+            "Pruned + distilled: `kbm.pruning.prune_and_distil` removed "
+            f"the top {len(drop)} of the fine-tuned teacher's {n} "
+            f"transformer blocks ({', '.join(str(i) for i in DROPPED_LAYERS)}"
+            "; estimated matmul FLOPs "
+            f"{report['estimated_speedup']:.2f}x fewer), then distilled the "
+            "teacher's logits into it (temperature 2, student loss weight "
+            "0.5) with the same data, epochs and schedule as the "
+            "fine-tune. Dropping the top half of the blocks was chosen over "
+            "removing 40% of the heads and 50% of the feed-forward units "
+            "(by gradient importance, `target_heads_fraction=0.4, "
+            "target_neurons_fraction=0.5`): in a comparison on this "
+            "default subset both kept the teacher's accuracy, the dropped "
+            "blocks ran faster at batch 1 and 32, and dropping every other "
+            "block lost accuracy (top-layer dropping, as in Sajjad et al., "
+            "2020)."
+        ),
+    }
+    print(
+        f"      pruned: {len(drop)} of {n} blocks dropped; held-out "
+        f"accuracy {acc:.4f} after distillation"
+    )
+    return out
+
+
+def compression_section(out, results, compressed, latency, int8):
+    """The compression table: every model against the teacher."""
+    folder = os.path.join(out, "compressed")
+    os.makedirs(folder, exist_ok=True)
+    teacher_label = "fine-tuned MiniLM (teacher)"
+    rows = {
+        teacher_label: results[teacher_label][:2],
+        **{k: (v["model"], v["accuracy"]) for k, v in compressed.items()},
+        **{
+            k: results[k][:2]
+            for k in (
+                "distilled 2-layer student",
+                "same 2-layer student, alone",
+            )
+        },
+    }
+    base_acc = rows[teacher_label][1]
+    lines = [
+        "## Compression: every model against the teacher",
+        "",
+        "| model | accuracy | vs teacher (points) | parameters "
+        "| weights MiB "
+        + "".join(f"| {h} | speed-up " for h in latency_headers())
+        + "|",
+        "|---|---|---|---|---|" + "---|---|" * len(LATENCY_BATCHES),
+    ]
+
+    def row(label, acc, base_acc, params, size, times, base_times):
+        cells = [
+            label,
+            f"{acc:.4f}",
+            f"{100 * (acc - base_acc):+.1f}",
+            f"{params:,}",
+            f"{size / 2**20:.1f}",
+        ]
+        for b in LATENCY_BATCHES:
+            cells.append(times[b].format(per_example=b > 1))
+            cells.append(f"{base_times[b].median_ms / times[b].median_ms:.2f}x")
+        return "| " + " | ".join(cells) + " |"
+
+    base_times = {b: latency[b][teacher_label] for b in LATENCY_BATCHES}
+    for i, (label, (model, acc)) in enumerate(rows.items()):
+        params = compressed.get(label, {}).get(
+            "parameters", model.count_params()
+        )
+        size = weights_size(model, os.path.join(folder, f"model_{i}"))
+        times = {b: latency[b][label] for b in LATENCY_BATCHES}
+        lines.append(row(label, acc, base_acc, params, size, times, base_times))
+    if int8 is not None:
+        lines.append(
+            row(
+                "int8 dynamic (W8A8), from the quantization stage",
+                int8["accuracy"],
+                int8["float_accuracy"],
+                int8["parameters"],
+                int8["bytes"],
+                int8["latency"],
+                int8["float_latency"],
+            )
+        )
+    lines += [
+        "",
+        "Accuracy: held-out test accuracy. Parameters: the model's weights "
+        "(for LoRA, the merged model's; the adapters are folded in). "
+        "Weights MiB: the `.weights.h5` file (`model.save_weights`: "
+        "weights only, no optimizer state), in `compressed/`. Latency: "
+        "the inference timing above (the models interleaved); speed-up: "
+        "the teacher's median time over the model's.",
+        "",
+        *(f"{v['note']}" for v in compressed.values()),
+        "",
+        "The 2-layer students: see the results table above (distilled from "
+        "the teacher, and the same student trained alone).",
+    ]
+    if int8 is None:
+        lines.append(
+            "No int8 row: the quantization stage is checked on Keras 3 "
+            "only (skipped on tf-keras)."
+        )
+    else:
+        lines.append(
+            "int8 dynamic: the teacher quantized by "
+            "`kbm.quantization.quantize` (quantization stage below); its "
+            "accuracy difference and speed-ups are against the float32 "
+            "copy timed with it in that stage (its own interleaved "
+            "timing)."
+        )
+    lines += [
+        "",
+        "Wall time of the compression stage: "
+        + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in compressed.items())
+        + ".",
+        "",
+    ]
+    return lines
 
 
 RELOAD = """

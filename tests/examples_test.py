@@ -119,7 +119,7 @@ def test_demo_quick(tmp_path):
     for name in ("training_curves.png", "attributions.png"):
         assert (tmp_path / "r" / name).stat().st_size > 5_000
     assert (tmp_path / "r" / "saved_model" / "saved_model.pb").exists()
-    assert "[9/9] Write the report" in out
+    assert "[10/10] Write the report" in out
     # The machine figure, printed at the start and in the report.
     machine = re.search(r"machine: (\d+) GFLOP/s float32 matmul", out)
     assert machine and int(machine.group(1)) > 0
@@ -148,6 +148,34 @@ def test_demo_quick(tmp_path):
     assert "the median of 25 (batch 1) and 9 (batch 32) timed calls" in report
     assert "Same architecture: fine-tuned MiniLM (teacher) and same " in report
     assert "What distillation bought: the same 2-layer student" in report
+    # The compression table: every model against the teacher.
+    header = lines.index(
+        "| model | accuracy | vs teacher (points) | parameters "
+        "| weights MiB | ms / call, batch 1 (min-max) | speed-up "
+        "| ms / example, batch 32 (min-max) | speed-up |"
+    )
+    rows = []
+    for line in lines[header + 2 :]:
+        if not line:
+            break
+        rows.append(line.split(" | "))
+    assert [row[0] for row in rows[:5]] == [
+        "| fine-tuned MiniLM (teacher)",
+        "| LoRA r=8, merged",
+        "| pruned + distilled",
+        "| distilled 2-layer student",
+        "| same 2-layer student, alone",
+    ]
+    assert len(rows) == (5 if IS_LEGACY_KERAS else 6)
+    params = {row[0]: int(row[3].replace(",", "")) for row in rows}
+    # Merged LoRA: the teacher's architecture; pruning shrinks it.
+    assert params["| LoRA r=8, merged"] == params[rows[0][0]]
+    assert params["| pruned + distilled"] < 0.85 * params[rows[0][0]]
+    for row in rows:
+        assert timing.fullmatch(row[5]) and timing.fullmatch(row[7])
+        assert re.fullmatch(r"\d+\.\d\dx", row[6])
+    assert rows[0][2] == "+0.0" and rows[0][6] == "1.00x"
+    assert re.search(r"adapter parameters, 0\.3\d% of the model", report)
     # The quantized copies of the fine-tuned classifier (Keras 3 only).
     if IS_LEGACY_KERAS:
         assert "Skipped on tf-keras" in report

@@ -483,3 +483,87 @@ def test_packaged_minilm():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_prune_and_distil_target_speedup():
+    from keras_bigmodels.pruning import recipe
+
+    keras.utils.set_random_seed(0)
+    teacher = classifier()
+    x = bert_inputs(batch=8)
+    y = (x["token_ids"][:, 0] % 2).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    student, report = kbm.pruning.prune_and_distil(
+        teacher, data, loss=loss, epochs=0, target_speedup=1.8
+    )
+    assert report["estimated_speedup"] >= 1.8
+    # The estimate is the FLOP count of the model actually built.
+    assert report["teacher_flops"] == recipe.matmul_flops(teacher, 8)
+    assert report["student_flops"] == recipe.matmul_flops(student, 8)
+    # The smallest fraction (in steps of 0.01) that reaches the target.
+    fraction = report["heads_fraction"]
+    assert report["neurons_fraction"] == fraction
+    _, smaller = kbm.pruning.prune_and_distil(
+        teacher,
+        data,
+        fraction - 0.01,
+        fraction - 0.01,
+        loss=loss,
+        epochs=0,
+    )
+    assert smaller["estimated_speedup"] < 1.8
+    with pytest.raises(ValueError, match="not both"):
+        kbm.pruning.prune_and_distil(
+            teacher, data, 0.5, loss=loss, epochs=0, target_speedup=2.0
+        )
+    with pytest.raises(ValueError, match="above 1"):
+        kbm.pruning.prune_and_distil(
+            teacher, data, loss=loss, epochs=0, target_speedup=1.0
+        )
+    with pytest.raises(ValueError, match="out of reach"):
+        kbm.pruning.prune_and_distil(
+            teacher, data, loss=loss, epochs=0, target_speedup=1000.0
+        )
+
+
+def test_matmul_flops_of_a_bert_block():
+    from keras_bigmodels.pruning import recipe
+
+    model = bert(num_layers=1)
+    predict(model, bert_inputs(length=8))
+    # Per token: q, k, v, o (16 x 16 each) and the FFN (16 x 24, 24 x 16);
+    # per sequence: scores and context, 2 * 2 * 8 * 8 * 16.
+    per_token = 4 * 16 * 16 + 2 * 16 * 24
+    expected = 2 * 8 * per_token + 4 * 8 * 8 * 16
+    assert recipe.matmul_flops(model, 8) == expected
+
+
+def test_prune_and_distil_drop_layers():
+    from keras_bigmodels.pruning import recipe
+
+    keras.utils.set_random_seed(0)
+    teacher = classifier()
+    x = bert_inputs(batch=8)
+    y = (x["token_ids"][:, 0] % 2).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    student, report = kbm.pruning.prune_and_distil(
+        teacher,
+        data,
+        0.0,
+        0.5,
+        loss=loss,
+        epochs=1,
+        drop_layers=["encoder/transformer_layer_1"],
+    )
+    assert student.get_layer("encoder").get_config()["num_layers"] == 1
+    assert report["dropped"] == ["encoder/transformer_layer_1"]
+    # Units are removed only from the block that stays.
+    assert list(report["units"]) == ["encoder/transformer_layer_0"]
+    assert report["student_flops"] == recipe.matmul_flops(student, 8)
+    assert report["estimated_speedup"] > 2.0
+    with pytest.raises(ValueError, match="no transformer block"):
+        kbm.pruning.prune_and_distil(
+            teacher, data, 0.0, 0.0, epochs=0, drop_layers=["nope"]
+        )

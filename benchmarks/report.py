@@ -14,6 +14,13 @@ section at the end: device, driver, CUDA and PyTorch versions, the measured
 copy bandwidth and bf16 matmul rate, and per case the times, the ratio to
 PyTorch and the rate against those ceilings.
 
+README.md may hold a block per family between the comments
+`<!-- bench-summary:FAMILY:start ... -->` and
+`<!-- bench-summary:FAMILY:end -->`: writing BENCHMARKS.md also rewrites
+those blocks with that family's notes
+(the targets and what each run reached), so README's measured figures come
+from the same results and are never typed by hand.
+
 Usage:
     python benchmarks/report.py                  # writes BENCHMARKS.md
     python benchmarks/report.py --stdout         # prints it instead
@@ -28,6 +35,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 OUTPUT = BENCH_DIR.parent / "BENCHMARKS.md"
+README = BENCH_DIR.parent / "README.md"
 
 # Families listed first, in this order; any other family follows by name.
 FAMILY_ORDER = [
@@ -460,6 +468,60 @@ def render(results_dir=RESULTS_DIR):
     return "\n".join(out).rstrip() + "\n"
 
 
+def render_summary(family, runs):
+    """README's block for `family`: per table of its default-allocator
+    run, the notes (targets and the ratios reached), and when it ran."""
+    run = _order(runs, ALLOCATOR_ORDER, key=lambda r: r["allocator"])[0]
+    rows = [
+        {"table": table["title"], "note": note}
+        for table in run["tables"]
+        for note in table.get("notes", [])
+    ]
+    columns = [
+        {"header": "table", "key": "table", "fmt": "text", "group": True},
+        {"header": "result", "key": "note", "fmt": "text"},
+    ]
+    out = [
+        f"Measured by `benchmarks/{family}.py` on {run['machine']['cpu_model']}"
+        f" x {run['machine']['cpus']}, {run.get('started_utc', '?')}, "
+        f"load {fmt_load(run['tables'][0].get('load_before'))} "
+        f"(all figures, shapes and peers: the `{family}` section of "
+        "[BENCHMARKS.md](BENCHMARKS.md)):",
+        "",
+        markdown_table(columns, rows),
+    ]
+    return "\n".join(out)
+
+
+def update_readme(results_dir=RESULTS_DIR, readme=README):
+    """Rewrites README's `bench-summary` blocks; returns their families."""
+    if not readme.exists():
+        return []
+    text = readme.read_text()
+    families = {}
+    for run in load_results(results_dir):
+        families.setdefault(run["family"], []).append(run)
+    done = []
+    for family, runs in families.items():
+        start = f"<!-- bench-summary:{family}:start"
+        end = f"<!-- bench-summary:{family}:end -->"
+        if start not in text:
+            continue
+        head = text.index(start)
+        head = text.index("-->", head) + len("-->")
+        tail = text.index(end, head)
+        text = (
+            text[:head]
+            + "\n"
+            + render_summary(family, runs)
+            + "\n"
+            + text[tail:]
+        )
+        done.append(family)
+    readme.write_text(text)
+    return done
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -496,6 +558,9 @@ def main(argv=None):
     else:
         args.output.write_text(text)
         print(f"wrote {args.output}")
+        if args.output.resolve() == OUTPUT:
+            for family in update_readme(args.results_dir):
+                print(f"wrote README.md's {family} summary")
 
 
 if __name__ == "__main__":

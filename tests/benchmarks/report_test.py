@@ -104,3 +104,34 @@ def test_gpu_section_from_fake_json(tmp_path):
 
 def test_no_gpu_file_no_gpu_section():
     assert "## GPU" not in _report().render(ROOT / "benchmarks" / "results")
+
+
+def test_readme_summary_block_from_the_family_notes(tmp_path):
+    report = _report()
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(
+        ROOT / "benchmarks" / "results" / "quantization.default.json", results
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "before\n"
+        "<!-- bench-summary:quantization:start (generated) -->\n"
+        "stale\n"
+        "<!-- bench-summary:quantization:end -->\n"
+        "after\n"
+    )
+    assert report.update_readme(results, readme) == ["quantization"]
+    text = readme.read_text()
+    run = json.loads((results / "quantization.default.json").read_text())
+    notes = [n for t in run["tables"] for n in t.get("notes", [])]
+    assert notes and all(n in text for n in notes)
+    assert "stale" not in text
+    assert text.startswith("before\n") and text.endswith("after\n")
+    # Rewriting is idempotent; a README without blocks is left as it is.
+    assert report.update_readme(results, readme) == ["quantization"]
+    assert readme.read_text() == text
+    other = tmp_path / "OTHER.md"
+    other.write_text("no blocks\n")
+    assert report.update_readme(results, other) == []
+    assert other.read_text() == "no blocks\n"

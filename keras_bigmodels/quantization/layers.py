@@ -227,6 +227,30 @@ class _QuantizedMixin:
         for i, v in enumerate(variables):
             v.assign(store[str(i)])
 
+    def get_config(self):
+        config = super().get_config()
+        config.pop("quantization_config", None)
+        config[SPEC_KEY] = self.quantization_spec
+        return config
+
+    @classmethod
+    def _swap_in(cls, layer, weight, spec, build):
+        """Turns a built float layer into `cls` in place: its float
+        `weight` is dropped and `build(shape)` adds the quantized variables
+        (under the layer's tracking). Returns the float weight as float32,
+        for the caller to quantize into them."""
+        value = tf.convert_to_tensor(float_weight(layer, weight))
+        shape = tuple(value.shape)
+
+        def swap():
+            _drop_float_weight(layer, weight)
+            layer.__class__ = cls
+            layer._set_spec(spec)
+            build(shape)
+
+        _with_tracking(layer, swap)
+        return tf.cast(value, tf.float32)
+
     def quantize(self, mode=None, *args, **kwargs):
         raise ValueError(
             f"Layer {self.name!r} is already quantized by keras_bigmodels "
@@ -394,28 +418,21 @@ class QuantizedDense(_MatmulMixin, keras.layers.Dense):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("quantization_config", None)
         if self._kbm_act_name:
             config["activation"] = self._kbm_act_name
-        config[SPEC_KEY] = self.quantization_spec
         return config
 
     @classmethod
     def convert(cls, layer, spec):
         """Converts a built float Dense/FusedDense in place."""
-        kernel = tf.convert_to_tensor(float_weight(layer, "kernel"))
         fused = getattr(layer, "_fused_activation", None)
-        k, n = kernel.shape
 
-        def swap():
-            _drop_float_weight(layer, "kernel")
-            layer.__class__ = cls
+        def build(shape):
             layer._kbm_act_name = "gelu_tanh" if fused == "gelu_tanh" else None
-            layer._set_spec(spec)
-            layer._build_packed(k, n)
+            layer._build_packed(*shape)
 
-        _with_tracking(layer, swap)
-        layer._assign_from_float(tf.cast(kernel, tf.float32))
+        kernel = cls._swap_in(layer, "kernel", spec, build)
+        layer._assign_from_float(kernel)  # Looked up once it is a `cls`.
         layer.supports_jit = False
         return layer
 
@@ -588,25 +605,11 @@ class QuantizedEinsumDense(_MatmulMixin, keras.layers.EinsumDense):
             y = tf.transpose(y, [produced.index(c) for c in out])
         return y
 
-    def get_config(self):
-        config = super().get_config()
-        config.pop("quantization_config", None)
-        config[SPEC_KEY] = self.quantization_spec
-        return config
-
     @classmethod
     def convert(cls, layer, spec):
-        kernel = tf.cast(
-            tf.convert_to_tensor(float_weight(layer, "kernel")), tf.float32
+        kernel = cls._swap_in(
+            layer, "kernel", spec, lambda shape: layer._setup_quantized(shape)
         )
-
-        def swap():
-            _drop_float_weight(layer, "kernel")
-            layer.__class__ = cls
-            layer._set_spec(spec)
-            layer._setup_quantized(tuple(kernel.shape))
-
-        _with_tracking(layer, swap)
         layer._assign_from_float(layer._kernel_to_2d(kernel))
         layer.supports_jit = False
         return layer
@@ -695,25 +698,11 @@ class QuantizedEmbedding(_QuantizedMixin, keras.layers.Embedding):
         scale = tf.gather(self.embeddings_scale, inputs)
         return tf.cast(self._dequantize_rows(q, scale), self.compute_dtype)
 
-    def get_config(self):
-        config = super().get_config()
-        config.pop("quantization_config", None)
-        config[SPEC_KEY] = self.quantization_spec
-        return config
-
     @classmethod
     def convert(cls, layer, spec):
-        table = tf.cast(
-            tf.convert_to_tensor(float_weight(layer, "embeddings")), tf.float32
+        table = cls._swap_in(
+            layer, "embeddings", spec, lambda shape: layer._build_table()
         )
-
-        def swap():
-            _drop_float_weight(layer, "embeddings")
-            layer.__class__ = cls
-            layer._set_spec(spec)
-            layer._build_table()
-
-        _with_tracking(layer, swap)
         layer._assign_from_float(table)
         return layer
 
@@ -786,26 +775,15 @@ class QuantizedConv2D(_QuantizedMixin, keras.layers.Conv2D):
             return self.activation(outputs)
         return outputs
 
-    def get_config(self):
-        config = super().get_config()
-        config.pop("quantization_config", None)
-        config[SPEC_KEY] = self.quantization_spec
-        return config
-
     @classmethod
     def convert(cls, layer, spec):
-        kernel = tf.cast(
-            tf.convert_to_tensor(float_weight(layer, "kernel")), tf.float32
+        kernel = cls._swap_in(
+            layer,
+            "kernel",
+            dict(spec, mode="int8_weight_only"),
+            lambda shape: layer._build_kernel(shape),
         )
         shape = tuple(kernel.shape)
-
-        def swap():
-            _drop_float_weight(layer, "kernel")
-            layer.__class__ = cls
-            layer._set_spec(dict(spec, mode="int8_weight_only"))
-            layer._build_kernel(shape)
-
-        _with_tracking(layer, swap)
         amax = tf.reduce_max(tf.abs(tf.reshape(kernel, [-1, shape[-1]])), 0)
         scale = tf.where(amax > 0, amax / 127.0, tf.ones_like(amax))
         q = tf.clip_by_value(tf.round(kernel / scale), -127.0, 127.0)

@@ -59,6 +59,11 @@ def fake_quantize_kernel(w2d, bits, group_size):
 class _QATMixin:
     _float_class = None
 
+    def __init__(self, *args, **kwargs):
+        spec = kwargs.pop(QAT_KEY, None) or qlayers.make_spec("int8")
+        super().__init__(*args, **kwargs)
+        self._set_qat(spec)
+
     def _set_qat(self, spec):
         qlayers.set_plain(
             self, "_kbm_qat", qlayers._check_spec(spec, self.name, QAT_KEY)
@@ -120,57 +125,34 @@ class _QATMixin:
         return layer
 
 
-def _qat_init(self, kwargs):
-    spec = kwargs.pop(QAT_KEY, None) or qlayers.make_spec("int8")
-    return spec
+class _QATDenseMixin(_QATMixin):
+    """The kernel and inputs of a 2-D matmul layer, fake-quantized."""
+
+    @property
+    def kernel(self):
+        bits, group = self._bits_group()
+        return fake_quantize_kernel(self._float_weight(), bits, group)
+
+    @kernel.setter
+    def kernel(self, value):
+        qlayers.set_float_weight(self, "kernel", value)
+
+    def call(self, inputs, training=None):
+        return super().call(self._fq_inputs(inputs))
 
 
 @register_serializable
-class QATDense(_QATMixin, keras.layers.Dense):
+class QATDense(_QATDenseMixin, keras.layers.Dense):
     """`Dense` with fake-quantized kernel (and int8 inputs in int8 mode)."""
 
     _float_class = keras.layers.Dense
 
-    def __init__(self, *args, **kwargs):
-        spec = _qat_init(self, kwargs)
-        super().__init__(*args, **kwargs)
-        self._set_qat(spec)
-
-    @property
-    def kernel(self):
-        bits, group = self._bits_group()
-        return fake_quantize_kernel(self._float_weight(), bits, group)
-
-    @kernel.setter
-    def kernel(self, value):
-        qlayers.set_float_weight(self, "kernel", value)
-
-    def call(self, inputs, training=None):
-        return super().call(self._fq_inputs(inputs))
-
 
 @register_serializable
-class QATFusedDense(_QATMixin, FusedDense):
+class QATFusedDense(_QATDenseMixin, FusedDense):
     """`kbm.layers.FusedDense` with fake quantization (see QATDense)."""
 
     _float_class = FusedDense
-
-    def __init__(self, *args, **kwargs):
-        spec = _qat_init(self, kwargs)
-        super().__init__(*args, **kwargs)
-        self._set_qat(spec)
-
-    @property
-    def kernel(self):
-        bits, group = self._bits_group()
-        return fake_quantize_kernel(self._float_weight(), bits, group)
-
-    @kernel.setter
-    def kernel(self, value):
-        qlayers.set_float_weight(self, "kernel", value)
-
-    def call(self, inputs, training=None):
-        return super().call(self._fq_inputs(inputs))
 
 
 @register_serializable
@@ -178,11 +160,6 @@ class QATEinsumDense(_QATMixin, keras.layers.EinsumDense):
     """`EinsumDense` with fake quantization, grouped as `quantize` does."""
 
     _float_class = keras.layers.EinsumDense
-
-    def __init__(self, *args, **kwargs):
-        spec = _qat_init(self, kwargs)
-        super().__init__(*args, **kwargs)
-        self._set_qat(spec)
 
     @property
     def kernel(self):
@@ -233,11 +210,6 @@ class QATEmbedding(_QATMixin, keras.layers.Embedding):
 
     _float_class = keras.layers.Embedding
 
-    def __init__(self, *args, **kwargs):
-        spec = _qat_init(self, kwargs)
-        super().__init__(*args, **kwargs)
-        self._set_qat(spec)
-
     def _float_weight(self):
         return qlayers.float_weight(self, "embeddings")
 
@@ -269,11 +241,6 @@ class QATConv2D(_QATMixin, keras.layers.Conv2D):
     """`Conv2D` with an int8 per-output-channel fake-quantized kernel."""
 
     _float_class = keras.layers.Conv2D
-
-    def __init__(self, *args, **kwargs):
-        spec = _qat_init(self, kwargs)
-        super().__init__(*args, **kwargs)
-        self._set_qat(spec)
 
     @property
     def kernel(self):

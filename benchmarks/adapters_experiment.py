@@ -209,16 +209,6 @@ def verdict(stats):
     ]
 
 
-def write_section(path, text):
-    """Replaces this script's section of RESULTS.md (or appends it)."""
-    saved = distillation.SECTION
-    distillation.SECTION = SECTION
-    try:
-        distillation.write_section(path, text)
-    finally:
-        distillation.SECTION = saved
-
-
 # ------------------------------------------------------------------ main
 
 
@@ -259,7 +249,7 @@ def main(argv=None):
                 distillation.save_results(args.results, results)
                 print(f"{key}: {record['seconds']:.0f} s", flush=True)
     text = render(results)
-    write_section(args.results_md, text)
+    distillation.write_section(args.results_md, text, SECTION)
     print(text)
     return results
 

@@ -884,11 +884,12 @@ def _pruned_lines(runs, teacher, modes, s):
     return lines
 
 
-def write_section(path, text):
-    """Replaces this script's section of RESULTS.md (or appends it)."""
+def write_section(path, text, section=SECTION):
+    """Replaces one section of RESULTS.md (or appends it): this script's,
+    or `section` of another experiment script."""
     path = Path(path)
     old = path.read_text() if path.exists() else "# Distillation results\n"
-    begin, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
+    begin, end = f"<!-- section:{section} -->", f"<!-- /section:{section} -->"
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
         tail = rest.split(end, 1)[1].lstrip("\n")

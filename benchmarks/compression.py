@@ -45,6 +45,7 @@ import collections
 import _harness
 import numpy as np
 import tensorflow as tf
+from distillation_experiment import encoder_flops
 
 import keras_bigmodels as kbm
 from keras_bigmodels.backend import keras
@@ -94,20 +95,6 @@ def encoder_of(model):
         for layer in model.layers
         if isinstance(layer, kbm.models.BertEncoder)
     )
-
-
-def encoder_flops(encoder, length):
-    """Matmul FLOPs of an encoder's blocks on one sequence of `length`."""
-    config = encoder.get_config()
-    d = config["hidden_dim"]
-    head_dim = config.get("head_dim") or d // config["num_heads"]
-    total = 0
-    for block in encoder.transformer_layers:
-        width = block.num_heads * head_dim
-        total += 2 * length * d * width * 4  # q, k, v in; output back.
-        total += 2 * 2 * length * length * width  # Scores and context.
-        total += 2 * 2 * length * d * block.intermediate_dim
-    return total
 
 
 def make_variants(length):

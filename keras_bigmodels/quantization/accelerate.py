@@ -48,6 +48,7 @@ import tensorflow as tf
 
 from keras_bigmodels.backend import IS_LEGACY_KERAS, keras
 from keras_bigmodels.ops import quantization as qops
+from keras_bigmodels.quantization.quantize import _excluder
 
 _FUSABLE = ("relu", "gelu", "gelu_tanh")
 _STATE = "_kbm_accelerate"
@@ -111,7 +112,7 @@ def accelerate(model, *, exclude=None, undo=False):
             f"accelerate expects a built model; build or call {model.name!r} "
             "and quantize it with model.quantize('int8') first."
         )
-    excluded = _exclusion(exclude)
+    excluded = _excluder(exclude)
     report = {"accelerated": [], "skipped": {}}
     for layer in model._flatten_layers(include_self=True, recursive=True):
         if not isinstance(
@@ -146,28 +147,6 @@ def _reset_traced_functions(model):
     for name in ("train_function", "test_function", "predict_function"):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
-
-
-def _exclusion(exclude):
-    if exclude is None:
-        return lambda layer: False
-    if callable(exclude):
-        return exclude
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    try:
-        names = set(exclude)
-    except TypeError:
-        raise ValueError(
-            "exclude must be None, layer names or a callable. Received: "
-            f"exclude={exclude!r}"
-        ) from None
-    if not all(isinstance(name, str) for name in names):
-        raise ValueError(
-            "exclude must be None, layer names or a callable. Received: "
-            f"exclude={exclude!r}"
-        )
-    return lambda layer: layer.name in names
 
 
 def _unsupported(layer):

@@ -59,6 +59,22 @@ absl::Status ParseActivation(const std::string& name, QuantActivation* act) {
   return absl::OkStatus();
 }
 
+// The fused epilogue's attributes, shared by both ops: `activation`, and
+// `output_dtype` (float32 or x's dtype, `x_dtype`).
+absl::Status GetEpilogueAttrs(OpKernelConstruction* ctx, DataType x_dtype,
+                              QuantActivation* act, DataType* out_dtype) {
+  std::string name;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("activation", &name));
+  TF_RETURN_IF_ERROR(ParseActivation(name, act));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("output_dtype", out_dtype));
+  if (*out_dtype != DT_FLOAT && *out_dtype != x_dtype) {
+    return errors::InvalidArgument(
+        "output_dtype must be float32 or the dtype of x (",
+        DataTypeString(x_dtype), "), got ", DataTypeString(*out_dtype));
+  }
+  return absl::OkStatus();
+}
+
 // Checks shared by both ops. Sets k, n and rows (the product of x's leading
 // dimensions).
 absl::Status CheckCommon(const Tensor& x, const Tensor& packed,
@@ -125,16 +141,8 @@ template <typename T>
 class QuantizedMatMulOp : public OpKernel {
  public:
   explicit QuantizedMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string act;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &act));
-    OP_REQUIRES_OK(ctx, ParseActivation(act, &act_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("output_dtype", &out_dtype_));
-    OP_REQUIRES(ctx,
-                out_dtype_ == DT_FLOAT || out_dtype_ == DataTypeToEnum<T>::v(),
-                errors::InvalidArgument(
-                    "output_dtype must be float32 or the dtype of x (",
-                    DataTypeString(DataTypeToEnum<T>::v()), "), got ",
-                    DataTypeString(out_dtype_)));
+    OP_REQUIRES_OK(
+        ctx, GetEpilogueAttrs(ctx, DataTypeToEnum<T>::v(), &act_, &out_dtype_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -241,10 +249,8 @@ template <typename T>
 class WeightOnlyMatMulOp : public OpKernel {
  public:
   explicit WeightOnlyMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string act;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &act));
-    OP_REQUIRES_OK(ctx, ParseActivation(act, &act_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("output_dtype", &out_dtype_));
+    OP_REQUIRES_OK(
+        ctx, GetEpilogueAttrs(ctx, DataTypeToEnum<T>::v(), &act_, &out_dtype_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &bits_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("group_size", &group_size_));
     OP_REQUIRES(ctx, bits_ == 8 || bits_ == 4,
@@ -253,12 +259,6 @@ class WeightOnlyMatMulOp : public OpKernel {
                 errors::InvalidArgument(
                     "group_size must be >= 0 (0: one scale per channel), got ",
                     group_size_));
-    OP_REQUIRES(ctx,
-                out_dtype_ == DT_FLOAT || out_dtype_ == DataTypeToEnum<T>::v(),
-                errors::InvalidArgument(
-                    "output_dtype must be float32 or the dtype of x (",
-                    DataTypeString(DataTypeToEnum<T>::v()), "), got ",
-                    DataTypeString(out_dtype_)));
   }
 
   void Compute(OpKernelContext* ctx) override {

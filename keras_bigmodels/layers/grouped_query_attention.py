@@ -23,6 +23,7 @@ from keras_bigmodels.layers._attention_core import (
     fused_mode,
     keras_attention_mask,
 )
+from keras_bigmodels.layers._projections import project, project_output
 from keras_bigmodels.layers.rotary_embedding import apply_rotary_embedding
 
 
@@ -314,9 +315,12 @@ class GroupedQueryAttention(keras.layers.Layer):
             )
 
         gate = self._gate_dense(query) if self.use_gate else None
-        q = self._query_dense(query)
-        k = self._key_dense(key)
-        v = self._value_dense(value)
+        q, k, v = project(
+            (self._query_dense, self._key_dense, self._value_dense),
+            query,
+            key,
+            value,
+        )
         if self.rope_max_wavelength:
             q, k = (
                 apply_rotary_embedding(
@@ -338,7 +342,7 @@ class GroupedQueryAttention(keras.layers.Layer):
         )
         if gate is not None:
             output = output * gate
-        output = self._output_dense(output)
+        output = project_output(self._output_dense, output)
         if not IS_LEGACY_KERAS and query_mask is not None:
             set_keras_mask(output, query_mask)
         if return_attention_scores:

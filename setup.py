@@ -118,17 +118,17 @@ def _isa_variants():
 
 
 # Extra SIMD variants of single files, built wherever the avx2 variant is
-# (file name -> {variant: flags}): only the quantized matmuls have an AVX-512
-# VNNI kernel (cc/common/cpu_isa.h).
+# (file name -> {variant: flags}): the quantized matmuls and dropout's
+# Philox draws have an AVX-512 (VNNI) variant (cc/common/cpu_isa.h).
+_AVX512VNNI = [
+    "-march=x86-64-v3",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vnni",
+]
 EXTRA_ISA_VARIANTS = {
-    "quantization_simd.cc": {
-        "avx512vnni": [
-            "-march=x86-64-v3",
-            "-mavx512f",
-            "-mavx512bw",
-            "-mavx512vnni",
-        ],
-    },
+    "quantization_simd.cc": {"avx512vnni": _AVX512VNNI},
+    "dropout_simd.cc": {"avx512vnni": _AVX512VNNI},
 }
 
 

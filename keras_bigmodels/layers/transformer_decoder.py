@@ -1,10 +1,10 @@
 """`kbm.layers.TransformerDecoder`: one decoder block on fused kernels."""
 
 from keras_bigmodels.backend import (
-    keras,
     register_serializable,
     resolve_sublayer_dtype_policies,
 )
+from keras_bigmodels.layers._dropout import FusedDropout
 from keras_bigmodels.layers._transformer_parts import (
     FeedForward,
     TransformerBlock,
@@ -100,9 +100,7 @@ class TransformerDecoder(TransformerBlock):
         self._self_attention_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "self_attention_norm", dtype
         )
-        self._self_attention_dropout = keras.layers.Dropout(
-            self.dropout, dtype=dtype
-        )
+        self._self_attention_dropout = FusedDropout(self.dropout, dtype=dtype)
         self._ffn = FeedForward(
             self,
             hidden,
@@ -114,7 +112,7 @@ class TransformerDecoder(TransformerBlock):
         self._ffn_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "feedforward_norm", dtype
         )
-        self._ffn_dropout = keras.layers.Dropout(self.dropout, dtype=dtype)
+        self._ffn_dropout = FusedDropout(self.dropout, dtype=dtype)
         shape = tuple(decoder_sequence_shape)
         build_attention(self._self_attention, shape, shape)
         self._self_attention_norm.build(shape)
@@ -142,9 +140,7 @@ class TransformerDecoder(TransformerBlock):
         self._cross_attention_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "cross_attention_norm", dtype
         )
-        self._cross_attention_dropout = keras.layers.Dropout(
-            self.dropout, dtype=dtype
-        )
+        self._cross_attention_dropout = FusedDropout(self.dropout, dtype=dtype)
         build_attention(self._cross_attention, decoder_shape, encoder_shape)
         self._cross_attention_norm.build(decoder_shape)
 

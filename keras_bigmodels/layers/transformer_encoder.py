@@ -3,10 +3,10 @@
 import tensorflow as tf
 
 from keras_bigmodels.backend import (
-    keras,
     register_serializable,
     resolve_sublayer_dtype_policies,
 )
+from keras_bigmodels.layers._dropout import FusedDropout
 from keras_bigmodels.layers._transformer_parts import (
     FeedForward,
     TransformerBlock,
@@ -109,16 +109,14 @@ class TransformerEncoder(TransformerBlock):
         self._self_attention_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "self_attention_norm", dtype
         )
-        self._self_attention_dropout = keras.layers.Dropout(
-            self.dropout, dtype=dtype
-        )
+        self._self_attention_dropout = FusedDropout(self.dropout, dtype=dtype)
         self._ffn = FeedForward(
             self, hidden, self.intermediate_dim, self.activation, common, dtype
         )
         self._ffn_norm = make_norm(
             self.norm, self.layer_norm_epsilon, "feedforward_norm", dtype
         )
-        self._ffn_dropout = keras.layers.Dropout(self.dropout, dtype=dtype)
+        self._ffn_dropout = FusedDropout(self.dropout, dtype=dtype)
         shape = tuple(inputs_shape)
         build_attention(self._self_attention, shape, shape)
         self._self_attention_norm.build(shape)

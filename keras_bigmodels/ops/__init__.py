@@ -5,7 +5,7 @@ from keras_bigmodels.ops.attention import (
     attention_dropout_mask,
     flash_attention,
 )
-from keras_bigmodels.ops.bias_activation import bias_gelu
+from keras_bigmodels.ops.bias_activation import bias_gelu, dropout
 from keras_bigmodels.ops.distillation import softmax_kl_divergence
 from keras_bigmodels.ops.normalization import layer_norm, rms_norm
 from keras_bigmodels.ops.quantization import (
@@ -24,6 +24,7 @@ __all__ = [
     "flash_attention",
     "kernels_available",
     "dequantize_kernel",
+    "dropout",
     "layer_norm",
     "pack_kernel",
     "quantize_kernel",

@@ -37,6 +37,8 @@ def family_of(op_name):
     name = op_name.lower()
     if "attention" in name:
         return "attention"
+    if "dropout" in name:
+        return "dropout"  # kbm.ops.dropout: CPU kernels only.
     if "quantiz" in name or "weight_only" in name:
         return "quantization"
     if "norm" in name:

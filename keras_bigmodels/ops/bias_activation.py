@@ -1,13 +1,16 @@
-"""Bias + activation epilogues: fused bias + GELU.
+"""Elementwise epilogues: fused bias + GELU, and dropout.
 
 Kernels: CPU, for float16, bfloat16 (both computed in float32), float32 and
-float64. The forward pass reads x once and writes y; the gradient kernel
-returns dx and dbias (dbias reduced over all leading axes in the same pass)
-and recomputes x + bias instead of storing it.
+float64. bias + GELU reads x once and writes y; its gradient kernel returns
+dx and dbias (dbias reduced over all leading axes in the same pass) and
+recomputes x + bias instead of storing it. Dropout draws its mask from a
+counter-based generator (Philox4x32-10, vectorised), so its gradient is
+the same op on dy: no mask is stored.
 """
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from keras_bigmodels.ops import _loader
@@ -18,6 +21,10 @@ from keras_bigmodels.ops._utils import (
     float_tensor,
     last_axis_vector,
     reference_vjp,
+)
+from keras_bigmodels.ops.attention import (
+    _as_seed,
+    _attention_dropout_mask_reference,
 )
 
 # Kernel-vs-reference tolerances, per input dtype. float32: the kernel's erf
@@ -121,3 +128,77 @@ def _bias_gelu_grad_grad(op, ddx, ddbias):
         )
 
     return reference_vjp(backward, [dy, x, bias], [ddx, ddbias])
+
+
+def dropout(x, rate, seed, use_fused_kernel="auto"):
+    """Inverted dropout: `x / (1 - rate)` where kept, else 0.
+
+    The mask is kbm's counter-based dropout stream (the one
+    `kbm.ops.attention_dropout_mask` documents): element `f` of the
+    flattened `x` is kept when draw `f % 4` of Philox4x32-10 with key
+    `seed[0]` and counter `(f // 4, seed[1])` is at least `rate * 2**32`.
+    The same `seed` gives the same mask on every path, so the gradient
+    (the same op applied to `dy`) regenerates the mask instead of storing
+    it. The kernel draws 16 Philox groups per vector (AVX2 or AVX-512),
+    several times faster than `tf.random.stateless_uniform` plus a
+    comparison and a select; the reference draws the same numbers with
+    TensorFlow integer ops, and is slow.
+
+    Args:
+        x: Floating-point tensor of any shape.
+        rate: Python float in `[0, 1)`: the probability of dropping.
+        seed: Integer tensor of shape `[2]`.
+        use_fused_kernel: `"auto"`, `True` or `False`, as in
+            `kbm.ops.layer_norm`. Defaults to `"auto"`.
+
+    Returns:
+        A tensor shaped and typed like `x`.
+
+    Example:
+
+    ```python
+    y = kbm.ops.dropout(x, 0.1, seed=[1234, step])
+    ```
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise ValueError(
+            f"rate must be a Python number in [0, 1). Received: rate={rate!r}"
+        )
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1). Received: rate={rate!r}")
+    with tf.name_scope("dropout"):
+        x = float_tensor(x, "x")
+        seed = _as_seed(seed)
+        if rate == 0:
+            return tf.identity(x)
+        lib = _loader.select("dropout", use_fused_kernel, (x,))
+        if lib is None:
+            return _dropout_reference(x, seed, rate)
+        return lib.kbm_dropout(x, seed, rate=float(rate))
+
+
+def _dropout_scale(rate, dtype):
+    """1 / (1 - rate) for float32 `rate`, as the kernel multiplies by it."""
+    scale = 1.0 / (1.0 - float(np.float32(rate)))
+    return scale if dtype == tf.float64 else float(np.float32(scale))
+
+
+def _dropout_reference(x, seed, rate):
+    """The mask from the Philox stream in TF integer ops: fallback and
+    oracle."""
+    n = tf.size(x, out_type=tf.int64)
+    shape = tf.stack([1, 1, 1, n])
+    keep = _attention_dropout_mask_reference(seed, shape, rate)
+    keep = tf.reshape(keep, tf.shape(x))
+    z = tf.cast(x, compute_dtype(x.dtype))
+    y = tf.where(keep, z * _dropout_scale(rate, z.dtype), tf.zeros_like(z))
+    return tf.cast(y, x.dtype)
+
+
+@tf.RegisterGradient("Kbm>Dropout")
+def _dropout_grad(op, dy):
+    x, seed = op.inputs
+    return (
+        _loader.library().kbm_dropout(dy, seed, rate=op.get_attr("rate")),
+        None,
+    )

@@ -64,5 +64,27 @@ Gradient of Kbm>BiasGelu: dx = dy * gelu'(x + bias) and dbias = dx summed over
 every axis but the last.
 )doc");
 
+REGISTER_OP("Kbm>Dropout")
+    .Input("x: T")
+    .Input("seed: int64")
+    .Output("y: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("rate: float")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle seed;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &seed));
+      DimensionHandle two;
+      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(seed, 0), 2, &two));
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Inverted dropout: y = x / (1 - rate) where kept, else 0. Element f of the
+flattened x is kept when draw f % 4 of Philox4x32-10 with key seed[0] and
+counter (f / 4, seed[1]) is at least rate * 2^32 (the stream of
+Kbm>AttentionDropoutMask). The op is linear in x: its gradient is the same op
+applied to dy with the same seed and rate.
+)doc");
+
 }  // namespace kbm
 }  // namespace tensorflow

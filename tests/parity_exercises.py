@@ -146,6 +146,11 @@ def _():
     kbm.ops.bias_gelu(_x(4, 8), tf.zeros(8))
 
 
+@exercise("ops.dropout")
+def _():
+    kbm.ops.dropout(_x(4, 8), 0.1, [1, 2])
+
+
 @exercise("ops.flash_attention")
 def _():
     q = _x(1, 5, 2, 4)

@@ -184,3 +184,75 @@ def test_public_op_rejects_inconsistent_bias(shape, how, fused):
     _fuzz.check_rejects(
         lambda: kbm.ops.bias_gelu(x, bias, use_fused_kernel=fused), ["bias"]
     )
+
+
+# ------------------------------------------------------------- dropout ----
+
+SEEDS = st.integers(-(2**63), 2**63 - 1)
+RATES = st.one_of(
+    st.sampled_from([0.0, 1e-9, 0.1, 0.5, 0.9, 0.999999]),
+    st.floats(0.0, 0.999, allow_nan=False),
+)
+
+
+def _exact(actual, expected, what):
+    """Bitwise equal, NaN where NaN (the same draws, the same product)."""
+    np.testing.assert_array_equal(
+        _fuzz.to_f64(actual), _fuzz.to_f64(expected), err_msg=what
+    )
+
+
+@given(
+    shape=_fuzz.row_shapes(max_elements=1 << 13),
+    dtype=_fuzz.dtypes(),
+    x_spec=_fuzz.values(),
+    rate=RATES,
+    seed=st.tuples(SEEDS, SEEDS),
+)
+@_fuzz.counted(FAMILY)
+def test_dropout_kernel_equals_reference(shape, dtype, x_spec, rate, seed):
+    from keras_bigmodels.ops.bias_activation import _dropout_reference
+
+    lib = _loader.library()
+    x = _fuzz.tensor(x_spec, shape, dtype)
+    s = tf.constant(seed, tf.int64)
+    y = lib.kbm_dropout(x, s, rate=rate)
+    # The gradient is the same op on dy: one draw of the stream checks both.
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y_ref = _dropout_reference(x, s, rate)
+    dy = _fuzz.tensor(x_spec, shape, dtype, offset=2)
+    dx_ref = tape.gradient(y_ref, x, output_gradients=dy)
+    dx = lib.kbm_dropout(dy, s, rate=rate)
+    assert y.dtype == dtype and y.shape == x.shape
+    _exact(y, y_ref, "y")
+    _exact(dx, dx_ref, "dx")
+
+
+@given(
+    seed_shape=st.sampled_from([(), (1,), (3,), (2, 1), (1, 2)]),
+    rate=st.one_of(
+        st.floats(allow_nan=True).filter(lambda r: not 0 <= r < 1),
+        st.sampled_from([1.0, -1e-9]),
+    ),
+    which=st.sampled_from(["seed", "rate"]),
+    fused=st.sampled_from([True, False, "auto"]),
+)
+@_fuzz.counted(FAMILY)
+def test_dropout_rejects_bad_seed_and_rate(seed_shape, rate, which, fused):
+    x = tf.ones([3, 5])
+    if which == "seed":
+        seed = tf.zeros(seed_shape, tf.int64)
+        _fuzz.check_rejects(
+            lambda: kbm.ops.dropout(x, 0.5, seed, use_fused_kernel=fused),
+            ["seed"],
+        )
+        lib = _loader.library()
+        _fuzz.check_rejects(
+            lambda: lib.kbm_dropout(x, seed, rate=0.5), ["seed"]
+        )
+    else:
+        _fuzz.check_rejects(
+            lambda: kbm.ops.dropout(x, rate, [1, 2], use_fused_kernel=fused),
+            ["rate"],
+        )

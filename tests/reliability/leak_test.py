@@ -107,6 +107,14 @@ def bias_gelu_case():
     )
 
 
+def dropout_case():
+    seed = tf.constant([7, 11], tf.int64)
+    return _grad_case(
+        lambda x: kbm.ops.dropout(x, 0.1, seed, use_fused_kernel=True),
+        _rand([64, 256], 3),
+    )
+
+
 def flash_attention_case():
     lengths = tf.constant([32, 20])
     seed = tf.constant([7, 11], tf.int64)
@@ -198,6 +206,7 @@ CASES = {
     "layer_norm (fwd+bwd)": (layer_norm_case, WARMUP, SHORT, LONG),
     "rms_norm (fwd+bwd)": (rms_norm_case, WARMUP, SHORT, LONG),
     "bias_gelu (fwd+bwd)": (bias_gelu_case, WARMUP, SHORT, LONG),
+    "dropout (fwd+bwd)": (dropout_case, WARMUP, SHORT, LONG),
     "flash_attention (fwd+bwd, causal, key mask, dropout)": (
         flash_attention_case,
         WARMUP,

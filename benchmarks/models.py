@@ -435,6 +435,11 @@ def _add_arguments(parser):
         help="threads per variant (default: the CPU count)",
     )
     parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip the profiler table of MiniLM's training step",
+    )
+    parser.add_argument(
         "--torch-python",
         type=Path,
         default=TORCH_VENV / "bin" / "python",
@@ -530,6 +535,131 @@ def _bench_model(results, model_name, cfg, args, length, peak):
     return rows
 
 
+PROFILE_TOP = 12
+TARGET_TORCH, TARGET_OFF, TARGET_PEAK = 1.3, 1.5, 75.0
+
+
+def _met(value, target):
+    return "met" if value >= target else "not met"
+
+
+def _target_notes(rows):
+    """The issue's targets against one model's rows (ratios: the variant's
+    time / kbm's, medians over rounds)."""
+    by = {(r["task"], r["variant"]): r for r in rows}
+    notes = []
+    train = next((r for r in rows if r["task"].startswith("training")), None)
+    if train is not None:
+        task = train["task"]
+        parts = []
+        for variant, target in (
+            ("PyTorch", TARGET_TORCH),
+            ("kbm, kernels off", TARGET_OFF),
+            ("Keras layers", None),
+        ):
+            r = by.get((task, variant))
+            if r is None:
+                continue
+            text = f"{r['kbm_speedup']:.2f}x faster than {variant}"
+            if target:
+                text += f" (target {target}x: {_met(r['kbm_speedup'], target)})"
+            parts.append(text)
+        kbm = by[(task, KBM)]
+        parts.append(
+            f"{kbm['pct_peak']:.0f} % of the FMA peak (target "
+            f"{TARGET_PEAK:.0f} %: {_met(kbm['pct_peak'], TARGET_PEAK)})"
+        )
+        notes.append(f"{task}: kbm " + "; ".join(parts) + ".")
+    for r in rows:
+        inference = r["task"].startswith("inference")
+        if not (inference and r["variant"] == "PyTorch"):
+            continue
+        task = r["task"]
+        text = (
+            f"{task}: kbm {r['kbm_speedup']:.2f}x faster than PyTorch eager "
+            f"(target {TARGET_TORCH}x: {_met(r['kbm_speedup'], TARGET_TORCH)})"
+        )
+        off = by.get((task, "kbm, kernels off"))
+        for variant in ("SavedModel (stock ops)", "SavedModel, jit_compile"):
+            saved = by.get((task, variant))
+            if saved is None or off is None:
+                continue
+            # Both against kbm's time in their own rounds.
+            ratio = off["kbm_speedup"] / saved["kbm_speedup"]
+            text += (
+                f"; {variant} {ratio:.2f}x the speed of the Keras model with "
+                f"kernels off (target >= 1: {_met(ratio, 1.0)})"
+            )
+        notes.append(text + ".")
+    return notes
+
+
+def _profile_table(results, length):
+    """MiniLM's training step under TensorFlow's profiler, kernels on and
+    off (tools/profile_step.py, one process each): the top op types by
+    time."""
+    import _harness
+
+    table = results.table(
+        "MiniLM-L6 training step: TensorFlow ops by time",
+        [
+            _harness.Column("kernels", "kbm kernels", group=True),
+            _harness.Column("op", "op type"),
+            _harness.Column("ms", "ms per step", "ms"),
+            _harness.Column("share", "share of op time", "pct"),
+            _harness.Column("count", "calls per step"),
+        ],
+    )
+    walls = []
+    with table:
+        for kernels in ("on", "off"):
+            _harness.progress(FAMILY, f"profiling, kernels {kernels}")
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "profile.json"
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(REPO_ROOT / "tools" / "profile_step.py"),
+                        "--model",
+                        "MiniLM-L6",
+                        "--batch",
+                        str(TRAIN_BATCH),
+                        "--length",
+                        str(length),
+                        "--kernels",
+                        kernels,
+                        "--json",
+                        str(out),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                )
+                prof = json.loads(out.read_text())
+            walls.append(
+                f"kernels {kernels}: {prof['wall_s_per_step']:.3f} s per "
+                f"step (wall, profiler on), {prof['op_s_per_step']:.3f} s of "
+                "op time"
+            )
+            for op in prof["ops"][:PROFILE_TOP]:
+                table.rows.append(
+                    {
+                        "kernels": kernels,
+                        "op": op["op"],
+                        "ms": 1e3 * op["s_per_step"],
+                        "share": 100 * op["share"],
+                        "count": f"{op['count_per_step']:.0f}",
+                    }
+                )
+    table.description = (
+        f"Batch {TRAIN_BATCH}, {length} tokens, the checkpoint's dropouts; "
+        f"the {PROFILE_TOP} op types with the most time, summed over the "
+        "executor threads (op time exceeds wall time where ops overlap). "
+        + "; ".join(walls)
+        + "."
+    )
+
+
 def _start(name, cfg, length, args, model_name):
     import _harness
 
@@ -596,6 +726,8 @@ def main(argv=None):
                 results, model_name, cfg, args, length, peak_before
             )
         tables[model_name] = table
+    if not args.quick and "MiniLM-L6" in models and not args.no_profile:
+        _profile_table(results, length)
     peak_after = fma_peak(args.threads)
     peak = max(peak_before, peak_after)
     results.shapes = {"token_ids": [[None, length]]}
@@ -615,7 +747,10 @@ def main(argv=None):
             f"float32 FMA peak {peak_before:.1f} GFLOP/s before and "
             f"{peak_after:.1f} after the timings."
         )
-        table.notes = list(results.notes)
+        others = [f"{m}:" for m in models if m != model_name]
+        table.notes = _target_notes(table.rows) + [
+            n for n in results.notes if not n.startswith(tuple(others))
+        ]
     results.fma_peak = {"before": peak_before, "after": peak_after}
     out = args.out or _harness.results_path(FAMILY, args.quick)
     results.write(out)

@@ -118,8 +118,9 @@ def _isa_variants():
 
 
 # Extra SIMD variants of single files, built wherever the avx2 variant is
-# (file name -> {variant: flags}): the quantized matmuls and dropout's
-# Philox draws have an AVX-512 (VNNI) variant (cc/common/cpu_isa.h).
+# (file name -> {variant: flags}): the quantized matmuls, dropout's Philox
+# draws and flash attention (16-lane vectors) have an AVX-512 (VNNI)
+# variant (cc/common/cpu_isa.h).
 _AVX512VNNI = [
     "-march=x86-64-v3",
     "-mavx512f",
@@ -129,6 +130,7 @@ _AVX512VNNI = [
 EXTRA_ISA_VARIANTS = {
     "quantization_simd.cc": {"avx512vnni": _AVX512VNNI},
     "dropout_simd.cc": {"avx512vnni": _AVX512VNNI},
+    "attention_simd.cc": {"avx512vnni": _AVX512VNNI},
 }
 
 

@@ -23,14 +23,24 @@ namespace tensorflow {
 namespace kbm {
 namespace {  // NOLINT(build/namespaces): internal linkage on purpose.
 
-typedef float VecF __attribute__((vector_size(32)));
-typedef int32_t VecI __attribute__((vector_size(32)));
-typedef float VecFUnaligned
-    __attribute__((vector_size(32), aligned(4), may_alias));
-
+#if defined(KBM_SIMD_512) && defined(__AVX512F__)
+// 16 lanes: a *_simd.cc file opts in by defining KBM_SIMD_512 before this
+// header, and only its AVX-512 variant is compiled with -mavx512f.
+constexpr int64_t kLanes = 16;
+#else
 constexpr int64_t kLanes = 8;
+#endif
+constexpr int kVecBytes = static_cast<int>(kLanes) * 4;
 
-static inline VecF Splat(float a) { return VecF{} + a; }
+typedef float VecF __attribute__((vector_size(kVecBytes)));
+typedef int32_t VecI __attribute__((vector_size(kVecBytes)));
+typedef float VecFUnaligned
+    __attribute__((vector_size(kVecBytes), aligned(4), may_alias));
+
+// a - 0 is a for every float (-0 and NaN included), so the subtraction
+// folds away and a broadcast is left; VecF{} + a would keep an add
+// (-0 + 0 is +0).
+static inline VecF Splat(float a) { return a - VecF{}; }
 static inline VecF Load(const float* p) {
   return *reinterpret_cast<const VecFUnaligned*>(p);
 }
@@ -53,7 +63,9 @@ static inline void StorePartial(float* p, VecF v, int64_t n) {
 static inline float HorizontalSum(VecF v) {
   float buf[kLanes];
   std::memcpy(buf, &v, sizeof(v));
-  // Pairwise, so the rounding does not depend on lane order.
+  // Pairwise, so the rounding does not depend on lane order; 16 lanes are
+  // first folded to 8.
+  for (int64_t i = 0; i + 8 < kLanes; ++i) buf[i] += buf[i + 8];
   return ((buf[0] + buf[4]) + (buf[2] + buf[6])) +
          ((buf[1] + buf[5]) + (buf[3] + buf[7]));
 }
@@ -62,13 +74,15 @@ static inline float HorizontalSum(VecF v) {
 // aligned (see CanStream); the kernel fences once its shard is done.
 static inline bool CanStream(const float* p) {
 #if defined(__AVX__)
-  return (reinterpret_cast<uintptr_t>(p) & 31) == 0;
+  return (reinterpret_cast<uintptr_t>(p) & (kVecBytes - 1)) == 0;
 #else
   return false;
 #endif
 }
 static inline void StoreStream(float* p, VecF v) {
-#if defined(__AVX__)
+#if defined(KBM_SIMD_512) && defined(__AVX512F__)
+  _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#elif defined(__AVX__)
   _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
 #else
   Store(p, v);
@@ -84,7 +98,9 @@ static inline void StoreOut(float* p, VecF v, bool stream) {
 }
 
 static inline VecF Sqrt(VecF a) {
-#if defined(__AVX__)
+#if defined(KBM_SIMD_512) && defined(__AVX512F__)
+  return reinterpret_cast<VecF>(_mm512_sqrt_ps(reinterpret_cast<__m512>(a)));
+#elif defined(__AVX__)
   return reinterpret_cast<VecF>(_mm256_sqrt_ps(reinterpret_cast<__m256>(a)));
 #else
   float buf[kLanes];

@@ -134,6 +134,9 @@ extern const AttentionKernels kAttentionKernels;
 namespace avx2 {
 extern const AttentionKernels kAttentionKernels;
 }  // namespace avx2
+namespace avx512vnni {  // 16-lane vectors (AVX-512 F).
+extern const AttentionKernels kAttentionKernels;
+}  // namespace avx512vnni
 
 }  // namespace kbm
 }  // namespace tensorflow

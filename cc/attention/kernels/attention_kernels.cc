@@ -28,6 +28,7 @@ namespace {
 
 const AttentionKernels& SimdKernels() {
 #ifdef KBM_HAVE_AVX2_VARIANT
+  if (ActiveIsa() == Isa::kAvx512Vnni) return avx512vnni::kAttentionKernels;
   return SelectIsa(avx::kAttentionKernels, avx2::kAttentionKernels);
 #else
   return avx::kAttentionKernels;

@@ -4,6 +4,9 @@
 // stream computed for 8 counters at a time.
 #include <limits>
 
+// The AVX-512 variant runs 16-lane vectors (cc/common/simd.h).
+#define KBM_SIMD_512 1
+
 #include "cc/attention/kernels/attention.h"
 #include "cc/attention/kernels/attention_tiles.h"
 #include "cc/common/simd.h"
@@ -17,11 +20,20 @@ namespace kbm {
 namespace KBM_ISA {
 namespace {
 
-typedef uint32_t VecU __attribute__((vector_size(32)));
+typedef uint32_t VecU __attribute__((vector_size(kVecBytes)));
 
-// hi/lo 32 bits of the 8 products a[i] * m.
+// hi/lo 32 bits of the kLanes products a[i] * m.
 inline void MulHiLo8(VecU a, uint32_t m, VecU* hi, VecU* lo) {
-#if defined(__AVX2__)
+#if defined(__AVX512F__)
+  const __m512i av = reinterpret_cast<__m512i>(a);
+  const __m512i mv = _mm512_set1_epi32(static_cast<int32_t>(m));
+  const __m512i even = _mm512_mul_epu32(av, mv);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(av, 32), mv);
+  *lo = reinterpret_cast<VecU>(
+      _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32)));
+  *hi = reinterpret_cast<VecU>(
+      _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd));
+#elif defined(__AVX2__)
   // _mm256_mul_epu32 multiplies the even 32-bit lanes into 64-bit products;
   // the odd lanes are shifted down and multiplied the same way.
   const __m256i av = reinterpret_cast<__m256i>(a);
@@ -77,7 +89,7 @@ inline void Philox8(VecU c[4], uint32_t k0, uint32_t k1) {
 // out[4 * i + w] = c[w][i]: the four draws of each of the 8 groups, in
 // flat-index order.
 inline void StoreInterleaved(const VecU c[4], uint32_t* out) {
-#if defined(__AVX2__)
+#if defined(__AVX2__) && !defined(__AVX512F__)
   const __m256i x = reinterpret_cast<__m256i>(c[0]);
   const __m256i y = reinterpret_cast<__m256i>(c[1]);
   const __m256i z = reinterpret_cast<__m256i>(c[2]);
@@ -158,8 +170,11 @@ struct SimdMath {
     for (; j + 4 * kLanes <= n; j += 4 * kLanes) {
       ColumnBlock<3, 4>(a, lda, b + j, ldb, c + j, ldc, m, k, accumulate);
     }
-    if (j < n) {
+    for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
       ColumnBlock<4, 2>(a, lda, b + j, ldb, c + j, ldc, m, k, accumulate);
+    }
+    if (j < n) {  // 16 lanes: a last 16 columns.
+      ColumnBlock<4, 1>(a, lda, b + j, ldb, c + j, ldc, m, k, accumulate);
     }
   }
 
@@ -225,7 +240,8 @@ struct SimdMath {
     const uint32_t s1hi = static_cast<uint32_t>(s.seed1 >> 32);
     const uint32_t k0 = static_cast<uint32_t>(s.seed0);
     const uint32_t k1 = static_cast<uint32_t>(s.seed0 >> 32);
-    const VecU iota = {0, 1, 2, 3, 4, 5, 6, 7};
+    VecU iota;
+    for (int i = 0; i < kLanes; ++i) iota[i] = static_cast<uint32_t>(i);
     for (int64_t g = 0; g < groups; g += kLanes) {
       const uint64_t first = g0 + g;
       VecU c[4];

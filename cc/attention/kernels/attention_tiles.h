@@ -192,26 +192,32 @@ void PackKeyTile(const AttentionShape& s, const F* kin, const F* vin,
   F* k = p.k ? p.k + unit * d.KSize() : nullptr;
   F* v = p.v ? p.v + unit * d.VSize() : nullptr;
   F* vt = p.vt ? p.vt + unit * d.VtSize() : nullptr;
-  if (kt) Fill(kt, d.KtSize(), F(0));
-  if (k) Fill(k, d.KSize(), F(0));
-  if (v) Fill(v, d.VSize(), F(0));
-  if (vt) Fill(vt, d.VtSize(), F(0));
+  // Padding (keys past the end, columns past the head size) is zero; a full
+  // tile without column padding is written element by element below.
+  if (nk < kKT || d.D < d.Dp || d.Dv < d.Dvp) {
+    if (kt) Fill(kt, d.KtSize(), F(0));
+    if (k) Fill(k, d.KSize(), F(0));
+    if (v) Fill(v, d.VSize(), F(0));
+    if (vt) Fill(vt, d.VtSize(), F(0));
+  }
   for (int64_t j = 0; j < nk; ++j) {
-    // A key-masked key stays 0 in every packed array: its score is then
+    // A key-masked key is 0 in every packed array: its score is then
     // exactly -inf (0 + the bias) and its value contributes exactly 0, so a
     // NaN or inf in a padding position's key or value reaches neither the
     // output nor (through delta = rowsum(dO * O)) the gradients.
-    if (key_mask != nullptr && !key_mask[b * s.kv_len + k0 + j]) continue;
+    const bool masked = key_mask != nullptr && !key_mask[b * s.kv_len + k0 + j];
     const int64_t row = (b * s.kv_len + k0 + j) * s.kv_heads + g;
     const F* krow = kin + row * d.D;
     const F* vrow = vin + row * d.Dv;
     for (int64_t e = 0; e < d.D; ++e) {
-      if (kt) kt[e * kKT + j] = krow[e];
-      if (k) k[j * d.Dp + e] = krow[e];
+      const F x = masked ? F(0) : krow[e];
+      if (kt) kt[e * kKT + j] = x;
+      if (k) k[j * d.Dp + e] = x;
     }
     for (int64_t e = 0; e < d.Dv; ++e) {
-      if (v) v[j * d.Dvp + e] = vrow[e];
-      if (vt) vt[e * kKT + j] = vrow[e];
+      const F x = masked ? F(0) : vrow[e];
+      if (v) v[j * d.Dvp + e] = x;
+      if (vt) vt[e * kKT + j] = x;
     }
   }
   if (g == 0) {
@@ -241,10 +247,12 @@ void PackQueryTile(const AttentionShape& s, const F* qin, const F* d_oin,
   F* qst = p.qst + unit * d.QstSize();
   F* dout = p.d_o + unit * d.DoSize();
   F* dot = p.d_ot + unit * d.DotSize();
-  Fill(qs, d.QsSize(), F(0));
-  Fill(qst, d.QstSize(), F(0));
-  Fill(dout, d.DoSize(), F(0));
-  Fill(dot, d.DotSize(), F(0));
+  if (rows < kQT || d.D < d.Dp || d.Dv < d.Dvp) {  // Zero padding.
+    Fill(qs, d.QsSize(), F(0));
+    Fill(qst, d.QstSize(), F(0));
+    Fill(dout, d.DoSize(), F(0));
+    Fill(dot, d.DotSize(), F(0));
+  }
   const F scale = s.scale;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row = (b * s.q_len + q0 + r) * s.q_heads + h;

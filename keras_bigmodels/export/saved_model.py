@@ -46,7 +46,9 @@ def find_fused_ops(path):
     return {op: sorted(where) for op, where in sorted(found.items())}
 
 
-def export_saved_model(model, path, stock_ops=True, signatures=None):
+def export_saved_model(
+    model, path, stock_ops=True, signatures=None, jit_compile=False
+):
     """Exports a Keras model as a SavedModel for TF Serving.
 
     The SavedModel's `serving_default` signature takes one tensor per model
@@ -70,6 +72,13 @@ def export_saved_model(model, path, stock_ops=True, signatures=None):
     wrapper), and serving it needs a model server built with the library
     (docs/serving.md).
 
+    With `jit_compile=True` (stock ops only) the `serving_default` and
+    `serve` functions are saved as `tf.function(jit_compile=True)`: a
+    TensorFlow that loads the SavedModel compiles them with XLA (the model
+    then runs as fused XLA code rather than op by op; BENCHMARKS.md's
+    `models` section measures both). A model server without XLA's CPU JIT
+    cannot run such a function: keep the default where unsure.
+
     Keras 3 models are written with `keras.export.ExportArchive` (also
     keeping the `serve` endpoint that `model.export` writes, taking the
     model's own input structure); tf-keras models with
@@ -86,6 +95,9 @@ def export_saved_model(model, path, stock_ops=True, signatures=None):
             Names must be identifiers and not one of "serving_default",
             "serve", "variables", "trainable_variables",
             "non_trainable_variables". Defaults to `None`.
+        jit_compile: Save the serving functions for XLA compilation
+            (needs `stock_ops=True` and a model with symbolic inputs).
+            Defaults to `False`.
 
     Returns:
         The path written, as a string.
@@ -93,7 +105,9 @@ def export_saved_model(model, path, stock_ops=True, signatures=None):
     Raises:
         ValueError: A bad `signatures` argument (not a dict, a reserved or
             invalid name, a value of an unknown type) or a signature the
-            model cannot have (see `ExplainSignature`).
+            model cannot have (see `ExplainSignature`); `jit_compile` not a
+            bool, or True with `stock_ops=False` (kbm's ops have no XLA
+            kernels) or for a model without symbolic inputs.
         RuntimeError: `stock_ops=True` and the written graph still holds
             `Kbm>` ops (for example a tf.function traced earlier with kernels
             was reused); the message lists them.
@@ -107,9 +121,19 @@ def export_saved_model(model, path, stock_ops=True, signatures=None):
     ```
     """
     path = str(path)
+    if not isinstance(jit_compile, bool):
+        raise ValueError(
+            "jit_compile must be True or False. "
+            f"Received: jit_compile={jit_compile!r}"
+        )
+    if jit_compile and not stock_ops:
+        raise ValueError(
+            "jit_compile=True needs stock_ops=True: keras_bigmodels ops have "
+            "no XLA kernels. Received: stock_ops=False"
+        )
     extra = check_signatures(signatures, SIGNATURE_TYPES)
     interface = ModelInterface.of(model)
-    if interface is None and extra:
+    if interface is None and (extra or jit_compile):
         ModelInterface(model)  # Raises, saying why.
     with config.fused_kernels(not stock_ops and config.fused_kernels_enabled()):
         if interface is None:
@@ -120,7 +144,8 @@ def export_saved_model(model, path, stock_ops=True, signatures=None):
                 endpoints["serve"] = interface.keras_call_function()
             for name, signature in extra.items():
                 endpoints[name] = signature.build(interface)
-            _write(model, path, endpoints)
+            jit = _JIT_ENDPOINTS if jit_compile else ()
+            _write(model, path, endpoints, jit=jit)
     _check_ops(path, stock_ops)
     return path
 
@@ -132,11 +157,22 @@ def _write_default(model, path):
         model.export(path, format="tf_saved_model", verbose=False)
 
 
-def _write(model, path, endpoints):
-    """Writes `model` with `{name: Endpoint}` as its signatures."""
+# The endpoints `jit_compile=True` compiles (the explain signatures keep
+# their loops and gradients op by op).
+_JIT_ENDPOINTS = ("serving_default", "serve")
+
+
+def _write(model, path, endpoints, jit=()):
+    """Writes `model` with `{name: Endpoint}` as its signatures; the
+    endpoints named in `jit` as XLA-compiled functions."""
     if IS_LEGACY_KERAS:
         functions = {
-            name: tf.function(fn, input_signature=sig, autograph=False)
+            name: tf.function(
+                fn,
+                input_signature=sig,
+                autograph=False,
+                jit_compile=name in jit,
+            )
             for name, (fn, sig) in endpoints.items()
         }
         tf.saved_model.save(model, path, signatures=functions)
@@ -144,7 +180,15 @@ def _write(model, path, endpoints):
     archive = keras.export.ExportArchive()
     archive.track(model)
     for name, (fn, sig) in endpoints.items():
-        archive.add_endpoint(name, fn, input_signature=sig)
+        if name in jit:
+            # A traced tf.function: the archive keeps its jit_compile.
+            fn = tf.function(
+                fn, input_signature=sig, autograph=False, jit_compile=True
+            )
+            fn.get_concrete_function()
+            archive.add_endpoint(name, fn)
+        else:
+            archive.add_endpoint(name, fn, input_signature=sig)
     archive.write_out(path, verbose=False)
 
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,61 @@ def test_encoder_model_exports_with_stock_ops(tmp_path):
     result = last_json_line(out)
     assert result["kbm"] == []
     assert_close(np.array(result["y"]), expected, 1e-5, 1e-5)
+
+
+def _xla_functions(path):
+    """Names of the SavedModel's functions marked for XLA compilation."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    names = []
+    for meta in sm.meta_graphs:
+        for f in meta.graph_def.library.function:
+            attr = f.attr.get("_XlaMustCompile")
+            if attr is not None and attr.b:
+                names.append(f.signature.name)
+    return names
+
+
+def test_jit_compile_export_serves_the_same_outputs(tmp_path):
+    tokens = np.array([[5, 6, 7, 0, 0, 0], [1, 2, 3, 4, 5, 6]], "int32")
+    inputs = keras.Input((6,), dtype="int32", name="token_ids")
+    h = kbm.layers.TokenAndPositionEmbedding(10, 6, 16, mask_zero=True)(inputs)
+    h = kbm.layers.TransformerEncoder(32, 4)(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    expected = model.predict(tokens, verbose=0)
+    plain = kbm.export.export_saved_model(model, tmp_path / "plain")
+    path = kbm.export.export_saved_model(
+        model, tmp_path / "xla", jit_compile=True
+    )
+    assert kbm.export.find_fused_ops(path) == {}
+    assert _xla_functions(path) and not _xla_functions(plain)
+    np.save(tmp_path / "tokens.npy", tokens)
+    out = run_python(
+        f"""
+        import json, sys
+        import numpy as np
+        import tensorflow as tf
+        fn = tf.saved_model.load({path!r}).signatures["serving_default"]
+        tokens = np.load({str(tmp_path / "tokens.npy")!r})
+        y = list(fn(token_ids=tf.constant(tokens)).values())[0].numpy()
+        print(json.dumps({{"y": y.tolist(), "kbm": [
+            m for m in sys.modules if m.startswith("keras_bigmodels")]}}))
+        """,
+        reuse="tf_only",
+    )
+    result = last_json_line(out)
+    assert result["kbm"] == []
+    assert_close(np.array(result["y"]), expected, 1e-4, 1e-4)
+
+
+def test_jit_compile_arguments_are_checked(model_and_data, tmp_path):
+    model, _, _ = model_and_data
+    with pytest.raises(ValueError, match="jit_compile must be True or False"):
+        kbm.export.export_saved_model(model, tmp_path / "a", jit_compile=1)
+    with pytest.raises(ValueError, match="needs stock_ops=True"):
+        kbm.export.export_saved_model(
+            model, tmp_path / "b", stock_ops=False, jit_compile=True
+        )

@@ -24,8 +24,9 @@ others wait, so drifts of a shared machine hit all of them alike:
 * `SavedModel (stock ops)` and `SavedModel, jit_compile`: inference only;
   the kbm model exported by `kbm.export.export_saved_model` (stock ops),
   loaded by a process that never imports keras_bigmodels (what an
-  unmodified TF Serving runs), its `serving_default` called directly and
-  inside `tf.function(jit_compile=True)`;
+  unmodified TF Serving runs), its `serving_default` called directly; the
+  second exported with `jit_compile=True` (its serving function is
+  XLA-compiled where it is loaded);
 * `PyTorch`: Hugging Face transformers' `BertModel` (its default attention,
   SDPA) with the same head, `torch.optim.AdamW`, eager; inference under
   `torch.inference_mode()`. It runs in its own virtual environment
@@ -264,12 +265,14 @@ def _keras_model(cfg, length):
     return model
 
 
-def export_stock_savedmodel(cfg, length, path):
+def export_stock_savedmodel(cfg, length, path, jit_compile=False):
     """Writes the kbm classifier as a stock-ops SavedModel (own process)."""
     import keras_bigmodels as kbm
 
     model = _kbm_model(cfg, length, "exported")
-    kbm.export.export_saved_model(model, path, stock_ops=True)
+    kbm.export.export_saved_model(
+        model, path, stock_ops=True, jit_compile=jit_compile
+    )
 
 
 _KEEP_ALIVE = []
@@ -313,6 +316,7 @@ def _tf_worker(kind, cfg, length):
             json.dumps(cfg),
             "--length",
             str(length),
+            *(["--jit-compile"] if kind == "savedmodel_xla" else []),
         ],
         check=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
@@ -322,10 +326,9 @@ def _tf_worker(kind, cfg, length):
     loaded = tf.saved_model.load(str(path))
     serve = loaded.signatures["serving_default"]
     _KEEP_ALIVE.append(loaded)  # Its variables must outlive this frame.
-    if kind == "savedmodel_xla":
-        fn = tf.function(lambda ids: serve(token_ids=ids), jit_compile=True)
-    else:
-        fn = lambda ids: serve(token_ids=ids)  # noqa: E731
+    # savedmodel_xla: exported with jit_compile=True, so the loaded
+    # serving function itself is XLA-compiled.
+    fn = lambda ids: serve(token_ids=ids)  # noqa: E731
     data = {}
 
     def infer(batch):
@@ -465,14 +468,13 @@ def _bench_model(results, model_name, cfg, args, length, peak):
     ] or [others]
     passes[0] += [n for n in others if not any(n in g for g in passes)]
     cases = [("train", train_batch)] + [("infer", b) for b in infer_batches]
-    # (task, batch) -> {variant: [seconds]}, and the kbm seconds of the same
-    # rounds for each other variant.
-    times = {case: {} for case in cases}
-    kbm_times = {case: {} for case in cases}
+    # (task, batch) -> [(variant, seconds per round, kbm's seconds in the
+    # same rounds, or None for kbm's own row)], pass by pass.
+    times = {case: [] for case in cases}
     workers = {}
     try:
         workers[KBM] = _start(KBM, cfg, length, args, model_name)
-        for group in passes:
+        for p, group in enumerate(passes):
             for name in group:
                 workers[name] = _start(name, cfg, length, args, model_name)
             for task, batch in cases:
@@ -485,10 +487,10 @@ def _bench_model(results, model_name, cfg, args, length, peak):
                 for _ in range(args.rounds):
                     for n in active:
                         got[n].append(workers[n].run(task, batch))
-                times[(task, batch)].setdefault(KBM, []).extend(got[KBM])
+                label = KBM if len(passes) == 1 else f"{KBM} (pass {p + 1})"
+                times[(task, batch)].append((label, got[KBM], None))
                 for n in active[1:]:
-                    times[(task, batch)][n] = got[n]
-                    kbm_times[(task, batch)][n] = got[KBM]
+                    times[(task, batch)].append((n, got[n], got[KBM]))
             for name in group:
                 _stop(workers.pop(name))
     finally:
@@ -497,14 +499,12 @@ def _bench_model(results, model_name, cfg, args, length, peak):
     rows = []
     for task, batch in cases:
         gflop = model_gflop(cfg, batch, length, task == "train")
-        for n, ts in times[(task, batch)].items():
+        for n, ts, kbm_ts in times[(task, batch)]:
             med = statistics.median(ts)
             ratios = (
                 None
-                if n == KBM
-                else statistics.median(
-                    t / k for t, k in zip(ts, kbm_times[(task, batch)][n])
-                )
+                if kbm_ts is None
+                else statistics.median(t / k for t, k in zip(ts, kbm_ts))
             )
             rows.append(
                 {
@@ -515,7 +515,7 @@ def _bench_model(results, model_name, cfg, args, length, peak):
                         else f"inference, batch {batch}"
                     ),
                     "variant": n,
-                    "kbm": n == KBM,
+                    "kbm": kbm_ts is None,
                     "ms": 1e3 * med,
                     "gflop": gflop,
                     "gflops": gflop / med,
@@ -529,8 +529,8 @@ def _bench_model(results, model_name, cfg, args, length, peak):
             f"{model_name}: the variants ran in {len(passes)} passes ("
             + "; ".join(", ".join(g) for g in passes)
             + "), each beside the same kbm process, to fit this machine's "
-            "memory; a ratio compares rounds of the same pass, and kbm's "
-            "row is the median over all passes."
+            "memory; kbm has a row per pass, and a ratio compares rounds of "
+            "the same pass."
         )
     return rows
 
@@ -564,7 +564,9 @@ def _target_notes(rows):
             if target:
                 text += f" (target {target}x: {_met(r['kbm_speedup'], target)})"
             parts.append(text)
-        kbm = by[(task, KBM)]
+        kbm = next(
+            r for r in rows if r["task"] == task and r["kbm_speedup"] is None
+        )
         parts.append(
             f"{kbm['pct_peak']:.0f} % of the FMA peak (target "
             f"{TARGET_PEAK:.0f} %: {_met(kbm['pct_peak'], TARGET_PEAK)})"
@@ -682,12 +684,15 @@ def main(argv=None):
         p = argparse.ArgumentParser()
         p.add_argument("--worker")
         p.add_argument("--export")
+        p.add_argument("--jit-compile", action="store_true")
         p.add_argument("--model-config", type=json.loads)
         p.add_argument("--length", type=int)
         p.add_argument("--threads", type=int, default=os.cpu_count())
         a = p.parse_args(argv)
         if a.export:
-            return export_stock_savedmodel(a.model_config, a.length, a.export)
+            return export_stock_savedmodel(
+                a.model_config, a.length, a.export, a.jit_compile
+            )
         return worker_main(a.worker, a.model_config, a.length, a.threads)
 
     import _harness

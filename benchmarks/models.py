@@ -662,6 +662,79 @@ def _profile_table(results, length):
     )
 
 
+def _matmul_shapes(cfg, rows):
+    """The float32 products of one training step of an encoder layer:
+    forward X W (fused Q/K/V, output, FFN in and out), and the backward
+    dX = dY W^T (as rows x out x in) and dW = X^T dY (as in x rows x out)."""
+    h, i = cfg["hidden"], cfg["intermediate"]
+    forward = [(rows, h, 3 * h), (rows, h, h), (rows, h, i), (rows, i, h)]
+    shapes = []
+    for m, k, n in forward:
+        shapes += [(m, k, n), (m, n, k), (k, m, n)]
+    return list(dict.fromkeys(shapes))
+
+
+def _matmul_table(results, models, length, args, peak):
+    """The step's float32 matmuls alone (benchmarks/_matmul_alone.py),
+    TensorFlow and PyTorch, each in its own process: how far the libraries'
+    GEMMs are from the FMA peak at these shapes."""
+    import _harness
+
+    table = results.table(
+        "float32 matmul alone at the training step's shapes",
+        [
+            _harness.Column("model", "model", group=True),
+            _harness.Column("shape", "M x K x N"),
+            _harness.Column("tf", "TensorFlow GFLOP/s", "gflops"),
+            _harness.Column("tf_pct", "TF % of FMA peak", "pct"),
+            _harness.Column("torch", "PyTorch GFLOP/s", "gflops"),
+            _harness.Column("torch_pct", "PyTorch % of FMA peak", "pct"),
+        ],
+    )
+    with table:
+        for model_name, cfg in models.items():
+            shapes = _matmul_shapes(cfg, TRAIN_BATCH * length)
+            got = {}
+            for lib, python in (
+                ("tf", sys.executable),
+                ("torch", args.torch_python),
+            ):
+                if not Path(python).exists():
+                    continue
+                _harness.progress(FAMILY, f"{model_name}: {lib} matmuls")
+                out = subprocess.run(
+                    [
+                        str(python),
+                        str(BENCH_DIR / "_matmul_alone.py"),
+                        lib,
+                        str(args.threads),
+                        json.dumps(shapes),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                ).stdout
+                got[lib] = json.loads(out.strip().splitlines()[-1])
+            for m, k, n in shapes:
+                key, gflop = f"{m}x{k}x{n}", 2 * m * k * n / 1e9
+                row = {"model": model_name, "shape": key}
+                for lib in ("tf", "torch"):
+                    seconds = got.get(lib, {}).get(key)
+                    row[lib] = gflop / seconds if seconds else None
+                    row[f"{lib}_pct"] = (
+                        100 * row[lib] / peak if seconds else None
+                    )
+                table.rows.append(row)
+    table.description = (
+        f"{args.threads} threads; best of 10 after 2 warm-up calls; rows = "
+        f"batch {TRAIN_BATCH} x {length} tokens; each layer's forward "
+        "products (Q/K/V fused, output, FFN in, FFN out), then their dX "
+        "(M x N x K) and dW (K x M x N) products; % of the FMA peak "
+        "measured before the model timings."
+    )
+
+
 def _start(name, cfg, length, args, model_name):
     import _harness
 
@@ -733,6 +806,8 @@ def main(argv=None):
         tables[model_name] = table
     if not args.quick and "MiniLM-L6" in models and not args.no_profile:
         _profile_table(results, length)
+    if not args.quick:
+        _matmul_table(results, models, length, args, peak_before)
     peak_after = fma_peak(args.threads)
     peak = max(peak_before, peak_after)
     results.shapes = {"token_ids": [[None, length]]}

@@ -79,6 +79,7 @@ TEST_SETS["kernels"] = [
             "attention",
             "bias_activation",
             "distillation",
+            "dropout",
             "normalization",
             "optimizers",
             "quantization",

@@ -132,7 +132,7 @@ def test_empty_and_unknown_shapes():
 
 
 @pytest.mark.parametrize("isa", ["avx", "avx2"])
-def test_simd_variants_equal_the_reference(isa):
+def test_avx_baseline_and_avx2_variants_equal_the_reference(isa):
     out = run_python(
         f"""
         import numpy as np

@@ -13,9 +13,9 @@ their names and the saved weights are unchanged.
 
 Only plain sublayers take this path: exactly Keras's `EinsumDense` with
 one of those equations, a bias over all output axes or none, no
-activation, no activity regularizer, not
-quantized and without LoRA. Anything else (a subclass, a quantized or
-adapted layer, a custom equation) runs through the sublayer's own call.
+activation, no activity regularizer, not quantized and without LoRA.
+Anything else (a subclass, a quantized or adapted layer, a custom
+equation) runs through the sublayer's own call.
 """
 
 import tensorflow as tf
@@ -27,8 +27,8 @@ ENABLED = True
 
 
 def _projection_kind(equation):
-    """ "in" for `abc,cde->abde`, "out" for `abcd,cde->abe` (any distinct
-    letters), else None."""
+    """The projection `equation` computes: "in" for `abc,cde->abde`, "out"
+    for `abcd,cde->abe` (any distinct letters), else None."""
     try:
         inputs, out = equation.split("->")
         lhs, rhs = inputs.split(",")

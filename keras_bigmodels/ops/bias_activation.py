@@ -164,8 +164,11 @@ def dropout(x, rate, seed, use_fused_kernel="auto"):
         raise ValueError(
             f"rate must be a Python number in [0, 1). Received: rate={rate!r}"
         )
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"rate must be in [0, 1). Received: rate={rate!r}")
+    if not (0.0 <= rate < 1.0 and np.float32(rate) < 1.0):
+        raise ValueError(
+            "rate must be in [0, 1) (and below 1 once rounded to float32). "
+            f"Received: rate={rate!r}"
+        )
     with tf.name_scope("dropout"):
         x = float_tensor(x, "x")
         seed = _as_seed(seed)

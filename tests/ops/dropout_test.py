@@ -6,33 +6,15 @@ import tensorflow as tf
 
 import keras_bigmodels as kbm
 from keras_bigmodels.testing import random_tensor, run_python
+from tests.ops import _philox
 
 DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 SIZES = [1, 3, 63, 64, 65, 127, 1000, 4097]
 
 
 def numpy_keep(seed, n, rate):
-    """The keep mask of flat indices [0, n), Philox4x32-10 in NumPy (an
-    oracle independent of the TensorFlow reference)."""
-    m0, m1, w0, w1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
-    s0, s1 = (int(s) % 2**64 for s in seed)
-    g = np.arange((n + 3) // 4, dtype=np.uint64)
-    c = [g & 0xFFFFFFFF, g >> np.uint64(32)]
-    c += [np.full_like(g, s1 & 0xFFFFFFFF), np.full_like(g, s1 >> 32)]
-    k0, k1 = s0 & 0xFFFFFFFF, s0 >> 32
-    low = np.uint64(0xFFFFFFFF)
-    for _ in range(10):
-        p0, p1 = c[0] * np.uint64(m0), c[2] * np.uint64(m1)
-        c = [
-            (p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0),
-            p1 & low,
-            (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1),
-            p0 & low,
-        ]
-        k0, k1 = (k0 + w0) & 0xFFFFFFFF, (k1 + w1) & 0xFFFFFFFF
-    draws = np.stack(c, axis=-1).reshape(-1)[:n]
-    threshold = int(float(np.float32(rate)) * 2**32)
-    return draws >= np.uint64(min(threshold, 0xFFFFFFFF))
+    """The keep mask of flat indices [0, n), from the NumPy oracle."""
+    return _philox.keep_mask(seed, np.arange(n), rate)
 
 
 @pytest.mark.parametrize("fused", [True, False])

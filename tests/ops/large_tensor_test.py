@@ -35,6 +35,7 @@ from keras_bigmodels.ops import bias_activation as bias_ops
 from keras_bigmodels.ops import distillation as distillation_ops
 from keras_bigmodels.ops import normalization as normalization_ops
 from keras_bigmodels.ops import optimizers as optimizer_ops
+from tests.ops import _philox
 
 pytestmark = pytest.mark.large
 
@@ -419,29 +420,6 @@ def test_bias_gelu_past_2_31():
         _assert_periodic_sum(dbias, per_row, rows, "dbias", rtol=1e-2)
 
 
-def _philox_keep(seed, flat, rate):
-    """Whether each flat index in `flat` is kept (Philox4x32-10 in NumPy,
-    cc/common/philox.h's stream)."""
-    m0, m1, w0, w1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
-    low = np.uint64(0xFFFFFFFF)
-    g = np.asarray(flat, np.uint64) >> np.uint64(2)
-    c = [g & low, g >> np.uint64(32)]
-    c += [np.full_like(g, seed[1] & 0xFFFFFFFF), np.full_like(g, seed[1] >> 32)]
-    k0, k1 = seed[0] & 0xFFFFFFFF, seed[0] >> 32
-    for _ in range(10):
-        p0, p1 = c[0] * np.uint64(m0), c[2] * np.uint64(m1)
-        c = [
-            (p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0),
-            p1 & low,
-            (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1),
-            p0 & low,
-        ]
-        k0, k1 = (k0 + w0) & 0xFFFFFFFF, (k1 + w1) & 0xFFFFFFFF
-    lane = (np.asarray(flat, np.uint64) & np.uint64(3)).astype(np.int64)
-    draws = np.choose(lane, c)
-    return draws >= np.uint64(int(float(np.float32(rate)) * 2**32))
-
-
 def test_dropout_past_2_31():
     lib = _lib()
     dtype = tf.bfloat16
@@ -467,7 +445,7 @@ def test_dropout_past_2_31():
         )
         del y
         flat = np.asarray(ids, np.int64)[:, None] * width + np.arange(width)
-        keep = _philox_keep(seed, flat, 0.5)
+        keep = _philox.keep_mask(seed, flat, 0.5)
         np.testing.assert_array_equal(y_rows, np.where(keep, 2.0, 0.0))
         fraction = kept / (rows * width)
         assert abs(fraction - 0.5) < 1e-4, fraction

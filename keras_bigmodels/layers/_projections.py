@@ -13,9 +13,13 @@ their names and the saved weights are unchanged.
 
 Only plain sublayers take this path: exactly Keras's `EinsumDense` with
 one of those equations, a bias over all output axes or none, no
-activation, no activity regularizer, not quantized and without LoRA.
-Anything else (a subclass, a quantized or adapted layer, a custom
-equation) runs through the sublayer's own call.
+activation, no activity regularizer, not quantized, without Keras's LoRA
+and without a `call` of its own on the instance (kbm's adapters install
+one). Anything else (a subclass, a quantized or adapted layer, a custom
+equation) runs through the sublayer's own call. The input is cast to the
+sublayer's compute dtype, as its own call would (tf-keras casts only a
+layer's first argument, so the value of a mixed-precision attention layer
+arrives in float32).
 """
 
 import tensorflow as tf
@@ -53,7 +57,8 @@ def _plain(dense, kind):
     out_axes = equation.split("->")[1][2:]
     activation = getattr(dense, "activation", None)
     return (
-        getattr(dense, "bias_axes", None) in (None, out_axes)
+        "call" not in vars(dense)
+        and getattr(dense, "bias_axes", None) in (None, out_axes)
         and activation in (None, keras.activations.linear)
         and getattr(dense, "activity_regularizer", None) is None
         and getattr(dense, "quantization_mode", None) is None
@@ -84,8 +89,10 @@ def input_projections(denses, inputs):
     if not ENABLED or not all(_plain(d, "in") for d in denses):
         return None
     x = tf.convert_to_tensor(inputs)
-    if x.shape.rank != 3 or not x.dtype.is_floating:
+    dtypes = {d.compute_dtype for d in denses}
+    if x.shape.rank != 3 or not x.dtype.is_floating or len(dtypes) != 1:
         return None
+    x = tf.cast(x, dtypes.pop())
     kernels = [_kernel_2d(d, x.dtype) for d in denses]
     biases = [_bias_1d(d, x.dtype) for d in denses]
     widths = [k.shape[1] for k in kernels]
@@ -119,6 +126,7 @@ def output_projection(dense, inputs):
     x = tf.convert_to_tensor(inputs)
     if x.shape.rank != 4 or not x.dtype.is_floating:
         return None
+    x = tf.cast(x, dense.compute_dtype)
     kernel = tf.convert_to_tensor(dense.kernel)
     width = kernel.shape[0] * kernel.shape[1]
     shape = tf.shape(x)

@@ -179,3 +179,40 @@ def test_grouped_query_attention_takes_the_same_path(keras):
 )
 def test_equations(equation, kind):
     assert _projections._projection_kind(equation) == kind
+
+
+def test_a_call_installed_on_the_instance_is_kept(keras):
+    """kbm's adapters give an adapted sublayer its own `call`: it must run."""
+    x = random_tensor((2, 6, 16), tf.float32, 7)
+    layer = kbm.layers.MultiHeadAttention(2, 8)
+    layer(x, x)
+    dense = layer._value_dense
+    plain_call = dense.call
+    object.__setattr__(dense, "call", lambda t, *a, **k: 2.0 * plain_call(t))
+    try:
+        doubled = layer(x, x)
+    finally:
+        dense.__dict__.pop("call")
+    assert matmul_ops(layer, x, x) == 2  # Back on the fused path.
+    _projections.ENABLED = False
+    try:
+        object.__setattr__(
+            dense, "call", lambda t, *a, **k: 2.0 * plain_call(t)
+        )
+        expected = layer(x, x)
+        dense.__dict__.pop("call")
+    finally:
+        _projections.ENABLED = True
+    assert_close(doubled, expected, 1e-6, 1e-6)
+
+
+def test_mixed_precision_value_in_float32(keras):
+    """tf-keras casts only the first argument: the value may arrive in
+    float32 to a float16 layer; the projections cast it as EinsumDense
+    would."""
+    layer = kbm.layers.MultiHeadAttention(2, 8, dtype="mixed_float16")
+    q = random_tensor((2, 5, 16), tf.float16, 8)
+    v = random_tensor((2, 7, 16), tf.float32, 9)
+    fast, slow = fast_and_slow(layer, q, v)
+    assert fast.dtype == tf.float16
+    assert_close(fast, slow, 1e-2, 1e-2)

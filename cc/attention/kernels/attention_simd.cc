@@ -1,7 +1,8 @@
-// Float32 flash attention for one SIMD variant (KBM_ISA = avx or avx2): the
-// tiled algorithm of attention_tiles.h with register-blocked GEMM
-// micro-kernels, a vectorised row exp, and the attention-dropout Philox
-// stream computed for 8 counters at a time.
+// Float32 flash attention for one SIMD variant (KBM_ISA = avx, avx2, or
+// avx512vnni with 16-lane vectors): the tiled algorithm of
+// attention_tiles.h with register-blocked GEMM micro-kernels, a vectorised
+// row exp, and the attention-dropout Philox stream computed for a vector
+// of counters at a time.
 #include <limits>
 
 // The AVX-512 variant runs 16-lane vectors (cc/common/simd.h).

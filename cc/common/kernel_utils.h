@@ -67,6 +67,27 @@ inline std::string ShapeString(const Tensor& t) {
   return t.shape().DebugString();
 }
 
+// The `rate` attribute of a dropout op (Kbm>Dropout, the attention-dropout
+// mask): in [0, 1).
+inline absl::Status CheckDropoutRate(float rate) {
+  if (rate >= 0.f && rate < 1.f) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("rate must be in [0, 1), got ", rate));
+}
+
+// A dropout op's int64 [2] `seed` input (host memory), read as the key and
+// counter words of the Philox stream (cc/common/philox.h).
+inline absl::Status ReadDropoutSeed(const Tensor& seed, uint64_t* seed0,
+                                    uint64_t* seed1) {
+  if (seed.dims() != 1 || seed.NumElements() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("seed must have shape [2], got ", ShapeString(seed)));
+  }
+  *seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
+  *seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));
+  return absl::OkStatus();
+}
+
 // The shape of `x` without its last dimension: per-row statistics.
 inline TensorShape LeadingShape(const Tensor& x) {
   TensorShape s = x.shape();

@@ -156,17 +156,14 @@ class AttentionDropoutMaskGpuOp : public OpKernel {
   explicit AttentionDropoutMaskGpuOp(OpKernelConstruction* ctx)
       : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("rate", &rate_));
-    OP_REQUIRES(ctx, rate_ >= 0.f && rate_ < 1.f,
-                absl::InvalidArgumentError(
-                    absl::StrCat("rate must be in [0, 1), got ", rate_)));
+    OP_REQUIRES_OK(ctx, CheckDropoutRate(rate_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& seed = ctx->input(0);
     const Tensor& shape_t = ctx->input(1);
-    OP_REQUIRES(ctx, seed.dims() == 1 && seed.NumElements() == 2,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "seed must have shape [2], got ", ShapeString(seed))));
+    uint64_t seed0 = 0, seed1 = 0;
+    OP_REQUIRES_OK(ctx, ReadDropoutSeed(seed, &seed0, &seed1));
     OP_REQUIRES(ctx, shape_t.dims() == 1 && shape_t.NumElements() == 4,
                 absl::InvalidArgumentError(absl::StrCat(
                     "shape must have shape [4] ([B, H, Tq, Tk]), got ",
@@ -185,10 +182,8 @@ class AttentionDropoutMaskGpuOp : public OpKernel {
     if (keep->NumElements() == 0) return;
     OP_REQUIRES_OK(
         ctx, FromGpuCode(::kbm::gpu::LaunchAttentionDropoutMask(
-                             static_cast<uint64_t>(seed.flat<int64_t>()(0)),
-                             static_cast<uint64_t>(seed.flat<int64_t>()(1)),
-                             dims[0], dims[1], dims[2], dims[3], rate_,
-                             keep->flat<bool>().data(), GpuStream(ctx)),
+                             seed0, seed1, dims[0], dims[1], dims[2], dims[3],
+                             rate_, keep->flat<bool>().data(), GpuStream(ctx)),
                          "Kbm>AttentionDropoutMask"));
   }
 

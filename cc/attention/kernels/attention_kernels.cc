@@ -460,17 +460,14 @@ class AttentionDropoutMaskOp : public OpKernel {
  public:
   explicit AttentionDropoutMaskOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("rate", &rate_));
-    OP_REQUIRES(ctx, rate_ >= 0.f && rate_ < 1.f,
-                absl::InvalidArgumentError(
-                    absl::StrCat("rate must be in [0, 1), got ", rate_)));
+    OP_REQUIRES_OK(ctx, CheckDropoutRate(rate_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& seed = ctx->input(0);
     const Tensor& shape_t = ctx->input(1);
-    OP_REQUIRES(ctx, seed.dims() == 1 && seed.NumElements() == 2,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "seed must have shape [2], got ", ShapeString(seed))));
+    uint64_t seed0 = 0, seed1 = 0;
+    OP_REQUIRES_OK(ctx, ReadDropoutSeed(seed, &seed0, &seed1));
     OP_REQUIRES(ctx, shape_t.dims() == 1 && shape_t.NumElements() == 4,
                 absl::InvalidArgumentError(absl::StrCat(
                     "shape must have shape [4] ([B, H, Tq, Tk]), got ",
@@ -485,8 +482,6 @@ class AttentionDropoutMaskOp : public OpKernel {
     }
     Tensor* keep = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &keep));
-    const uint64_t seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
-    const uint64_t seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));
     const uint32_t threshold = kbm_philox::DropoutThreshold(rate_);
     bool* out = keep->flat<bool>().data();
     const int64_t groups = (keep->NumElements() + 3) / 4;

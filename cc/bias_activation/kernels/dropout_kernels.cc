@@ -56,24 +56,19 @@ class DropoutOp : public OpKernel {
  public:
   explicit DropoutOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("rate", &rate_));
-    OP_REQUIRES(ctx, rate_ >= 0.f && rate_ < 1.f,
-                absl::InvalidArgumentError(
-                    absl::StrCat("rate must be in [0, 1), got ", rate_)));
+    OP_REQUIRES_OK(ctx, CheckDropoutRate(rate_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     const Tensor& seed = ctx->input(1);
-    OP_REQUIRES(ctx, seed.dims() == 1 && seed.NumElements() == 2,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "seed must have shape [2], got ", ShapeString(seed))));
+    uint64_t seed0 = 0, seed1 = 0;
+    OP_REQUIRES_OK(ctx, ReadDropoutSeed(seed, &seed0, &seed1));
     Tensor* y = nullptr;
     OP_REQUIRES_OK(
         ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     const int64_t n = x.NumElements();
     if (n == 0) return;
-    const uint64_t seed0 = static_cast<uint64_t>(seed.flat<int64_t>()(0));
-    const uint64_t seed1 = static_cast<uint64_t>(seed.flat<int64_t>()(1));
     const uint32_t threshold = kbm_philox::DropoutThreshold(rate_);
     const double scale = 1.0 / (1.0 - static_cast<double>(rate_));
     const T* px = x.flat<T>().data();

@@ -210,14 +210,16 @@ test-slow: build
 	exit $$status
 
 # Property-based fuzzing of every op family (hypothesis profile "long":
-# 100,000 examples per test; Keras 3 line only, the ops do not depend on
-# the Keras line). FUZZ_SECONDS > 0 bounds each family's time (the JSON then
-# records how many examples really ran). Writes
-# benchmarks/results/reliability_fuzz.json.
+# FUZZ_EXAMPLES per family, split evenly among its tests; Keras 3 line only,
+# the ops do not depend on the Keras line). FUZZ_SECONDS > 0 bounds each
+# family's time (the JSON then records how many examples really ran).
+# Writes benchmarks/results/reliability_fuzz.json.
+FUZZ_EXAMPLES ?= 100000
 FUZZ_SECONDS ?= 0
 .PHONY: fuzz
 fuzz: build
 	KBM_HYPOTHESIS_PROFILE=long $(PY) benchmarks/fuzz.py \
+	  --examples-per-family $(FUZZ_EXAMPLES) \
 	  --seconds-per-family $(FUZZ_SECONDS)
 
 # Safe loading and serving inputs on both Keras lines; writes

@@ -2,14 +2,16 @@
 
 Each family's `tests/ops/<family>_fuzz_test.py` runs in its own pytest
 process with the hypothesis profile given (default "long", 100,000 examples
-per test). `--seconds-per-family` bounds a family's time: its tests share
-the budget and each ends (as a skip) when its share is spent, so the
-recorded example count is what really ran. Examples are counted by the
+per test). `--examples-per-family N` splits N examples evenly among a
+family's tests instead. `--seconds-per-family` bounds a family's time: its
+tests share the budget and each ends (as a skip) when its share is spent,
+so the recorded example count is what really ran. Examples are counted by the
 tests themselves (`tests/ops/_fuzz.py`), failures by pytest (JUnit XML).
 Writes benchmarks/results/reliability_fuzz.json.
 
     KBM_HYPOTHESIS_PROFILE=long python benchmarks/fuzz.py
     python benchmarks/fuzz.py --seconds-per-family 600 --families attention
+    python benchmarks/fuzz.py --examples-per-family 100000
 """
 
 import argparse
@@ -85,7 +87,7 @@ def falsifying(output):
     return found
 
 
-def run_family(family, profile, seconds, python):
+def run_family(family, profile, seconds, examples, python):
     path = TESTS_DIR / f"{family}_fuzz_test.py"
     n_tests = len(re.findall(r"^def test_", path.read_text(), re.M))
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,6 +103,8 @@ def run_family(family, profile, seconds, python):
         )
         if seconds:
             env["KBM_FUZZ_TEST_SECONDS"] = str(seconds / n_tests)
+        if examples:
+            env["KBM_FUZZ_EXAMPLES_PER_TEST"] = str(-(-examples // n_tests))
         cmd = [
             python,
             "-m",
@@ -176,6 +180,13 @@ def main():
         default=float(os.environ.get("KBM_FUZZ_SECONDS", "0")),
         help="time budget of each family (0: none, run every example)",
     )
+    parser.add_argument(
+        "--examples-per-family",
+        type=int,
+        default=0,
+        help="split this many examples among a family's tests (long "
+        "profile; 0: the profile's own budget per test)",
+    )
     parser.add_argument("--families", nargs="*", default=None)
     parser.add_argument(
         "--jobs", type=int, default=1, help="families run at once"
@@ -193,7 +204,11 @@ def main():
         results = list(
             pool.map(
                 lambda f: run_family(
-                    f, args.profile, args.seconds_per_family, sys.executable
+                    f,
+                    args.profile,
+                    args.seconds_per_family,
+                    args.examples_per_family,
+                    sys.executable,
                 ),
                 names,
             )
@@ -203,6 +218,7 @@ def main():
     import hypothesis  # noqa: PLC0415 - only for its version
 
     budget = args.seconds_per_family
+    per_family = args.examples_per_family
     result = {
         "topic": "fuzz",
         "title": "Property-based fuzzing",
@@ -215,7 +231,15 @@ def main():
             f"hypothesis {hypothesis.__version__}, profile "
             f"'{args.profile}' (tests/conftest.py); one pytest process "
             "per family, Keras 3 line (the ops do not depend on the "
-            "Keras line).",
+            "Keras line)."
+            + (
+                f" Example budget {per_family:,} per family, split evenly "
+                "among its tests (hypothesis's max_examples per test; a "
+                "test whose strategies run out of distinct examples stops "
+                "earlier)."
+                if per_family
+                else ""
+            ),
             (
                 f"Time budget {budget:g} s per family, shared by its tests; "
                 "a test whose share ran out before its example budget ends "

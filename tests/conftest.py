@@ -25,9 +25,11 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=_SLOW_OK,
 )
+# KBM_FUZZ_EXAMPLES_PER_TEST lowers the long profile's budget per test
+# (benchmarks/fuzz.py --examples-per-family splits a family's among its tests).
 settings.register_profile(
     "long",
-    max_examples=100_000,
+    max_examples=int(os.environ.get("KBM_FUZZ_EXAMPLES_PER_TEST", "100000")),
     deadline=None,
     print_blob=True,
     suppress_health_check=_SLOW_OK,

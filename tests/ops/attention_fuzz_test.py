@@ -284,6 +284,29 @@ def _empty_bool():
     seed=(0, 0),
     scale=10.0,
 )
+# Long run: a query element of 1e30 against 13 equal keys (scores ~1e27,
+# bfloat16, dropout 0.1): lse = m + log(13) rounded to float32 is m, so the
+# backward pass's P = exp(S - lse) was 1 for each key, and dK 13x too large.
+# Rows whose |lse| is too large to hold log(l) now get their max and sum
+# recomputed (kLseExactLimit in cc/attention/kernels/attention.h).
+@example(
+    shape=(1, 1, 13, 1, 1, 1, 1),
+    dtype=tf.bfloat16,
+    q_spec={
+        "pattern": "normal",
+        "seed": 0,
+        "scale": 0.001,
+        "specials": [(0.0, 1e30)],
+    },
+    kv_spec={"pattern": "equal", "seed": 0, "scale": 0.001, "specials": []},
+    do_spec={"pattern": "normal", "seed": 0, "scale": 0.001, "specials": []},
+    mask_kind="none",
+    causal=False,
+    top_left=False,
+    rate=0.1,
+    seed=(0, 0),
+    scale=None,
+)
 @given(
     shape=attention_shapes(),
     dtype=_fuzz.dtypes(),

@@ -219,6 +219,63 @@ def test_non_finite_masked_keys_do_not_leak(bad, causal):
         assert_close(got, want, **TOLERANCES[tf.float32])
 
 
+@pytest.mark.parametrize(
+    "dtype",
+    [tf.float16, tf.bfloat16, tf.float32, tf.float64],
+    ids=lambda d: d.name,
+)
+def test_huge_tied_scores_keep_the_softmax_sum(dtype):
+    # Scores of 1e27 tied over 13 keys: lse = m + log(13) rounds to m, and
+    # the backward pass's P = exp(S - lse) was 1 per key instead of 1/13
+    # (fuzzing found dK 13x too large). Golden values: P = 1/13 everywhere.
+    tq, tk = 130, 13  # three query tiles
+    # float16: dK must fit (scores of 4096 are past the limit too); the
+    # scale attribute is a float32.
+    scale = float(np.float32(4096.0 if dtype == tf.float16 else 1e27))
+    q = tf.ones([1, tq, 2, 1], dtype)
+    k = tf.ones([1, tk, 1, 1], dtype)
+    v = tf.cast(tf.reshape(tf.range(tk), [1, tk, 1, 1]), dtype)
+    d_o = tf.cast(tf.random.stateless_normal([1, tq, 2, 1], [1, 2]), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        y = kbm.ops.flash_attention(q, k, v, scale=scale, use_fused_kernel=True)
+    _, dk, dv = tape.gradient(y, [q, k, v], output_gradients=d_o)
+    tol = TOLERANCES[dtype]
+    assert_close(y, tf.fill(y.shape, tf.cast(6.0, dtype)), **tol)
+    d_o64 = tf.cast(d_o, tf.float64)
+    want_dv = tf.fill(dv.shape, tf.reduce_sum(d_o64) / tk)
+    assert_close(tf.cast(dv, tf.float64), want_dv, **tol, what="dV")
+    # dK_j = scale * sum_i P_ij (dP_ij - delta_i) q_i, with dP_ij = dO_i v_j
+    # and delta_i = dO_i * 6.
+    want_dk = scale / tk * (np.arange(tk) - 6.0) * float(tf.reduce_sum(d_o64))
+    assert_close(
+        tf.reshape(tf.cast(dk, tf.float64), [tk]),
+        want_dk,
+        rtol=tol["rtol"],
+        atol=tol["atol"] * scale,
+        what="dK",
+    )
+
+
+@pytest.mark.parametrize(
+    "dtype", [tf.bfloat16, tf.float32, tf.float64], ids=lambda d: d.name
+)
+def test_huge_scores_on_some_rows_match_the_reference(dtype):
+    # Rows past kLseExactLimit (every third query, scores ~1e27 against
+    # equal keys) next to ordinary rows, with a key mask and causality.
+    q, _, v = qkv(2, 130, 70, 2, 1, 4, 3, dtype=dtype, seed=9)
+    huge = (np.arange(130) % 3 == 0)[None, :, None, None]
+    q = tf.where(huge, tf.cast(1e27, dtype), q)
+    k = tf.ones([2, 70, 1, 4], dtype)
+    kernel_vs_reference(
+        kbm.ops.flash_attention,
+        [q, k, v],
+        TOLERANCES,
+        causal=True,
+        key_mask=tf.constant([70, 33]),
+    )
+
+
 def test_compute_gradient_float64():
     q, k, v = qkv(1, 5, 7, 2, 1, 4, 3, dtype=tf.float64)
     mask = tf.constant([[True, True, False, True, True, True, False]])

@@ -14,6 +14,7 @@
 #define KERAS_BIGMODELS_CC_ATTENTION_KERNELS_ATTENTION_H_
 
 #include <cstdint>
+#include <limits>
 
 namespace tensorflow {
 namespace kbm {
@@ -47,6 +48,15 @@ struct AttentionShape {
 constexpr int64_t kAttnQueryTile = 64;
 constexpr int64_t kAttnKeyTile = 64;
 
+// |lse| beyond which lse = m + log(l), rounded to F, may be off by more than
+// 2^-12 (half its ulp there), which the backward pass's P = exp(S - lse)
+// would carry as a relative error; with scores near 1e27 the rounding drops
+// log(l) altogether (P = 1 for each of l tied keys). The backward pass
+// recomputes m and l for such rows (AttentionBackwardIO::inv_sum).
+template <typename F>
+constexpr F kLseExactLimit =
+    F(1) / (F(8192) * std::numeric_limits<F>::epsilon());
+
 // How much of a (query tile, key tile) block of the dense mask is visible:
 // a causal or key-padding mask given densely has few kMaskSome blocks, and
 // kMaskNone blocks are skipped.
@@ -76,6 +86,11 @@ struct AttentionForwardIO {
   const uint8_t* mask_tiles;
   F* o;
   F* lse;  // [B, Hq, Tq]; +inf for a query that sees no key.
+  // Row statistics only (the backward pass's exact rows, see
+  // AttentionBackwardIO::inv_sum): with o and lse null, a unit skips dropout
+  // and the P V product and writes its rows' max m and sum l here instead.
+  F* row_max = nullptr;  // [B, Hq, Tq]
+  F* row_sum = nullptr;  // [B, Hq, Tq]
 };
 
 template <typename F>
@@ -88,10 +103,16 @@ struct AttentionBackwardIO {
   const uint8_t* mask_tiles;  // As in AttentionForwardIO.
   const F* d_o;               // [B, Tq, Hq, Dv]
   const F* lse;               // [B, Hq, Tq]
-  const F* delta;  // [B, Hq, Tq]: rowsum(dO * O), see AttentionDelta.
-  F* dq_partial;   // [kv_chunks, B, Hq, Tq, D], zeroed by the caller.
-  F* dk;           // [B, Tk, Hkv, D]
-  F* dv;           // [B, Tk, Hkv, Dv]
+  // P = exp(S - shift) * inv_sum. Where lse = m + log(l) is stored exactly
+  // enough, shift is lse and inv_sum null (or 1). Where |lse| is so large
+  // that its rounding would lose log(l) (kLseExactLimit), the caller
+  // recomputes the row's max m and sum l: shift = m, inv_sum = 1 / l.
+  const F* shift;    // [B, Hq, Tq]
+  const F* inv_sum;  // [B, Hq, Tq], or nullptr: all ones.
+  const F* delta;    // [B, Hq, Tq]: rowsum(dO * O), see AttentionDelta.
+  F* dq_partial;     // [kv_chunks, B, Hq, Tq, D], zeroed by the caller.
+  F* dk;             // [B, Tk, Hkv, D]
+  F* dv;             // [B, Tk, Hkv, Dv]
 };
 
 // Per-call packed keys/values, tile by tile. Tile t of (b, g) starts at

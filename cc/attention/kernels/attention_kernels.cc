@@ -8,8 +8,10 @@
 // of key tiles) are spread over the intra-op thread pool.
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "cc/attention/kernels/attention.h"
@@ -201,6 +203,70 @@ int64_t UnitCost(const AttentionShape& s, int64_t rows, int64_t keys) {
   return std::max<int64_t>(1, rows * keys * (s.head_dim + s.value_dim) / 4);
 }
 
+// One forward unit (batch, query head, query tile): SIMD for float, scalar
+// for double.
+template <typename F>
+void ForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
+                 const AttentionForwardIO<F>& io, int64_t unit) {
+  if constexpr (std::is_same_v<F, double>) {
+    AttentionForwardUnit<double, ScalarAttentionMath<double>>(s, kv, io, unit);
+  } else {
+    SimdKernels().forward_unit(s, kv, io, unit);
+  }
+}
+
+// The backward pass's P = exp(S - shift) * inv_sum (AttentionBackwardIO).
+// shift is lse and inv_sum null, except for rows whose |lse| is beyond
+// kLseExactLimit: their max m and sum l are recomputed by statistics-only
+// forward units (stats holds the forward inputs), and shift = m, inv_sum =
+// 1 / l there. Ordinary rows cost one scan of lse and no memory.
+template <typename F>
+struct ExactRows {
+  Tensor shift_t, inv_t, max_t, sum_t;
+
+  absl::Status Run(OpKernelContext* ctx, const AttentionShape& s,
+                   const PackedKV<F>& kv, AttentionForwardIO<F> stats,
+                   AttentionBackwardIO<F>* io) {
+    io->shift = io->lse;
+    io->inv_sum = nullptr;
+    const int64_t n = s.batch * s.q_heads * s.q_len;
+    const int64_t n_qt = AttnNumQueryTiles(s);
+    const F* lse = io->lse;
+    auto inexact = [lse](int64_t i) {
+      return std::isfinite(lse[i]) && std::abs(lse[i]) > kLseExactLimit<F>;
+    };
+    std::vector<int64_t> units;  // (b, h, query tile), as forward units.
+    for (int64_t i = 0; i < n; ++i) {
+      if (!inexact(i)) continue;
+      const int64_t u = i / s.q_len * n_qt + i % s.q_len / kAttnQueryTile;
+      if (units.empty() || units.back() != u) units.push_back(u);
+    }
+    if (units.empty()) return absl::OkStatus();
+    F *shift, *inv;
+    TF_RETURN_IF_ERROR(TempBuffer(ctx, n, &shift_t, &shift));
+    TF_RETURN_IF_ERROR(TempBuffer(ctx, n, &inv_t, &inv));
+    TF_RETURN_IF_ERROR(TempBuffer(ctx, n, &max_t, &stats.row_max));
+    TF_RETURN_IF_ERROR(TempBuffer(ctx, n, &sum_t, &stats.row_sum));
+    stats.o = nullptr;
+    stats.lse = nullptr;
+    ParallelFor(ctx, static_cast<int64_t>(units.size()),
+                UnitCost(s, kAttnQueryTile, s.kv_len),
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t i = begin; i < end; ++i) {
+                    ForwardUnit<F>(s, kv, stats, units[i]);
+                  }
+                });
+    for (int64_t i = 0; i < n; ++i) {
+      const bool redo = inexact(i);
+      shift[i] = redo ? stats.row_max[i] : lse[i];
+      inv[i] = redo ? F(1) / stats.row_sum[i] : F(1);
+    }
+    io->shift = shift;
+    io->inv_sum = inv;
+    return absl::OkStatus();
+  }
+};
+
 template <typename T, typename U>
 class FlashAttentionOp : public OpKernel {
  public:
@@ -260,12 +326,7 @@ class FlashAttentionOp : public OpKernel {
     ParallelFor(ctx, units, UnitCost(s, kAttnQueryTile, s.kv_len),
                 [&](int64_t begin, int64_t end) {
                   for (int64_t u = begin; u < end; ++u) {
-                    if constexpr (std::is_same_v<F, double>) {
-                      AttentionForwardUnit<double, ScalarAttentionMath<double>>(
-                          s, packer.kv, io, u);
-                    } else {
-                      SimdKernels().forward_unit(s, packer.kv, io, u);
-                    }
+                    ForwardUnit<F>(s, packer.kv, io, u);
                   }
                 });
     out.Commit();
@@ -399,10 +460,18 @@ class FlashAttentionGradOp : public OpKernel {
                               tiles,
                               pdo,
                               lse.flat<F>().data(),
+                              nullptr,
+                              nullptr,
                               pdelta,
                               pdq_part,
                               out_dk.data(),
                               out_dv.data()};
+    ExactRows<F> exact;
+    OP_REQUIRES_OK(ctx,
+                   exact.Run(ctx, s, packer.kv,
+                             {wq.data(), wk.data(), wv.data(), mask,
+                              MaskData(dense_mask), tiles, nullptr, nullptr},
+                             &io));
     const int64_t units = base_units * s.kv_chunks;
     const int64_t unit_keys =
         (n_kt + s.kv_chunks - 1) / s.kv_chunks * kAttnKeyTile;

@@ -27,7 +27,8 @@
 //
 // Backward (one unit = batch b, kv head g, a chunk of key tiles), as in
 // FlashAttention-2: for each key tile and each query tile of the group's
-// query heads, recompute P = exp(S - lse), then
+// query heads, recompute P = exp(S - lse) (exp(S - m) / l for rows whose
+// lse is too large to hold log(l), kLseExactLimit), then
 //   dV^T += dO^T (P * Z),  dP = (dO V^T) * Z,  dS = P * (dP - delta),
 //   dQ += dS K (into the chunk's own dq_partial),  dK^T += Qs^T dS,
 // with delta = rowsum(dO * O) and Z regenerated from the Philox stream. Each
@@ -355,8 +356,11 @@ void AttentionForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
   const int64_t g = h / (s.q_heads / s.kv_heads);
   const int64_t q0 = qt * kQT;
   const int64_t rows = Min64(kQT, s.q_len - q0);
+  // Statistics only: no dropout, no P V product, m and l out (see
+  // AttentionForwardIO::row_max).
+  const bool stats_only = io.o == nullptr;
   Buffer<F> qs(rows * d.Dp), scores(rows * kKT), z(kKT), acc, m, l;
-  acc.Assign(rows * d.Dvp, F(0));
+  acc.Assign(stats_only ? 0 : rows * d.Dvp, F(0));
   m.Assign(rows, kNegInf<F>);
   l.Assign(rows, F(0));
   const F scale = s.scale;
@@ -387,16 +391,26 @@ void AttentionForwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
       }
       const F alpha = m[r] == kNegInf<F> ? F(0) : std::exp(m[r] - m_new);
       l[r] = l[r] * alpha + M::ExpRow(row, nkp, m_new);
-      if (alpha != F(1)) M::ScaleRow(acc.data() + r * d.Dvp, d.Dvp, alpha);
       m[r] = m_new;
+      if (stats_only) continue;
+      if (alpha != F(1)) M::ScaleRow(acc.data() + r * d.Dvp, d.Dvp, alpha);
       if (s.dropout) {
         M::DropoutRow(z.data(), nkp, s,
                       ((b * s.q_heads + h) * s.q_len + q0 + r) * s.kv_len + k0);
         M::MulRow(row, row, z.data(), nkp);
       }
     }
+    if (stats_only) continue;
     M::Gemm(scores.data(), nkp, kv.v + tile * d.VSize(), d.Dvp, acc.data(),
             d.Dvp, rows, d.Dvp, nkp, true);
+  }
+  if (stats_only) {
+    const int64_t at = (b * s.q_heads + h) * s.q_len + q0;
+    for (int64_t r = 0; r < rows; ++r) {
+      io.row_max[at + r] = m[r];
+      io.row_sum[at + r] = l[r];
+    }
+    return;
   }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t qi = q0 + r;
@@ -458,9 +472,12 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
         const F* qst = pq.qst + qtile * d.QstSize();
         const F* dout = pq.d_o + qtile * d.DoSize();
         const F* dot = pq.d_ot + qtile * d.DotSize();
-        const F* lse = io.lse + (b * s.q_heads + h) * s.q_len + q0;
-        const F* delta = io.delta + (b * s.q_heads + h) * s.q_len + q0;
-        // P = exp(S - lse).
+        const int64_t at = (b * s.q_heads + h) * s.q_len + q0;
+        const F* lse = io.lse + at;
+        const F* shift = io.shift + at;
+        const F* inv_sum = io.inv_sum ? io.inv_sum + at : nullptr;
+        const F* delta = io.delta + at;
+        // P = exp(S - lse), or exp(S - m) / l (AttentionBackwardIO::shift).
         M::Gemm(qs, d.Dp, kt, kKT, p.data(), nkp, rows, nkp, d.D, false);
         MaskTile<F, M>(s, p.data(), rows, nkp, q0, k0, key_bias, has_masked,
                        MaskRows(s, io.mask, state, b, q0, k0));
@@ -469,7 +486,9 @@ void AttentionBackwardUnit(const AttentionShape& s, const PackedKV<F>& kv,
           if (lse[r] == std::numeric_limits<F>::infinity()) {
             Fill(row, nkp, F(0));  // The query sees no key at all.
           } else {
-            M::ExpRow(row, nkp, lse[r]);
+            M::ExpRow(row, nkp, shift[r]);
+            if (inv_sum && inv_sum[r] != F(1))
+              M::ScaleRow(row, nkp, inv_sum[r]);
           }
           if (s.dropout) {
             F* zr = z.data() + r * nkp;

@@ -1,9 +1,10 @@
 """Resident memory stays flat over thousands of calls of each op.
 
 Each case is a `tf.function` (forward and backward through
-`tf.GradientTape`, with the fused kernels required: `use_fused_kernel=True`)
-or a fused optimizer's `apply_gradients`, or a `train_on_batch` step of a
-small kbm encoder with a fused optimizer. A case runs a warm-up (tracing,
+`tf.GradientTape`, with the fused kernels required: `use_fused_kernel=True`;
+forward only for the quantized matmuls, inference ops) or a fused
+optimizer's `apply_gradients`, or a `train_on_batch` step of a small kbm
+encoder with a fused optimizer. A case runs a warm-up (tracing,
 allocator pools, Keras's caches), then `gc.collect()`, reads the resident
 set size from /proc/self/statm, runs its iterations reading it again
 (after `gc.collect()`) at every quarter of them; the largest
@@ -145,6 +146,34 @@ def kd_loss_case():
     )
 
 
+def _forward_case(fn, *inputs):
+    """A tf.function returning fn(*inputs) (inference ops: no gradient)."""
+    return tf.function(lambda: fn(*inputs))
+
+
+def quantized_matmul_case():
+    q, scale = kbm.ops.quantize_kernel(_rand([256, 96], 2))
+    return _forward_case(
+        lambda x, w, b: kbm.ops.quantized_matmul(
+            x, w, scale, b, activation="gelu", use_fused_kernel=True
+        ),
+        _rand([64, 256], 1),
+        kbm.ops.pack_kernel(q),
+        _rand([96], 3),
+    )
+
+
+def weight_only_matmul_case():
+    q, scale = kbm.ops.quantize_kernel(_rand([256, 96], 2), 4, 32)
+    return _forward_case(
+        lambda x, w: kbm.ops.weight_only_matmul(
+            x, w, scale, group_size=32, bits=4, use_fused_kernel=True
+        ),
+        _rand([8, 256], 1),
+        kbm.ops.pack_kernel(q, bits=4),
+    )
+
+
 def _optimizer_case(optimizer):
     variables = [
         tf.Variable(_rand([128, 64], 1)),
@@ -214,6 +243,18 @@ CASES = {
         LONG,
     ),
     "softmax_kl_divergence (fwd+bwd)": (kd_loss_case, WARMUP, SHORT, LONG),
+    "quantized_matmul (W8A8, bias, gelu)": (
+        quantized_matmul_case,
+        WARMUP,
+        SHORT,
+        LONG,
+    ),
+    "weight_only_matmul (int4, group 32)": (
+        weight_only_matmul_case,
+        WARMUP,
+        SHORT,
+        LONG,
+    ),
     "AdamW.apply_gradients": (adamw_case, WARMUP, SHORT, LONG),
     "Lamb.apply_gradients": (lamb_case, WARMUP, SHORT, LONG),
     "Lion.apply_gradients": (lion_case, WARMUP, SHORT, LONG),
@@ -376,7 +417,8 @@ def main():
             "quarter of the iterations; the bound applies to max - "
             "start. Ops: a tf.function with the fused kernel required "
             "(use_fused_kernel=True), forward and backward through "
-            "tf.GradientTape; optimizers: apply_gradients in a tf.function "
+            "tf.GradientTape (the quantized matmuls, inference ops: "
+            "forward only); optimizers: apply_gradients in a tf.function "
             "on three variables; training: Model.train_on_batch of a "
             "TokenAndPositionEmbedding + TransformerEncoder (dropout 0.1) + "
             "FusedDense model, batch 8 x 16 tokens.",

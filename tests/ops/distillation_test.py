@@ -74,6 +74,17 @@ def test_large_vocabulary_and_streaming_path():
     )
 
 
+def test_long_near_uniform_rows_keep_float32_accuracy():
+    # 2**20 classes of near-equal logits: the KL is about 5e-7, and the row
+    # sums must not lose more than that (each SIMD lane summing its 65536
+    # terms in a row gave a loss 7.7e-4 off).
+    rng = np.random.default_rng(3)
+    t = rng.normal(0.0, 1e-3, (1, 1 << 20)).astype(np.float32)
+    s = np.full((1, 1 << 20), 0.1, np.float32)
+    got = kbm.ops.softmax_kl_divergence(t, s, use_fused_kernel=True)
+    np.testing.assert_allclose(got.numpy(), numpy_kl(t, s, 1.0), atol=2e-6)
+
+
 def test_large_logits_and_masked_classes():
     inf = np.inf
     t = tf.constant([[1e4, -1e4, 0.0, -inf], [5.0, -inf, 1.0, 2.0]])

@@ -17,6 +17,7 @@ namespace KBM_ISA {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kSumBlock = 512;  // Classes per block of the row sums.
 
 template <typename F>
 inline void ForEachVector(int64_t n, F f) {
@@ -64,17 +65,28 @@ KLRow<float> KLForward(const float* t, const float* s, int64_t c, float inv_t) {
   const float max_t = MaxOf(mt), max_s = MaxOf(ms);
   const VecF vmt = Splat(max_t), vms = Splat(max_s), it = Splat(inv_t);
   const VecF neg_inf = Splat(kNegInf), zero = Splat(0.f);
+  // Sums in two levels, kSumBlock classes per block: a lane adds at most
+  // kSumBlock / kLanes terms, then the block sums, instead of c / kLanes
+  // terms in a row (terms of similar size round the same way, so that
+  // error grows linearly: 32768 near-equal logits gave a loss 4e-5 off).
   VecF st = zero, ss = zero, w = zero;
-  ForEachVector(c, [&](int64_t j, int64_t n) {
-    const VecF tv = LoadN(t + j, n), sv = LoadN(s + j, n);
-    const VecF et = tv == neg_inf ? zero : Exp((tv - vmt) * it);
-    const VecF es = sv == neg_inf ? zero : Exp((sv - vms) * it);
-    st += et;
-    ss += es;
-    // (t - s) / T - (max_t - max_s) / T, from the shifted logits: the
-    // terms stay as small as the loss instead of as large as the logits.
-    w += et == zero ? zero : et * (((tv - vmt) - (sv - vms)) * it);
-  });
+  for (int64_t j0 = 0; j0 < c; j0 += kSumBlock) {
+    VecF bt = zero, bs = zero, bw = zero;
+    const int64_t len = c - j0 < kSumBlock ? c - j0 : kSumBlock;
+    ForEachVector(len, [&](int64_t j, int64_t n) {
+      const VecF tv = LoadN(t + j0 + j, n), sv = LoadN(s + j0 + j, n);
+      const VecF et = tv == neg_inf ? zero : Exp((tv - vmt) * it);
+      const VecF es = sv == neg_inf ? zero : Exp((sv - vms) * it);
+      bt += et;
+      bs += es;
+      // (t - s) / T - (max_t - max_s) / T, from the shifted logits: the
+      // terms stay as small as the loss instead of as large as the logits.
+      bw += et == zero ? zero : et * (((tv - vmt) - (sv - vms)) * it);
+    });
+    st += bt;
+    ss += bs;
+    w += bw;
+  }
   const float sum_t = HorizontalSum(st), sum_s = HorizontalSum(ss);
   const float lse_t = RoundedProduct(max_t, inv_t) + __builtin_logf(sum_t);
   const float lse_s = RoundedProduct(max_s, inv_t) + __builtin_logf(sum_s);

@@ -182,8 +182,19 @@ def _layer_norm_reference(x, gamma, beta, epsilon):
     # the mean divided by sqrt(epsilon).
     # y does not depend on the shift: no gradient through it (its two
     # paths would cancel, n * |dy| large, in x0's gradient).
+    # The mean gets one correction pass, the mean of the residuals: a long
+    # float32 reduction can be off by tens of ulp (8190 copies of ~30 and
+    # one 0), a percent of x - mean where that cancels, more than the
+    # kernels' blocked sums.
     x0 = tf.stop_gradient(xu[..., :1])
-    shift, variance = tf.nn.moments(xu - x0, axes=[-1], keepdims=True)
+    shifted = xu - x0
+    shift = tf.reduce_mean(shifted, axis=-1, keepdims=True)
+    shift += tf.reduce_mean(shifted - shift, axis=-1, keepdims=True)
+    variance = tf.reduce_mean(
+        tf.math.squared_difference(shifted, tf.stop_gradient(shift)),
+        axis=-1,
+        keepdims=True,
+    )
     mean = x0 + shift
     y = (xu - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
     return tf.cast(y, x.dtype)

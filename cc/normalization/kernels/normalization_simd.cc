@@ -14,21 +14,36 @@ namespace kbm {
 namespace KBM_ISA {
 namespace {
 
+// Row sums add up blocks of kSumBlock columns: a lane then sums at most
+// kSumBlock / kLanes terms in a row, and the blocks' sums, instead of
+// c / kLanes terms (rounding errors of similar terms add up linearly: a
+// row of 32768 equal values put LayerNorm's dx 0.008 off at rstd 32).
+constexpr int64_t kSumBlock = 512;
+
+inline int64_t BlockEnd(int64_t b, int64_t c) {
+  return c - b < kSumBlock ? c : b + kSumBlock;
+}
+
 // Sum over the row of f(x_j) for a lane-wise f, with padded tail lanes set to
 // `pad` (chosen so that f(pad) == 0).
 template <typename F>
 inline float RowSum(const float* x, int64_t c, float pad, F f) {
-  VecF a0 = Splat(0.f), a1 = Splat(0.f), a2 = Splat(0.f), a3 = Splat(0.f);
-  int64_t j = 0;
-  for (; j + 4 * kLanes <= c; j += 4 * kLanes) {
-    a0 += f(Load(x + j));
-    a1 += f(Load(x + j + kLanes));
-    a2 += f(Load(x + j + 2 * kLanes));
-    a3 += f(Load(x + j + 3 * kLanes));
+  VecF total = Splat(0.f);
+  for (int64_t b = 0; b < c; b += kSumBlock) {
+    const int64_t e = BlockEnd(b, c);
+    VecF a0 = Splat(0.f), a1 = Splat(0.f), a2 = Splat(0.f), a3 = Splat(0.f);
+    int64_t j = b;
+    for (; j + 4 * kLanes <= e; j += 4 * kLanes) {
+      a0 += f(Load(x + j));
+      a1 += f(Load(x + j + kLanes));
+      a2 += f(Load(x + j + 2 * kLanes));
+      a3 += f(Load(x + j + 3 * kLanes));
+    }
+    for (; j + kLanes <= e; j += kLanes) a0 += f(Load(x + j));
+    if (j < e) a1 += f(LoadPartial(x + j, e - j, pad));
+    total += (a0 + a1) + (a2 + a3);
   }
-  for (; j + kLanes <= c; j += kLanes) a0 += f(Load(x + j));
-  if (j < c) a1 += f(LoadPartial(x + j, c - j, pad));
-  return HorizontalSum((a0 + a1) + (a2 + a3));
+  return HorizontalSum(total);
 }
 
 inline float InvSqrt(double v) {
@@ -73,28 +88,35 @@ void LayerNormBwd(const float* dy, const float* x, const float* gamma,
   const VecF m = Splat(mean), r = Splat(rstd);
   // Pass 1: s1 = sum(gamma * dy), s2 = sum(gamma * dy * xhat). Zero-padded
   // tail lanes contribute nothing (dy = gamma = 0).
-  VecF s1a = Splat(0.f), s1b = Splat(0.f), s2a = Splat(0.f), s2b = Splat(0.f);
-  int64_t j = 0;
-  for (; j + 2 * kLanes <= c; j += 2 * kLanes) {
-    const VecF g0 = Load(gamma + j) * Load(dy + j);
-    const VecF g1 = Load(gamma + j + kLanes) * Load(dy + j + kLanes);
-    s1a += g0;
-    s1b += g1;
-    s2a += g0 * ((Load(x + j) - m) * r);
-    s2b += g1 * ((Load(x + j + kLanes) - m) * r);
-  }
-  for (; j < c; j += kLanes) {
-    const int64_t n = c - j < kLanes ? c - j : kLanes;
-    const VecF g0 = LoadPartial(gamma + j, n) * LoadPartial(dy + j, n);
-    s1a += g0;
-    s2a += g0 * ((LoadPartial(x + j, n) - m) * r);
+  VecF s1 = Splat(0.f), s2 = Splat(0.f);
+  for (int64_t b = 0; b < c; b += kSumBlock) {  // Blocks: see RowSum.
+    const int64_t e = BlockEnd(b, c);
+    VecF s1a = Splat(0.f), s1b = Splat(0.f), s2a = Splat(0.f), s2b = Splat(0.f);
+    int64_t j = b;
+    for (; j + 2 * kLanes <= e; j += 2 * kLanes) {
+      const VecF g0 = Load(gamma + j) * Load(dy + j);
+      const VecF g1 = Load(gamma + j + kLanes) * Load(dy + j + kLanes);
+      s1a += g0;
+      s1b += g1;
+      s2a += g0 * ((Load(x + j) - m) * r);
+      s2b += g1 * ((Load(x + j + kLanes) - m) * r);
+    }
+    for (; j < e; j += kLanes) {
+      const int64_t n = e - j < kLanes ? e - j : kLanes;
+      const VecF g0 = LoadPartial(gamma + j, n) * LoadPartial(dy + j, n);
+      s1a += g0;
+      s2a += g0 * ((LoadPartial(x + j, n) - m) * r);
+    }
+    s1 += s1a + s1b;
+    s2 += s2a + s2b;
   }
   const float inv_c = 1.0f / c;
-  const VecF k1 = Splat(HorizontalSum(s1a + s1b) * inv_c);
-  const VecF k2 = Splat(HorizontalSum(s2a + s2b) * inv_c);
+  const VecF k1 = Splat(HorizontalSum(s1) * inv_c);
+  const VecF k2 = Splat(HorizontalSum(s2) * inv_c);
   // Pass 2: dx, and the dgamma / dbeta partial sums.
   const bool nt = stream && CanStream(dx);
-  for (j = 0; j + kLanes <= c; j += kLanes) {
+  int64_t j = 0;
+  for (; j + kLanes <= c; j += kLanes) {
     const VecF vdy = Load(dy + j);
     const VecF xhat = (Load(x + j) - m) * r;
     Store(dgamma + j, Load(dgamma + j) + vdy * xhat);
@@ -135,17 +157,24 @@ void RmsNormBwd(const float* dy, const float* x, const float* gamma, float rstd,
   const VecF r = Splat(rstd);
   VecF s2 = Splat(0.f);
   int64_t j = 0;
-  for (; j + kLanes <= c; j += kLanes) {
-    const VecF vdy = Load(dy + j), xhat = Load(x + j) * r;
-    s2 += Load(gamma + j) * vdy * xhat;
-    Store(dgamma + j, Load(dgamma + j) + vdy * xhat);
+  for (int64_t b = 0; b < c; b += kSumBlock) {  // Blocks: see RowSum.
+    const int64_t e = BlockEnd(b, c);
+    VecF sb = Splat(0.f);
+    for (j = b; j + kLanes <= e; j += kLanes) {
+      const VecF vdy = Load(dy + j), xhat = Load(x + j) * r;
+      sb += Load(gamma + j) * vdy * xhat;
+      Store(dgamma + j, Load(dgamma + j) + vdy * xhat);
+    }
+    if (e == c && j < c) {
+      const int64_t n = c - j;
+      const VecF vdy = LoadPartial(dy + j, n), xhat = LoadPartial(x + j, n) * r;
+      sb += LoadPartial(gamma + j, n) * vdy * xhat;
+      StorePartial(dgamma + j, LoadPartial(dgamma + j, n) + vdy * xhat, n);
+    }
+    s2 += sb;
   }
+  j = c / kLanes * kLanes;  // The tail, if any, for dx below.
   const int64_t n = c - j;
-  if (n > 0) {
-    const VecF vdy = LoadPartial(dy + j, n), xhat = LoadPartial(x + j, n) * r;
-    s2 += LoadPartial(gamma + j, n) * vdy * xhat;
-    StorePartial(dgamma + j, LoadPartial(dgamma + j, n) + vdy * xhat, n);
-  }
   const VecF k = Splat(HorizontalSum(s2) / c);
   const bool nt = stream && CanStream(dx);
   for (j = 0; j + kLanes <= c; j += kLanes) {

@@ -723,8 +723,10 @@ inline int DecodeBlock(const WeightOnlyProblem& p, const int8_t* src,
         v = src[j * 4 + i];
       } else {
         const int byte = src[j * 4 + i / 2];
-        // Low nibble for even k, high nibble for odd k, sign-extended.
-        v = (i % 2 == 0) ? static_cast<int8_t>(byte << 4) >> 4 : byte >> 4;
+        // Low nibble for even k, high nibble for odd k, sign-extended
+        // without shifting a negative value (undefined before C++20).
+        const int nibble = (i % 2 == 0 ? byte : byte >> 4) & 0xF;
+        v = (nibble ^ 8) - 8;
       }
       f[j] = static_cast<float>(v);
     }

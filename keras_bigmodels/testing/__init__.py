@@ -157,8 +157,23 @@ class _Worker:
         )
 
     def stderr_tail(self, n=4000):
+        """The end of the worker's stderr, after the first sanitizer report
+        line if there is one (a long stack trace pushes it out of the end,
+        and the sanitizer runs count reports by these lines)."""
         self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")[-n:]
+        text = self._stderr.read().decode(errors="replace")
+        report = next(
+            (
+                line
+                for line in text.splitlines()
+                if "runtime error:" in line or "ERROR: AddressSanitizer" in line
+            ),
+            None,
+        )
+        tail = text[-n:]
+        return (
+            tail if report is None or report in tail else report + "\n" + tail
+        )
 
     def run(self, code, timeout):
         try:

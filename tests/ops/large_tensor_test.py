@@ -35,6 +35,7 @@ from keras_bigmodels.ops import bias_activation as bias_ops
 from keras_bigmodels.ops import distillation as distillation_ops
 from keras_bigmodels.ops import normalization as normalization_ops
 from keras_bigmodels.ops import optimizers as optimizer_ops
+from keras_bigmodels.ops import quantization as quantization_ops
 from tests.ops import _philox
 
 pytestmark = pytest.mark.large
@@ -707,3 +708,82 @@ def test_lion_step_past_2_31():
                 **hyper,
             )
             _assert_close(v_s, v_r, 1e-2, 1e-2, "Lion vs reference")
+
+
+def _int8_kernel(k, n, bits=8, group_size=None):
+    """A packed [k, n] kernel (sin pattern), its scales and a bias."""
+    i = tf.range(k * n, dtype=tf.float32)
+    w = tf.reshape(0.05 * tf.sin(0.013 * i), [k, n])
+    q, scale = quantization_ops.quantize_kernel(w, bits, group_size)
+    bias = 0.1 * tf.cos(tf.range(n, dtype=tf.float32))
+    return quantization_ops.pack_kernel(q, bits), scale, bias
+
+
+def test_quantized_matmul_past_2_31():
+    # x [rows, K] past 2**31 elements: the quantized rows (int8, rows x K)
+    # and the tiles' row offsets cross 2**31.
+    lib = _lib()
+    dtype = tf.bfloat16
+    width, n = 1024, 24
+    rows = _rows_past(width)
+    with (
+        _Record(
+            "W8A8 matmul (bias, GELU)",
+            [rows, width],
+            rows * width,
+            "bfloat16",
+            11,
+        ),
+        tf.device("/CPU:0"),
+    ):
+        packed, scale, bias = _int8_kernel(width, n)
+        attrs = dict(activation="gelu", output_dtype=dtype)
+        x = _pattern(rows, width, dtype)
+        ids = _sample_rows(rows, width)
+        x_small = _take(x, ids)
+        y = lib.kbm_quantized_mat_mul(x, packed, scale, bias, **attrs)
+        del x
+        y_small = lib.kbm_quantized_mat_mul(
+            x_small, packed, scale, bias, **attrs
+        )
+        _assert_same(_take(y, ids), y_small, "y rows")
+        ref = quantization_ops._quantized_matmul_reference(
+            x_small, packed, scale, bias, "gelu", dtype
+        )
+        _assert_close(y_small, ref, 0.02, 0.02, "W8A8 vs reference")
+
+
+def test_weight_only_matmul_past_2_31():
+    # x [rows, K] past 2**31 elements, widened to a float32 copy of
+    # 8.6 GB, whose row offsets cross 2**31.
+    lib = _lib()
+    dtype = tf.bfloat16
+    width, n = 1024, 8
+    rows = _rows_past(width)
+    with (
+        _Record(
+            "weight-only int8 matmul",
+            [rows, width],
+            rows * width,
+            "bfloat16",
+            15,
+        ),
+        tf.device("/CPU:0"),
+    ):
+        packed, scale, bias = _int8_kernel(width, n)
+        attrs = dict(
+            bits=8, group_size=0, activation="linear", output_dtype=dtype
+        )
+        x = _pattern(rows, width, dtype)
+        ids = _sample_rows(rows, width)
+        x_small = _take(x, ids)
+        y = lib.kbm_weight_only_mat_mul(x, packed, scale, bias, **attrs)
+        del x
+        y_small = lib.kbm_weight_only_mat_mul(
+            x_small, packed, scale, bias, **attrs
+        )
+        _assert_same(_take(y, ids), y_small, "y rows")
+        ref = quantization_ops._weight_only_matmul_reference(
+            x_small, packed, scale, bias, None, dtype, 8
+        )
+        _assert_close(y_small, ref, 0.02, 0.02, "weight-only vs reference")

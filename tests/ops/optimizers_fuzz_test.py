@@ -162,7 +162,11 @@ def _check_update(c, fused_fn):
             g_tol = tol
             if not group:
                 g_tol = _variable_tol(tol, values[i], b, dtype)
-                if kind != "lion":
+                if kind == "lion":
+                    g_tol = _lion_sign_tol(
+                        g_tol, dtype, slots[0][i], grads[i], hp
+                    )
+                else:
                     g_tol = _moments_tol(
                         g_tol,
                         dtype,
@@ -197,6 +201,21 @@ def _moments_tol(tol, dtype, old_slots, g, new_slots, old_p, new_p):
         cond = (m0 + np.abs(g)) / m1 + 0.5 * (v0 + g * g) / v1
         extra = 4 * u * step * cond
     extra = np.where(np.isfinite(extra), extra, 0.0)
+    return {"rtol": tol["rtol"], "atol": tol["atol"] + extra}
+
+
+def _lion_sign_tol(tol, dtype, m, g, hp):
+    """Lion steps by lr * sign(b1 m + (1 - b1) g): where that sum is within
+    rounding of 0 (fused multiply-add or not), either side's sign is right
+    and the variables may differ by 2 lr (long run: bfloat16, b1 = 0.1, m =
+    -9 g, one side's step 0, the other's -1 at lr = 1). Elementwise atol."""
+    u = 2.3e-16 if dtype == tf.float64 else 1.2e-7
+    b1, lr = hp["beta_1"], hp["learning_rate"]
+    m, g = _rounded(m, dtype), _rounded(g, dtype)
+    with np.errstate(all="ignore"):
+        terms = np.abs(b1 * m) + np.abs((1 - b1) * g)
+        ambiguous = np.abs(b1 * m + (1 - b1) * g) <= 4 * u * terms
+    extra = np.where(ambiguous & np.isfinite(terms), 2 * abs(lr), 0.0)
     return {"rtol": tol["rtol"], "atol": tol["atol"] + extra}
 
 
@@ -324,6 +343,25 @@ def _variable_tol(tol, old, new, dtype):
             "bias_2": 0.001,
             "epsilon": 0.0,
         },
+        "decay": 0.0,
+    }
+)
+# Long run: Lion in bfloat16 with b1 = 0.1 and m = -9 g somewhere in 8191
+# values: sign(b1 m + (1 - b1) g) of a rounding error, a step of -1 on one
+# side and 0 on the other at lr = 1 (see `_lion_sign_tol`).
+@example(
+    c={
+        "kind": "lion",
+        "shapes": [(8191,)],
+        "dtype": tf.bfloat16,
+        "spec": {"pattern": "normal", "seed": 75, "scale": 1.0, "specials": []},
+        "g_spec": {
+            "pattern": "normal",
+            "seed": 0,
+            "scale": 0.1,
+            "specials": [],
+        },
+        "hp": {"learning_rate": 1.0, "beta_1": 0.1, "beta_2": 0.0},
         "decay": 0.0,
     }
 )

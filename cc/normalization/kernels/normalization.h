@@ -53,10 +53,19 @@ void LayerNormFwdRowScalar(const U* x, const U* gamma, const U* beta, int64_t c,
   const U x0 = c > 0 ? x[0] : U(0);
   U sum = 0;
   for (int64_t j = 0; j < c; ++j) sum += x[j] - x0;
-  const U m = x0 + sum / static_cast<U>(c);
-  U sq = 0;
-  for (int64_t j = 0; j < c; ++j) sq += (x[j] - m) * (x[j] - m);
-  const U r = U(1) / std::sqrt(sq / static_cast<U>(c) + epsilon);
+  const U m0 = x0 + sum / static_cast<U>(c);
+  // Corrected by the mean of the residuals, with the variance (as in
+  // LayerNormFwd).
+  U res = 0, sq = 0;
+  for (int64_t j = 0; j < c; ++j) {
+    const U e = x[j] - m0;
+    res += e;
+    sq += e * e;
+  }
+  const U d = res / static_cast<U>(c);
+  const U m = m0 + d;
+  const U var = sq / static_cast<U>(c) - d * d;
+  const U r = U(1) / std::sqrt((var > U(0) ? var : U(0)) + epsilon);
   for (int64_t j = 0; j < c; ++j) y[j] = (x[j] - m) * r * gamma[j] + beta[j];
   *mean = m;
   *rstd = r;

@@ -46,6 +46,35 @@ inline float RowSum(const float* x, int64_t c, float pad, F f) {
   return HorizontalSum(total);
 }
 
+// Sums of the residuals x - m and of their squares, in blocks as RowSum.
+inline void ResidualSums(const float* x, int64_t c, float m, float* sum,
+                         float* sum_sq) {
+  const VecF vm = Splat(m);
+  VecF s = Splat(0.f), q = Splat(0.f);
+  for (int64_t b = 0; b < c; b += kSumBlock) {
+    const int64_t e = BlockEnd(b, c);
+    VecF s0 = Splat(0.f), s1 = Splat(0.f), q0 = Splat(0.f), q1 = Splat(0.f);
+    int64_t j = b;
+    for (; j + 2 * kLanes <= e; j += 2 * kLanes) {
+      const VecF d0 = Load(x + j) - vm, d1 = Load(x + j + kLanes) - vm;
+      s0 += d0;
+      s1 += d1;
+      q0 += d0 * d0;
+      q1 += d1 * d1;
+    }
+    for (; j < e; j += kLanes) {
+      const int64_t n = e - j < kLanes ? e - j : kLanes;
+      const VecF d0 = LoadPartial(x + j, n, m) - vm;  // Padding: 0.
+      s0 += d0;
+      q0 += d0 * d0;
+    }
+    s += s0 + s1;
+    q += q0 + q1;
+  }
+  *sum = HorizontalSum(s);
+  *sum_sq = HorizontalSum(q);
+}
+
 inline float InvSqrt(double v) {
   return static_cast<float>(1.0 / std::sqrt(v));
 }
@@ -57,12 +86,21 @@ void LayerNormFwd(const float* x, const float* gamma, const float* beta,
   // has exactly its value as mean and a variance of exactly 0 (y = beta,
   // or 0/0 = NaN with epsilon 0, as in the reference), not a rounding
   // error of a long float32 sum divided by sqrt(epsilon).
+  // The second pass corrects that mean by the mean of the residuals (its
+  // rounding is amplified when x0 is far from the row's mean, e.g. an
+  // outlier in first place), and the variance with it (the corrected
+  // two-pass formula), in one pass.
   const float x0 = c > 0 ? x[0] : 0.f;
   const VecF s0 = Splat(x0);
-  const float mean = x0 + RowSum(x, c, x0, [s0](VecF v) { return v - s0; }) / c;
+  const float mean0 =
+      x0 + RowSum(x, c, x0, [s0](VecF v) { return v - s0; }) / c;
+  float res = 0.f, res_sq = 0.f;
+  ResidualSums(x, c, mean0, &res, &res_sq);
+  const float d = res / c;
+  const float mean = mean0 + d;
   const VecF m = Splat(mean);
-  const float var =
-      RowSum(x, c, mean, [m](VecF v) { return (v - m) * (v - m); }) / c;
+  const float var_c = res_sq / c - d * d;
+  const float var = var_c > 0.f ? var_c : 0.f;
   const float rstd = InvSqrt(static_cast<double>(var) + epsilon);
   const VecF r = Splat(rstd);
   const bool nt = stream && CanStream(y);

@@ -39,9 +39,11 @@ TOLERANCES = {
 
 CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 
-# Masked scores in the reference: finite, so a fully masked row's softmax
-# stays finite (and is then zeroed) instead of producing NaN gradients.
-_MASKED = -1e30
+# Masked scores in the reference: the lowest finite value of the compute
+# dtype. Finite, so a fully masked row's softmax stays finite (and is then
+# zeroed) instead of producing NaN gradients; the lowest, so that no
+# visible finite score loses to it (fuzzing found -1e30, the value before,
+# beating visible scores of -1.16e30: the reference gave zeros there).
 
 
 def _check_inputs(q, k, v):
@@ -514,11 +516,11 @@ def _flash_attention_reference(
         )
     if attention_bias is not None:
         scores = scores + tf.cast(attention_bias, dtype)
-    scores = tf.where(allowed, scores, tf.cast(_MASKED, dtype))
+    scores = tf.where(allowed, scores, tf.constant(dtype.min, dtype))
     probs = tf.nn.softmax(scores, axis=-1)
     # A query with no visible key gets zeros, not a uniform average; a
     # masked key gets exactly 0 even when every visible score is -inf
-    # (overflow), where the finite _MASKED would otherwise win the softmax.
+    # (overflow), where the finite masked score would otherwise win.
     probs = tf.where(allowed, probs, tf.zeros_like(probs))
     dropped = probs
     if dropout_rate > 0:

@@ -95,11 +95,14 @@ def _grad_tol(tol, dtype, *specs, tensors=None):
         # Dv and over the queries (of every head of a group) or keys, and
         # dropout's 1 / (1 - rate) scales O (long run: dK 0.011 for 0 in
         # float16 with equal values, two heads, Dv = 3, rate 0.1).
-        # Three roundings of about eps per term of Dv: the dot products
-        # dP = dO . V and delta = dO . O, and O's own (P V, then / l), so
-        # 3 eps (long run: dK -6.8e-5 for 0 with one key, three equal
-        # queries, Dv = 31, rate 0.1, against 1 eps's 4.7e-5).
-        eps = 3 * _EPS[dtype]
+        # dP = dO . V and delta = dO . O are dot products of Dv terms,
+        # each off by up to about Dv u times the sum of their terms' sizes
+        # (u = eps / 2), whatever the order, when the terms are alike and
+        # round the same way; O adds its own rounding (P V, then / l). So
+        # about max(3, Dv) eps per term of Dv (long run: dK -6.8e-5 for 0
+        # with Dv = 31 against 1 eps's 4.7e-5; dQ 2.6e-4 for 0 with Dv = 64
+        # against 3 eps's 2.3e-4).
+        eps = max(3, v.shape[-1]) * _EPS[dtype]
         big = [_finite_max(t) for t in (q, k, v, d_o)]
         group = max(1, q.shape[2] // max(1, k.shape[2]))
         n = max(1, q.shape[1] * group, k.shape[1])
@@ -287,6 +290,27 @@ def _empty_bool():
     rate=0.5,
     seed=(0, 0),
     scale=10.0,
+)
+# Long run: scores of -1.16e30 with causality: the reference's masked
+# score, -1e30 then, beat the visible ones (zeros for dK 2e26); it is now
+# the compute dtype's lowest finite value.
+@example(
+    shape=(1, 2, 13, 1, 1, 1, 1),
+    dtype=tf.float32,
+    q_spec={
+        "pattern": "normal",
+        "seed": 0,
+        "scale": 0.001,
+        "specials": [(0.0, 1e30)],
+    },
+    kv_spec={"pattern": "equal", "seed": 84813, "scale": 1.0, "specials": []},
+    do_spec={"pattern": "normal", "seed": 0, "scale": 0.001, "specials": []},
+    mask_kind="none",
+    causal=True,
+    top_left=False,
+    rate=0.1,
+    seed=(0, 0),
+    scale=None,
 )
 # Long run: a query element of 1e30 against 13 equal keys (scores ~1e27,
 # bfloat16, dropout 0.1): lse = m + log(13) rounded to float32 is m, so the
@@ -478,7 +502,18 @@ def test_kernels_match_reference(
     rate=0.1,
 )
 # Long run: one key, three equal queries, Dv = 31, dropout 0.1 in float32:
-# dK -6.8e-5 for 0 (dS = dP - delta cancels; see `_grad_tol`).
+# dK -6.8e-5 for 0 (dS = dP - delta cancels; see `_grad_tol`); the same
+# with Dv = 64 and one query: dQ 2.6e-4 for 0.
+@example(
+    shape=(1, 1, 1, 1, 1, 64, 64),
+    dtype=tf.float32,
+    spec={"pattern": "equal", "seed": 80, "scale": 3.0, "specials": []},
+    mask_kind="none",
+    lengths=False,
+    causal=False,
+    alignment="bottom_right",
+    rate=0.1,
+)
 @example(
     shape=(1, 3, 1, 1, 1, 31, 31),
     dtype=tf.float32,

@@ -14,23 +14,13 @@ namespace kbm {
 namespace KBM_ISA {
 namespace {
 
-// Row sums add up blocks of kSumBlock columns: a lane then sums at most
-// kSumBlock / kLanes terms in a row, and the blocks' sums, instead of
-// c / kLanes terms (rounding errors of similar terms add up linearly: a
-// row of 32768 equal values put LayerNorm's dx 0.008 off at rstd 32).
-constexpr int64_t kSumBlock = 512;
-
-inline int64_t BlockEnd(int64_t b, int64_t c) {
-  return c - b < kSumBlock ? c : b + kSumBlock;
-}
-
 // Sum over the row of f(x_j) for a lane-wise f, with padded tail lanes set to
-// `pad` (chosen so that f(pad) == 0).
+// `pad` (chosen so that f(pad) == 0), in blocks (kSumBlock, simd.h).
 template <typename F>
 inline float RowSum(const float* x, int64_t c, float pad, F f) {
   VecF total = Splat(0.f);
   for (int64_t b = 0; b < c; b += kSumBlock) {
-    const int64_t e = BlockEnd(b, c);
+    const int64_t e = SumBlockEnd(b, c);
     VecF a0 = Splat(0.f), a1 = Splat(0.f), a2 = Splat(0.f), a3 = Splat(0.f);
     int64_t j = b;
     for (; j + 4 * kLanes <= e; j += 4 * kLanes) {
@@ -52,7 +42,7 @@ inline void ResidualSums(const float* x, int64_t c, float m, float* sum,
   const VecF vm = Splat(m);
   VecF s = Splat(0.f), q = Splat(0.f);
   for (int64_t b = 0; b < c; b += kSumBlock) {
-    const int64_t e = BlockEnd(b, c);
+    const int64_t e = SumBlockEnd(b, c);
     VecF s0 = Splat(0.f), s1 = Splat(0.f), q0 = Splat(0.f), q1 = Splat(0.f);
     int64_t j = b;
     for (; j + 2 * kLanes <= e; j += 2 * kLanes) {
@@ -127,8 +117,8 @@ void LayerNormBwd(const float* dy, const float* x, const float* gamma,
   // Pass 1: s1 = sum(gamma * dy), s2 = sum(gamma * dy * xhat). Zero-padded
   // tail lanes contribute nothing (dy = gamma = 0).
   VecF s1 = Splat(0.f), s2 = Splat(0.f);
-  for (int64_t b = 0; b < c; b += kSumBlock) {  // Blocks: see RowSum.
-    const int64_t e = BlockEnd(b, c);
+  for (int64_t b = 0; b < c; b += kSumBlock) {
+    const int64_t e = SumBlockEnd(b, c);
     VecF s1a = Splat(0.f), s1b = Splat(0.f), s2a = Splat(0.f), s2b = Splat(0.f);
     int64_t j = b;
     for (; j + 2 * kLanes <= e; j += 2 * kLanes) {
@@ -195,8 +185,8 @@ void RmsNormBwd(const float* dy, const float* x, const float* gamma, float rstd,
   const VecF r = Splat(rstd);
   VecF s2 = Splat(0.f);
   int64_t j = 0;
-  for (int64_t b = 0; b < c; b += kSumBlock) {  // Blocks: see RowSum.
-    const int64_t e = BlockEnd(b, c);
+  for (int64_t b = 0; b < c; b += kSumBlock) {
+    const int64_t e = SumBlockEnd(b, c);
     VecF sb = Splat(0.f);
     for (j = b; j + kLanes <= e; j += kLanes) {
       const VecF vdy = Load(dy + j), xhat = Load(x + j) * r;

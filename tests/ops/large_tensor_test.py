@@ -710,80 +710,67 @@ def test_lion_step_past_2_31():
             _assert_close(v_s, v_r, 1e-2, 1e-2, "Lion vs reference")
 
 
-def _int8_kernel(k, n, bits=8, group_size=None):
-    """A packed [k, n] kernel (sin pattern), its scales and a bias."""
+def _int8_kernel(k, n):
+    """A packed int8 [k, n] kernel (sin pattern), its scales and a bias."""
     i = tf.range(k * n, dtype=tf.float32)
     w = tf.reshape(0.05 * tf.sin(0.013 * i), [k, n])
-    q, scale = quantization_ops.quantize_kernel(w, bits, group_size)
+    q, scale = quantization_ops.quantize_kernel(w)
     bias = 0.1 * tf.cos(tf.range(n, dtype=tf.float32))
-    return quantization_ops.pack_kernel(q, bits), scale, bias
+    return quantization_ops.pack_kernel(q), scale, bias
+
+
+def _quantized_matmul_past_2_31(kernel, n, need_gb, op, reference):
+    """`op(x, packed, scale, bias, dtype)` on a bfloat16 x [rows, 1024]
+    past 2**31 elements: the sampled rows equal, bit for bit, the op on
+    those rows alone, which agrees with `reference` (same arguments)."""
+    dtype = tf.bfloat16
+    width = 1024
+    rows = _rows_past(width)
+    with (
+        _Record(kernel, [rows, width], rows * width, "bfloat16", need_gb),
+        tf.device("/CPU:0"),
+    ):
+        packed, scale, bias = _int8_kernel(width, n)
+        x = _pattern(rows, width, dtype)
+        ids = _sample_rows(rows, width)
+        x_small = _take(x, ids)
+        y = op(x, packed, scale, bias, dtype)
+        del x
+        y_small = op(x_small, packed, scale, bias, dtype)
+        _assert_same(_take(y, ids), y_small, "y rows")
+        ref = reference(x_small, packed, scale, bias, dtype)
+        _assert_close(y_small, ref, 0.02, 0.02, f"{kernel} vs reference")
 
 
 def test_quantized_matmul_past_2_31():
-    # x [rows, K] past 2**31 elements: the quantized rows (int8, rows x K)
-    # and the tiles' row offsets cross 2**31.
+    # The quantized rows (int8, rows x K) and the tiles' row offsets cross
+    # 2**31.
     lib = _lib()
-    dtype = tf.bfloat16
-    width, n = 1024, 24
-    rows = _rows_past(width)
-    with (
-        _Record(
-            "W8A8 matmul (bias, GELU)",
-            [rows, width],
-            rows * width,
-            "bfloat16",
-            11,
+    _quantized_matmul_past_2_31(
+        "W8A8 matmul (bias, GELU)",
+        24,
+        11,
+        lambda x, w, s, b, dt: lib.kbm_quantized_mat_mul(
+            x, w, s, b, activation="gelu", output_dtype=dt
         ),
-        tf.device("/CPU:0"),
-    ):
-        packed, scale, bias = _int8_kernel(width, n)
-        attrs = dict(activation="gelu", output_dtype=dtype)
-        x = _pattern(rows, width, dtype)
-        ids = _sample_rows(rows, width)
-        x_small = _take(x, ids)
-        y = lib.kbm_quantized_mat_mul(x, packed, scale, bias, **attrs)
-        del x
-        y_small = lib.kbm_quantized_mat_mul(
-            x_small, packed, scale, bias, **attrs
-        )
-        _assert_same(_take(y, ids), y_small, "y rows")
-        ref = quantization_ops._quantized_matmul_reference(
-            x_small, packed, scale, bias, "gelu", dtype
-        )
-        _assert_close(y_small, ref, 0.02, 0.02, "W8A8 vs reference")
+        lambda x, w, s, b, dt: quantization_ops._quantized_matmul_reference(
+            x, w, s, b, "gelu", dt
+        ),
+    )
 
 
 def test_weight_only_matmul_past_2_31():
-    # x [rows, K] past 2**31 elements, widened to a float32 copy of
-    # 8.6 GB, whose row offsets cross 2**31.
+    # x is widened to a float32 copy of 8.6 GB, whose row offsets cross
+    # 2**31.
     lib = _lib()
-    dtype = tf.bfloat16
-    width, n = 1024, 8
-    rows = _rows_past(width)
-    with (
-        _Record(
-            "weight-only int8 matmul",
-            [rows, width],
-            rows * width,
-            "bfloat16",
-            15,
+    _quantized_matmul_past_2_31(
+        "weight-only int8 matmul",
+        8,
+        15,
+        lambda x, w, s, b, dt: lib.kbm_weight_only_mat_mul(
+            x, w, s, b, bits=8, group_size=0, output_dtype=dt
         ),
-        tf.device("/CPU:0"),
-    ):
-        packed, scale, bias = _int8_kernel(width, n)
-        attrs = dict(
-            bits=8, group_size=0, activation="linear", output_dtype=dtype
-        )
-        x = _pattern(rows, width, dtype)
-        ids = _sample_rows(rows, width)
-        x_small = _take(x, ids)
-        y = lib.kbm_weight_only_mat_mul(x, packed, scale, bias, **attrs)
-        del x
-        y_small = lib.kbm_weight_only_mat_mul(
-            x_small, packed, scale, bias, **attrs
-        )
-        _assert_same(_take(y, ids), y_small, "y rows")
-        ref = quantization_ops._weight_only_matmul_reference(
-            x_small, packed, scale, bias, None, dtype, 8
-        )
-        _assert_close(y_small, ref, 0.02, 0.02, "weight-only vs reference")
+        lambda x, w, s, b, dt: quantization_ops._weight_only_matmul_reference(
+            x, w, s, b, None, dt, 8
+        ),
+    )

@@ -141,22 +141,29 @@ static inline VecF CopySign(VecF a, VecF s) {
 // range (exp(-inf) gives ~1.6e-38, not 0; exp(+inf) gives ~1.7e38, not
 // inf). Range reduction x = n*ln2 + r with |r| <= ln2/2, then a degree-5
 // polynomial for exp(r) (coefficients fitted for relative error on that
-// interval, with 1 + r fixed) and an exponent-field 2^n.
-static inline VecF Exp(VecF x) {
-  x = Min(Max(x, Splat(-87.0f)), Splat(88.0f));
-  const VecF shifter = Splat(12582912.0f);  // 1.5 * 2^23: round to nearest.
-  const VecF n = (x * Splat(1.44269504088896341f) + shifter) - shifter;
-  VecF r = x - n * Splat(0.693145751953125f);  // ln2, high bits (exact n*hi).
-  r = r - n * Splat(1.428606765330187e-06f);   // ln2, low bits.
-  VecF p = Splat(0.008312525375007119f);
-  p = p * r + Splat(0.041890113925588175f);
-  p = p * r + Splat(0.16667114462219923f);
-  p = p * r + Splat(0.49999231784218523f);
-  p = p * r + Splat(1.0f);
-  p = p * r + Splat(1.0f);
-  const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
-  return p * reinterpret_cast<VecF>(bits);
+// interval, with 1 + r fixed) and an exponent-field 2^n. Written for any
+// float vector type V (VecF, or a wider one a kernel uses for some loops).
+template <typename V>
+static inline V ExpOf(V x) {
+  typedef int32_t I __attribute__((vector_size(sizeof(V))));
+  const auto splat = [](float a) { return a - V{}; };
+  // Min(Max(x, -87), 88), as Exp always did: NaN gives exp(-87).
+  x = x > splat(-87.0f) ? x : splat(-87.0f);
+  x = x < splat(88.0f) ? x : splat(88.0f);
+  const V shifter = splat(12582912.0f);  // 1.5 * 2^23: round to nearest.
+  const V n = (x * splat(1.44269504088896341f) + shifter) - shifter;
+  V r = x - n * splat(0.693145751953125f);    // ln2, high bits (exact n*hi).
+  r = r - n * splat(1.428606765330187e-06f);  // ln2, low bits.
+  V p = splat(0.008312525375007119f);
+  p = p * r + splat(0.041890113925588175f);
+  p = p * r + splat(0.16667114462219923f);
+  p = p * r + splat(0.49999231784218523f);
+  p = p * r + splat(1.0f);
+  p = p * r + splat(1.0f);
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  return p * reinterpret_cast<V>(bits);
 }
+static inline VecF Exp(VecF x) { return ExpOf(x); }
 
 }  // namespace
 }  // namespace kbm

@@ -391,14 +391,15 @@ class WeightOnlyMatMulOp : public OpKernel {
       p.group_blocks = group_size / values_per_block;
     }
     const QuantizationKernels& kern = Kernels();
-    // Units of 4 panels (the kernels' panel chunk). A thread runs through
-    // about 20 weights and rows per ns, and handing work to the pool costs
-    // tens of microseconds, far more (and erratically) on a loaded machine,
-    // where it measured slower than one thread up to ~200 us of work: below
-    // about 250 us of work (rows <= 8 at K x N = 768 x 3072), the calling
-    // thread runs everything; weights read from DRAM get both threads.
+    // Units of 4 panels (the kernels' panel chunk). Work = weights x
+    // (rows + 4). At K x N = 768 x 3072, one thread of the avx512vnni
+    // variant takes 36 us for 1 row (12M work) and 190 us for 8 rows (28M),
+    // and handing half of the panels to the pool costs 15-25 us on a quiet
+    // machine (more, and erratically, on a loaded one). Up to 2^24 work the
+    // calling thread runs everything; above, the panels are split over the
+    // pool (8 rows: about 130 us on two threads).
     constexpr int64_t kUnitPanels = 4;
-    constexpr int64_t kInlineWork = int64_t{64} << 20;
+    constexpr int64_t kInlineWork = int64_t{1} << 24;
     const int64_t units = CeilDiv(panels, kUnitPanels);
     const int64_t unit_work = ldx * kUnitPanels * kQuantPanelN * (rows + 4);
     if (units * unit_work <= kInlineWork) {

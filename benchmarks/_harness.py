@@ -52,6 +52,34 @@ QUICK_ROUNDS, QUICK_WARMUP = 3, 1
 COPY_MB, QUICK_COPY_MB = 512, 64
 
 
+# ----------------------------------------------------------------- peak ----
+
+
+def fma_peak(threads, iterations=20_000_000, runs=5):
+    """This machine's float32 FMA peak in GFLOP/s on `threads` threads.
+
+    Best of `runs` runs of `_fma_peak.c` (independent FMA chains, 8- and,
+    where the CPU has AVX-512F, 16-wide; the faster width counts), compiled
+    once into build/bench.
+    """
+    out_dir = REPO_ROOT / "build" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / "fma_peak"
+    src = BENCH_DIR / "_fma_peak.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(
+            ["gcc", "-O2", "-mavx2", "-mfma", "-pthread", str(src), "-o", exe],
+            check=True,
+        )
+    out = subprocess.run(
+        [str(exe), str(threads), str(iterations), str(runs)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(out.split()[0])
+
+
 # --------------------------------------------------------------- timing ----
 
 

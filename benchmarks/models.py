@@ -143,38 +143,6 @@ def token_batch(batch, length, seed=1):
     return ids, labels
 
 
-# --------------------------------------------------------------- peak ----
-
-
-def fma_peak(threads):
-    """This machine's float32 FMA peak in GFLOP/s on `threads` threads."""
-    out_dir = REPO_ROOT / "build" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exe = out_dir / "fma_peak"
-    src = BENCH_DIR / "_fma_peak.c"
-    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
-        subprocess.run(
-            [
-                "gcc",
-                "-O2",
-                "-mavx2",
-                "-mfma",
-                "-pthread",
-                str(src),
-                "-o",
-                str(exe),
-            ],
-            check=True,
-        )
-    out = subprocess.run(
-        [str(exe), str(threads), "20000000", "5"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return float(out.split()[0])
-
-
 # ------------------------------------------------------------- workers ----
 
 
@@ -785,7 +753,7 @@ def main(argv=None):
     results = _harness.Results(FAMILY, __doc__.split("\n\n")[0], args)
     length = QUICK_LENGTH if args.quick else LENGTH
     models = QUICK_MODELS if args.quick else {m: MODELS[m] for m in args.models}
-    peak_before = fma_peak(args.threads)
+    peak_before = _harness.fma_peak(args.threads)
     results.notes = []
     columns = [
         _harness.Column("task", "task", group=True),
@@ -809,7 +777,7 @@ def main(argv=None):
         _profile_table(results, length)
     if not args.quick:
         _matmul_table(results, models, length, args, peak_before)
-    peak_after = fma_peak(args.threads)
+    peak_after = _harness.fma_peak(args.threads)
     peak = max(peak_before, peak_after)
     results.shapes = {"token_ids": [[None, length]]}
     for model_name, table in tables.items():

@@ -99,7 +99,14 @@ class Measurement:
     times_ms: list
 
 
-def bench(variants, rounds=ROUNDS, warmup=WARMUP, reference=None, agree=None):
+def bench(
+    variants,
+    rounds=ROUNDS,
+    warmup=WARMUP,
+    reference=None,
+    agree=None,
+    repeat=1,
+):
     """Times variants interleaved round-robin in this process.
 
     Args:
@@ -116,6 +123,11 @@ def bench(variants, rounds=ROUNDS, warmup=WARMUP, reference=None, agree=None):
             their last warm-up call are checked against those of the first
             name (see `check_agreement`), so a benchmark never compares
             variants that disagree. Defaults to `None` (no check).
+        repeat: Back-to-back calls per timed sample (the sample is their
+            mean), for calls of well under a millisecond: a lone call after
+            another variant's finds the thread pool asleep and the caches
+            cold, which a model step's consecutive layers do not. Defaults
+            to `1`.
 
     Returns:
         `{name: Measurement}`, in the order of `variants`.
@@ -146,10 +158,11 @@ def bench(variants, rounds=ROUNDS, warmup=WARMUP, reference=None, agree=None):
         for _ in range(rounds):
             for name, fn in variants.items():
                 t0 = time.perf_counter()
-                out = fn()
+                for _ in range(repeat):
+                    out = fn()
                 t1 = time.perf_counter()
                 last = out
-                times[name].append((t1 - t0) * 1e3)
+                times[name].append((t1 - t0) * 1e3 / repeat)
     finally:
         del last
         if gc_was_enabled:
@@ -496,7 +509,7 @@ class Results:
         """The copy bandwidth the "% of copy" columns divide by."""
         return self.copy["numpy_gbps"]
 
-    def bench(self, variants, reference=None, agree=None):
+    def bench(self, variants, reference=None, agree=None, repeat=1):
         """`bench()` with this run's rounds and warm-up."""
         return bench(
             variants,
@@ -504,6 +517,7 @@ class Results:
             warmup=self.warmup,
             reference=reference,
             agree=agree,
+            repeat=repeat,
         )
 
     def table(self, title, columns, description=""):

@@ -157,6 +157,15 @@ def _write_default(model, path):
         model.export(path, format="tf_saved_model", verbose=False)
 
 
+# The serving functions' custom gradients are not written. kbm's only ones
+# are the quantized layers' straight-through gradients, and their saved
+# copies (a dequantize-and-matmul graph per layer and function) made a
+# quantized MiniLM's graph three times the float32 one's. Explain
+# signatures trace their gradients when they are exported, and a model
+# server never differentiates; differentiating a loaded quantized export
+# gives the gradient of its forward ops (none through the rounding).
+_SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+
 # The endpoints `jit_compile=True` compiles (the explain signatures keep
 # their loops and gradients op by op).
 _JIT_ENDPOINTS = ("serving_default", "serve")
@@ -175,7 +184,9 @@ def _write(model, path, endpoints, jit=()):
             )
             for name, (fn, sig) in endpoints.items()
         }
-        tf.saved_model.save(model, path, signatures=functions)
+        tf.saved_model.save(
+            model, path, signatures=functions, options=_SAVE_OPTIONS
+        )
         return
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -189,7 +200,35 @@ def _write(model, path, endpoints, jit=()):
             archive.add_endpoint(name, fn)
         else:
             archive.add_endpoint(name, fn, input_signature=sig)
-    archive.write_out(path, verbose=False)
+    _share_tracked_variables(archive)
+    archive.write_out(path, options=_SAVE_OPTIONS, verbose=False)
+
+
+def _share_tracked_variables(archive):
+    """Makes Keras 3's `ExportArchive` write each variable once.
+
+    Keras 3.15's archive keeps the tracked layers' `keras.Variable`s in its
+    `variables` lists and, separately, the `tf.Variable`s its endpoints
+    capture (the same tensors); the checkpoint writer saw two objects and
+    wrote every weight twice, doubling the SavedModel (Keras's own
+    `model.export` too). The lists get the captured `tf.Variable`s instead,
+    which the writer then saves once; a loaded SavedModel's `variables`
+    are `tf.Variable`s either way.
+    """
+    trackable = getattr(archive, "_tf_trackable", None)
+    if trackable is None:  # A Keras without that attribute: leave it.
+        return
+
+    def underlying(v):
+        value = (
+            getattr(v, "value", None) if isinstance(v, keras.Variable) else v
+        )
+        return value if isinstance(value, tf.Variable) else v
+
+    for attr in ("variables", "trainable_variables", "non_trainable_variables"):
+        tracked = getattr(trackable, attr, None)
+        if tracked is not None:
+            setattr(trackable, attr, [underlying(v) for v in tracked])
 
 
 def _check_ops(path, stock_ops):

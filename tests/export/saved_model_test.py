@@ -61,6 +61,30 @@ def test_stock_ops_export_loads_without_keras_bigmodels(
     assert_close(np.array(result["y"]), expected, 1e-5, 1e-5)
 
 
+def test_export_writes_each_weight_once(tmp_path):
+    # Keras 3.15's ExportArchive wrote every variable twice (its tracked
+    # keras.Variables and the tf.Variables the endpoints capture).
+    import tensorflow as tf
+
+    inputs = keras.Input((500,), name="features")
+    h = kbm.layers.FusedDense(500)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(h))
+    x = np.random.default_rng(0).standard_normal((2, 500)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    path = kbm.export.export_saved_model(model, tmp_path / "sm")
+    prefix = os.path.join(path, "variables", "variables")
+    saved = sum(
+        int(np.prod(shape))
+        for name, shape in tf.train.list_variables(prefix)
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    )
+    assert saved == sum(int(np.prod(v.shape)) for v in model.variables)
+    loaded = tf.saved_model.load(path)
+    assert len(loaded.variables) == len(model.variables)
+    y = loaded.signatures["serving_default"](features=tf.constant(x))
+    assert_close(list(y.values())[0].numpy(), expected, 1e-5, 1e-5)
+
+
 def test_saved_model_cli_runs_the_export(model_and_data, tmp_path):
     model, x, expected = model_and_data
     path = kbm.export.export_saved_model(model, tmp_path / "sm")

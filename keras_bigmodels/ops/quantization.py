@@ -174,6 +174,14 @@ def quantize_kernel(kernel, bits=8, group_size=None):
     return q, scale
 
 
+def _dim(t, axis):
+    """`t.shape[axis]` where it is static, else the `tf.shape` scalar: the
+    references then trace to fewer nodes (a quantized model's stock-ops
+    SavedModel holds one copy of them per layer and signature)."""
+    static = t.shape[axis]
+    return static if static is not None else tf.shape(t)[axis]
+
+
 def _nibble_pack(q):
     """int4 values `[K, N]` (K even) -> bytes `[K / 2, N]` along K."""
     k = q.shape[0]
@@ -182,7 +190,7 @@ def _nibble_pack(q):
             f"int4 kernels need an even K. Received: kernel_q.shape="
             f"{tuple(q.shape)}"
         )
-    pairs = tf.reshape(tf.cast(q, tf.int32), [-1, 2, tf.shape(q)[1]])
+    pairs = tf.reshape(tf.cast(q, tf.int32), [-1, 2, _dim(q, 1)])
     low = tf.bitwise.bitwise_and(pairs[:, 0], 0xF)
     high = tf.bitwise.left_shift(tf.bitwise.bitwise_and(pairs[:, 1], 0xF), 4)
     byte = tf.bitwise.bitwise_or(low, high)
@@ -199,7 +207,7 @@ def _nibble_unpack(b):
     low = tf.where(low >= 8, low - 16, low)
     high = tf.where(high >= 8, high - 16, high)
     both = tf.stack([low, high], axis=1)  # [K/2, 2, N]
-    return tf.cast(tf.reshape(both, [-1, tf.shape(b)[1]]), tf.int8)
+    return tf.cast(tf.reshape(both, [-1, _dim(b, 1)]), tf.int8)
 
 
 def pack_kernel(kernel_q, bits=8):
@@ -241,24 +249,26 @@ def unpack_kernel(packed, k, n, bits=8):
     """
     _check_bits(bits)
     packed = tf.convert_to_tensor(packed)
-    nb, kb = tf.shape(packed)[0], tf.shape(packed)[1]
+    nb, kb = _dim(packed, 0), _dim(packed, 1)
     b = tf.transpose(packed, [1, 3, 0, 2])
     b = tf.reshape(b, [kb * PANEL_K, nb * PANEL_N])
     if bits == 4:
         b = _nibble_unpack(b)
+    if isinstance(k, int) and isinstance(n, int) and tuple(b.shape) == (k, n):
+        return b  # Static shapes and no padding: nothing to slice off.
     return b[:k, :n]
 
 
 def dequantize_kernel(packed, kernel_scale, k, bits=8):
     """The float32 kernel `[K, N]` a packed kernel stands for (`q * s`)."""
     kernel_scale = tf.cast(kernel_scale, tf.float32)
-    n = tf.shape(kernel_scale)[-1]
+    n = _dim(kernel_scale, -1)
     q = tf.cast(unpack_kernel(packed, k, n, bits), tf.float32)
     if kernel_scale.shape.rank == 1:
         return q * kernel_scale
-    groups = tf.shape(kernel_scale)[0]
+    groups = _dim(kernel_scale, 0)
     qg = tf.reshape(q, [groups, -1, n])
-    return tf.reshape(qg * kernel_scale[:, None, :], [k, n])
+    return tf.reshape(qg * tf.expand_dims(kernel_scale, 1), [k, n])
 
 
 # ----------------------------------------------------------------------------
@@ -389,8 +399,7 @@ def _epilogue(y, bias, activation):
 
 
 def _flatten(x):
-    k = tf.shape(x)[-1]
-    return tf.reshape(x, [-1, k]), tf.shape(x)[:-1]
+    return tf.reshape(x, [-1, _dim(x, -1)]), tf.shape(x)[:-1]
 
 
 def _straight_through(forward, x, packed, scale, bias, activation, bits, k):
@@ -432,11 +441,12 @@ def quantize_rows(x):
         ROW_TINY` give q = 0 and scale 0.
     """
     xf = tf.cast(x, tf.float32)
-    finite = tf.reduce_all(tf.math.is_finite(xf), axis=-1)
-    amax = tf.reduce_max(tf.abs(tf.where(tf.math.is_finite(xf), xf, 0.0)), -1)
+    finite_values = tf.math.is_finite(xf)
+    finite = tf.reduce_all(finite_values, axis=-1)
+    amax = tf.reduce_max(tf.abs(tf.where(finite_values, xf, 0.0)), -1)
     amax = tf.where(finite & (amax >= ROW_TINY), amax, 0.0)
     inv = tf.math.divide_no_nan(tf.constant(127.0), amax)
-    q = tf.clip_by_value(tf.round(xf * inv[..., None]), -127.0, 127.0)
+    q = tf.clip_by_value(tf.round(xf * tf.expand_dims(inv, -1)), -127.0, 127.0)
     return tf.cast(q, tf.int8), amax / 127.0, finite
 
 
@@ -492,7 +502,7 @@ def quantized_matmul(
             )
         out_dtype = _check_output_dtype(output_dtype, x)
         lib = _loader.select("quantized_matmul", use_fused_kernel, (x,))
-        k_dyn = tf.shape(x)[-1]
+        k_dyn = _dim(x, -1)
 
         def forward(x):
             if lib is None:
@@ -519,16 +529,23 @@ def _quantized_matmul_reference(x, packed, scale, bias, activation, out_dtype):
     The int32 sums are exact: they are computed in float64, which holds
     every sum of K <= 2**38 / 127**2 products exactly.
     """
-    x2, lead = _flatten(x)
-    k = tf.shape(x2)[-1]
-    n = tf.shape(scale)[0]
+    # Inputs of known rank >= 2 stay as they are (matmul broadcasts a 2-D
+    # kernel over leading axes); others are flattened to 2-D and back. The
+    # stock-ops SavedModel of a quantized model holds this graph once per
+    # layer and signature, so it is kept small: expand_dims rather than
+    # [:, None] (one node instead of a strided slice and three constants).
+    rank = x.shape.rank
+    x2, lead = (x, None) if rank is not None and rank >= 2 else _flatten(x)
+    k = _dim(x2, -1)
+    n = _dim(scale, 0)
     q, sx, finite = quantize_rows(x2)
     w = tf.cast(unpack_kernel(packed, k, n, 8), tf.float64)
     acc = tf.matmul(tf.cast(q, tf.float64), w)  # Exact integers.
-    y = tf.cast(acc, tf.float32) * (sx[:, None] * scale[None, :])
+    y = tf.cast(acc, tf.float32) * (tf.expand_dims(sx, -1) * scale)
     y = _epilogue(y, bias, activation)
-    y = tf.where(finite[:, None], y, float("nan"))
-    y = tf.reshape(y, tf.concat([lead, [n]], 0))
+    y = tf.where(tf.expand_dims(finite, -1), y, float("nan"))
+    if lead is not None:
+        y = tf.reshape(y, tf.concat([lead, [n]], 0))
     return tf.cast(y, out_dtype)
 
 
@@ -610,7 +627,7 @@ def weight_only_matmul(
             )
         out_dtype = _check_output_dtype(output_dtype, x)
         lib = _loader.select("weight_only_matmul", use_fused_kernel, (x,))
-        k_dyn = tf.shape(x)[-1]
+        k_dyn = _dim(x, -1)
 
         def reference(x):
             return _weight_only_matmul_reference(
@@ -654,8 +671,8 @@ def _weight_only_matmul_reference(
 ):
     """Dequantize, then a float32 matmul: fallback and oracle."""
     x2, lead = _flatten(tf.cast(x, tf.float32))
-    k = tf.shape(x2)[-1]
+    k = _dim(x2, -1)
     w = dequantize_kernel(packed, scale, k, bits)
     y = _epilogue(tf.matmul(x2, w), bias, activation)
-    y = tf.reshape(y, tf.concat([lead, tf.shape(w)[-1:]], 0))
+    y = tf.reshape(y, tf.concat([lead, [_dim(w, -1)]], 0))
     return tf.cast(y, out_dtype)

@@ -671,7 +671,7 @@ class QuantizedEmbedding(_QuantizedMixin, keras.layers.Embedding):
     def _dequantize_rows(self, q, scale):
         """int rows `[..., D']` and their scales -> float32 `[..., D]`."""
         if _bits(self._kbm_spec["mode"]) == 8:
-            return tf.cast(q, tf.float32) * scale[..., None]
+            return tf.cast(q, tf.float32) * tf.expand_dims(scale, -1)
         lead = tf.shape(q)[:-1]
         flat = tf.reshape(q, [-1, self.output_dim // 2])
         vals = tf.transpose(qops._nibble_unpack(tf.transpose(flat)))

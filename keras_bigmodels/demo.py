@@ -68,11 +68,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bigmodels as kbm  # noqa: E402
-from keras_bigmodels.backend import (  # noqa: E402
-    KERAS_LINE,
-    keras,
-    register_serializable,
-)
+from keras_bigmodels.backend import KERAS_LINE, keras  # noqa: E402
 
 STUDENT_LAYERS = (2, 5)  # Teacher blocks copied into the 2-layer student.
 LATENCY_BATCHES = (1, 32)  # Latency (one request) and throughput.
@@ -90,12 +86,8 @@ LORA_LR = 5e-3
 DROPPED_LAYERS = (3, 4, 5)
 
 
-@register_serializable
 class TokenIdsToBertInputs(keras.layers.Layer):
-    """token_ids -> the BertEncoder input dict (padding = id 0).
-
-    Registered, so the demo's `.keras` files load anywhere after `import
-    keras_bigmodels.demo`."""
+    """token_ids -> the BertEncoder input dict (padding = id 0)."""
 
     def call(self, token_ids):
         token_ids = tf.cast(token_ids, tf.int32)

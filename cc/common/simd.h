@@ -136,6 +136,18 @@ static inline VecF CopySign(VecF a, VecF s) {
                                  (VecI{} + static_cast<int32_t>(0x80000000u))));
 }
 
+// Splat and Abs for any float vector type V (VecF, or a wider one a kernel
+// uses for some loops).
+template <typename V>
+static inline V SplatOf(float a) {
+  return a - V{};
+}
+template <typename V>
+static inline V AbsOf(V a) {
+  typedef int32_t I __attribute__((vector_size(sizeof(V))));
+  return reinterpret_cast<V>(reinterpret_cast<I>(a) & (I{} + 0x7fffffff));
+}
+
 // exp(x) for float lanes, relative error about 2e-7 on [-87, 88] (1e-7 from
 // the polynomial, the rest float32 rounding). Arguments are clamped to that
 // range (exp(-inf) gives ~1.6e-38, not 0; exp(+inf) gives ~1.7e38, not
@@ -146,7 +158,7 @@ static inline VecF CopySign(VecF a, VecF s) {
 template <typename V>
 static inline V ExpOf(V x) {
   typedef int32_t I __attribute__((vector_size(sizeof(V))));
-  const auto splat = [](float a) { return a - V{}; };
+  const auto splat = SplatOf<V>;
   // Min(Max(x, -87), 88), as Exp always did: NaN gives exp(-87).
   x = x > splat(-87.0f) ? x : splat(-87.0f);
   x = x < splat(88.0f) ? x : splat(88.0f);

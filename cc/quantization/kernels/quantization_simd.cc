@@ -56,17 +56,6 @@ constexpr float kRowTiny = 0x1p-120f;  // ROW_TINY of the Python module.
 // The epilogue's math on any float vector type V: VecF (8 lanes, one
 // panel) or, in the avx512vnni variant, Vec16 (two panels).
 template <typename V>
-inline V SplatOf(float a) {
-  return a - V{};
-}
-
-template <typename V>
-inline V AbsOf(V a) {
-  typedef int32_t I __attribute__((vector_size(sizeof(V))));
-  return reinterpret_cast<V>(reinterpret_cast<I>(a) & (I{} + 0x7fffffff));
-}
-
-template <typename V>
 inline V GeluErf(V z) {
   const auto splat = SplatOf<V>;
   const V a = AbsOf(z) * splat(kInvSqrt2F);

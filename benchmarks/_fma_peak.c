@@ -6,6 +6,11 @@
  * the same figure for both). Prints GFLOP/s (an FMA counts as 2 FLOPs),
  * best of `runs`, and the vector width that reached it.
  *
+ * The chains start from different values: with equal ones, GCC merges
+ * them into one chain (the same operations on the same values), and the
+ * loop then times the latency of one FMA while counting ten; on a CPU with
+ * 4-cycle FMAs and two FMA pipes that read 25 % above the true peak.
+ *
  * Usage: fma_peak THREADS [ITERATIONS] [RUNS]
  * Built by benchmarks/models.py with gcc -O2 -mavx2 -mfma -pthread.
  */
@@ -19,8 +24,11 @@ static long iterations = 20000000;
 
 static void *chain(void *out) {
   __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-  __m256 c0 = _mm256_set1_ps(0.f), c1 = c0, c2 = c0, c3 = c0, c4 = c0;
-  __m256 c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0;
+  __m256 c0 = _mm256_set1_ps(0.0f), c1 = _mm256_set1_ps(0.1f);
+  __m256 c2 = _mm256_set1_ps(0.2f), c3 = _mm256_set1_ps(0.3f);
+  __m256 c4 = _mm256_set1_ps(0.4f), c5 = _mm256_set1_ps(0.5f);
+  __m256 c6 = _mm256_set1_ps(0.6f), c7 = _mm256_set1_ps(0.7f);
+  __m256 c8 = _mm256_set1_ps(0.8f), c9 = _mm256_set1_ps(0.9f);
   for (long i = 0; i < iterations; ++i) {
     c0 = _mm256_fmadd_ps(c0, a, b);
     c1 = _mm256_fmadd_ps(c1, a, b);
@@ -45,8 +53,11 @@ static void *chain(void *out) {
 
 __attribute__((target("avx512f"))) static void *chain512(void *out) {
   __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-  __m512 c0 = _mm512_set1_ps(0.f), c1 = c0, c2 = c0, c3 = c0, c4 = c0;
-  __m512 c5 = c0, c6 = c0, c7 = c0, c8 = c0, c9 = c0;
+  __m512 c0 = _mm512_set1_ps(0.0f), c1 = _mm512_set1_ps(0.1f);
+  __m512 c2 = _mm512_set1_ps(0.2f), c3 = _mm512_set1_ps(0.3f);
+  __m512 c4 = _mm512_set1_ps(0.4f), c5 = _mm512_set1_ps(0.5f);
+  __m512 c6 = _mm512_set1_ps(0.6f), c7 = _mm512_set1_ps(0.7f);
+  __m512 c8 = _mm512_set1_ps(0.8f), c9 = _mm512_set1_ps(0.9f);
   for (long i = 0; i < iterations; ++i) {
     c0 = _mm512_fmadd_ps(c0, a, b);
     c1 = _mm512_fmadd_ps(c1, a, b);

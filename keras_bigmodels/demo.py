@@ -86,6 +86,11 @@ LORA_LR = 5e-3
 DROPPED_LAYERS = (3, 4, 5)
 
 
+# Registered under the demo's own package name (not the library's, whose
+# classes each have safe-loading cases in tests/saving): the demo's `.keras`
+# files then load with a plain `keras.models.load_model` after `import
+# keras_bigmodels.demo`. The layer has no arguments of its own.
+@keras.saving.register_keras_serializable(package="keras_bigmodels.demo")
 class TokenIdsToBertInputs(keras.layers.Layer):
     """token_ids -> the BertEncoder input dict (padding = id 0)."""
 

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_bigmodels.backend import IS_LEGACY_KERAS
@@ -194,6 +195,22 @@ def test_demo_quick(tmp_path):
         assert timing.fullmatch(row[5]) and timing.fullmatch(row[6][:-2])
     assert float(rows[1][3]) < float(rows[0][3]) / 3  # .keras MiB
     assert lines[header + 4] == ""
+
+
+def test_demo_input_layer_loads_without_custom_objects(tmp_path):
+    from keras_bigmodels.backend import keras
+    from keras_bigmodels.demo import TokenIdsToBertInputs
+
+    token_ids = keras.Input((4,), dtype="int32", name="token_ids")
+    out = TokenIdsToBertInputs(name="bert_inputs")(token_ids)
+    model = keras.Model(token_ids, out["padding_mask"])
+    path = str(tmp_path / "inputs.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    ids = np.array([[5, 6, 0, 0]], "int32")
+    np.testing.assert_array_equal(
+        loaded.predict(ids, verbose=0), [[1, 1, 0, 0]]
+    )
 
 
 def test_demo_reports_bad_data_without_a_traceback(tmp_path):

@@ -631,24 +631,55 @@ def _profile_table(results, length):
     )
 
 
-def _matmul_shapes(cfg, rows):
-    """The float32 products of one training step of an encoder layer:
-    forward X W (fused Q/K/V, output, FFN in and out), and the backward
-    dX = dY W^T (as rows x out x in) and dW = X^T dY (as in x rows x out)."""
+def _layer_products(cfg, rows):
+    """The float32 products of one training step of an encoder layer, one
+    entry each: forward X W (fused Q/K/V, output, FFN in and out), and the
+    backward dX = dY W^T (as rows x out x in) and dW = X^T dY (as in x rows
+    x out)."""
     h, i = cfg["hidden"], cfg["intermediate"]
     forward = [(rows, h, 3 * h), (rows, h, h), (rows, h, i), (rows, i, h)]
     shapes = []
     for m, k, n in forward:
         shapes += [(m, k, n), (m, n, k), (k, m, n)]
-    return list(dict.fromkeys(shapes))
+    return shapes
+
+
+def _matmul_shapes(cfg, rows):
+    """The distinct shapes of `_layer_products`."""
+    return list(dict.fromkeys(_layer_products(cfg, rows)))
+
+
+def _matmul_floor_note(model_name, rows, floor, peak):
+    """What the step's matmuls alone take, against the step's rows.
+
+    `floor`: the encoder layers' products at TensorFlow's matmul-alone
+    times, in seconds (the embeddings' and the head's are left out)."""
+    by = {r["variant"]: r for r in rows if r["task"].startswith("training")}
+    kbm = next((r for r in by.values() if r["kbm_speedup"] is None), None)
+    off = by.get("kbm, kernels off")
+    if kbm is None or off is None:
+        return None
+    gflop, off_ms = kbm["gflop"], off["ms"]
+    return (
+        f"{model_name}: the training step's encoder matmuls alone, at the "
+        f"TensorFlow rates of the matmul table, take {1000 * floor:.0f} ms, "
+        f"{100 * floor / (kbm['ms'] / 1000):.0f} % of kbm's step "
+        f"({kbm['ms']:.0f} ms); the rest is attention, the element-wise "
+        "ops, the optimizer and the framework. A step that took only that "
+        f"time would be {off_ms / 1000 / floor:.2f}x faster than kbm with "
+        f"kernels off and reach {100 * gflop / floor / peak:.0f} % "
+        f"of the FMA peak (the targets: {TARGET_OFF}x and {TARGET_PEAK:.0f} %)."
+    )
 
 
 def _matmul_table(results, models, length, args, peak):
     """The step's float32 matmuls alone (benchmarks/_matmul_alone.py),
     TensorFlow and PyTorch, each in its own process: how far the libraries'
-    GEMMs are from the FMA peak at these shapes."""
+    GEMMs are from the FMA peak at these shapes. Returns {model: seconds of
+    one training step's encoder-layer products at TensorFlow's times}."""
     import _harness
 
+    floors = {}
     table = results.table(
         "float32 matmul alone at the training step's shapes",
         [
@@ -685,6 +716,11 @@ def _matmul_table(results, models, length, args, peak):
                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
                 ).stdout
                 got[lib] = json.loads(out.strip().splitlines()[-1])
+            if "tf" in got:
+                floors[model_name] = cfg["num_layers"] * sum(
+                    got["tf"][f"{m}x{k}x{n}"]
+                    for m, k, n in _layer_products(cfg, TRAIN_BATCH * length)
+                )
             for m, k, n in shapes:
                 key, gflop = f"{m}x{k}x{n}", 2 * m * k * n / 1e9
                 row = {"model": model_name, "shape": key}
@@ -702,6 +738,7 @@ def _matmul_table(results, models, length, args, peak):
         "(M x N x K) and dW (K x M x N) products; % of the FMA peak "
         "measured before the model timings."
     )
+    return floors
 
 
 def _start(name, cfg, length, args, model_name):
@@ -775,8 +812,9 @@ def main(argv=None):
         tables[model_name] = table
     if not args.quick and "MiniLM-L6" in models and not args.no_profile:
         _profile_table(results, length)
+    floors = {}
     if not args.quick:
-        _matmul_table(results, models, length, args, peak_before)
+        floors = _matmul_table(results, models, length, args, peak_before)
     peak_after = _harness.fma_peak(args.threads)
     peak = max(peak_before, peak_after)
     results.shapes = {"token_ids": [[None, length]]}
@@ -800,6 +838,12 @@ def main(argv=None):
         table.notes = _target_notes(table.rows) + [
             n for n in results.notes if not n.startswith(tuple(others))
         ]
+        if model_name in floors:
+            note = _matmul_floor_note(
+                model_name, table.rows, floors[model_name], peak
+            )
+            if note:
+                table.notes.append(note)
     results.fma_peak = {"before": peak_before, "after": peak_after}
     out = args.out or _harness.results_path(FAMILY, args.quick)
     results.write(out)

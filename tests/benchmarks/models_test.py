@@ -65,3 +65,33 @@ def test_bert_base_runs_in_passes_that_cover_every_variant():
     flat = [v for group in passes for v in group]
     assert sorted(flat) == sorted(v for v in m.VARIANTS if v != m.KBM)
     assert all(v in m.VARIANTS for v in flat)
+
+
+def test_matmul_floor_note():
+    m = _models()
+    train = "training step, batch 32"
+    rows = [
+        dict(_row(train, "kbm (pass 1)", None), ms=5000.0, gflop=2000.0),
+        dict(_row(train, "kbm, kernels off", 1.4), ms=7000.0, gflop=2000.0),
+        dict(_row(train, "kbm (pass 2)", None), ms=5200.0, gflop=2000.0),
+        dict(_row("inference, batch 1", "kbm", None), ms=50.0, gflop=20.0),
+    ]
+    note = m._matmul_floor_note("BERT-base", rows, 4.0, 600.0)
+    assert note == (
+        "BERT-base: the training step's encoder matmuls alone, at the "
+        "TensorFlow rates of the matmul table, take 4000 ms, 80 % of kbm's "
+        "step (5000 ms); the rest is attention, the element-wise ops, the "
+        "optimizer and the framework. A step that took only that time would "
+        "be 1.75x faster than kbm with kernels off and reach 83 % of the FMA "
+        "peak (the targets: 1.5x and 75 %)."
+    )
+    assert m._matmul_floor_note("BERT-base", rows[2:], 4.0, 600.0) is None
+
+
+def test_layer_products_count_each_product_once_per_role():
+    m = _models()
+    cfg = {"hidden": 4, "intermediate": 8}
+    products = m._layer_products(cfg, 16)
+    assert len(products) == 12
+    assert products[:3] == [(16, 4, 12), (16, 12, 4), (4, 16, 12)]
+    assert len(m._matmul_shapes(cfg, 16)) < len(products)

@@ -177,6 +177,26 @@ static inline V ExpOf(V x) {
 }
 static inline VecF Exp(VecF x) { return ExpOf(x); }
 
+// Phi(z), the standard normal CDF, as 1 - erfc(z / sqrt2) / 2 with erfc from
+// Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), and in *gauss
+// exp(-z^2 / 2), that formula's factor and the normal density times
+// sqrt(2 pi). Exact GELU is z * Phi(z). For any float vector type V.
+template <typename V>
+static inline V NormalCdfOf(V z, V* gauss) {
+  const auto splat = SplatOf<V>;
+  const V a = AbsOf(z) * splat(0.70710678118654752f);  // |z| / sqrt2
+  const V t = splat(1.f) / (splat(1.f) + splat(0.3275911f) * a);
+  V p = splat(1.061405429f);
+  p = p * t + splat(-1.453152027f);
+  p = p * t + splat(1.421413741f);
+  p = p * t + splat(-0.284496736f);
+  p = p * t + splat(0.254829592f);
+  p = p * t;
+  *gauss = ExpOf(-(a * a));
+  const V half_erfc = splat(0.5f) * p * *gauss;  // Phi(-|z|)
+  return z >= splat(0.f) ? splat(1.f) - half_erfc : half_erfc;
+}
+
 }  // namespace
 }  // namespace kbm
 }  // namespace tensorflow

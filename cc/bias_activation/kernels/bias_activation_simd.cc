@@ -4,8 +4,8 @@
 // GELU needs erf or tanh per element; both are built from one vectorised
 // exp (cc/common/simd.h):
 // - exact: Phi(z) = 1 - erfc(z/sqrt2)/2 with erfc from Abramowitz & Stegun
-//   7.1.26 (absolute error <= 1.5e-7), whose exp(-z^2/2) factor is also the
-//   normal density the gradient needs;
+//   7.1.26 (absolute error <= 1.5e-7; NormalCdfOf in simd.h), whose
+//   exp(-z^2/2) factor is also the normal density the gradient needs;
 // - tanh: 0.5 * (1 + tanh(u)) = sigmoid(2u), so gelu = z / (1 + exp(-2u)).
 #include "cc/bias_activation/kernels/bias_activation.h"
 #include "cc/common/simd.h"
@@ -18,21 +18,6 @@ namespace tensorflow {
 namespace kbm {
 namespace KBM_ISA {
 namespace {
-
-// Phi(z), the standard normal CDF, and exp(-z^2 / 2).
-inline VecF NormalCdf(VecF z, VecF* gauss) {
-  const VecF a = Abs(z) * Splat(static_cast<float>(kInvSqrt2));
-  const VecF t = Splat(1.f) / (Splat(1.f) + Splat(0.3275911f) * a);
-  VecF p = Splat(1.061405429f);
-  p = p * t + Splat(-1.453152027f);
-  p = p * t + Splat(1.421413741f);
-  p = p * t + Splat(-0.284496736f);
-  p = p * t + Splat(0.254829592f);
-  p = p * t;
-  *gauss = Exp(-(a * a));
-  const VecF half_erfc = Splat(0.5f) * p * *gauss;  // Phi(-|z|)
-  return z >= Splat(0.f) ? Splat(1.f) - half_erfc : half_erfc;
-}
 
 // sigmoid(2u) of the tanh approximation, and u'(z) / (the 2 of 2u).
 inline VecF TanhGate(VecF z) {
@@ -47,7 +32,7 @@ inline VecF Gelu(VecF z) {
     return z * TanhGate(z);
   } else {
     VecF gauss;
-    return z * NormalCdf(z, &gauss);
+    return z * NormalCdfOf(z, &gauss);
   }
 }
 
@@ -61,7 +46,7 @@ inline VecF GeluGrad(VecF z) {
     return s + z * s * (Splat(1.f) - s) * du;
   } else {
     VecF gauss;
-    const VecF cdf = NormalCdf(z, &gauss);
+    const VecF cdf = NormalCdfOf(z, &gauss);
     return cdf + z * Splat(static_cast<float>(kInvSqrt2Pi)) * gauss;
   }
 }

@@ -48,7 +48,6 @@ namespace kbm {
 namespace KBM_ISA {
 namespace {
 
-constexpr float kInvSqrt2F = 0.70710678118654752f;
 constexpr float kGeluTanhScaleF = 0.79788456080286536f;
 constexpr float kGeluTanhCubicF = 0.044715f;
 constexpr float kRowTiny = 0x1p-120f;  // ROW_TINY of the Python module.
@@ -57,17 +56,8 @@ constexpr float kRowTiny = 0x1p-120f;  // ROW_TINY of the Python module.
 // panel) or, in the avx512vnni variant, Vec16 (two panels).
 template <typename V>
 inline V GeluErf(V z) {
-  const auto splat = SplatOf<V>;
-  const V a = AbsOf(z) * splat(kInvSqrt2F);
-  const V t = splat(1.f) / (splat(1.f) + splat(0.3275911f) * a);
-  V p = splat(1.061405429f);
-  p = p * t + splat(-1.453152027f);
-  p = p * t + splat(1.421413741f);
-  p = p * t + splat(-0.284496736f);
-  p = p * t + splat(0.254829592f);
-  p = p * t;
-  const V half_erfc = splat(0.5f) * p * ExpOf(-(a * a));  // Phi(-|z|)
-  return z * (z >= splat(0.f) ? splat(1.f) - half_erfc : half_erfc);
+  V gauss;
+  return z * NormalCdfOf(z, &gauss);
 }
 
 template <typename V>

@@ -12,7 +12,13 @@ pooling, dropout 0.1, a 2-way dense head):
 
 Variants, each in its own process (the same thread count), timed
 interleaved: in every round each variant runs one call in turn, while the
-others wait, so drifts of a shared machine hit all of them alike:
+others wait, so drifts of a shared machine hit all of them alike. Inference
+at batch 8 or less times, per round and variant, the mean of
+`SMALL_BATCH_REPEAT` calls back to back after one untimed call, as a server
+answers a stream of requests: a lone call right after another process's
+timed call shares the cores with that process's worker threads, which
+spin a while before they sleep (TensorFlow's pool, PyTorch's OpenMP), and
+at these sizes that costs up to half the call:
 
 * `kbm`: `kbm.models.BertEncoder` + `kbm.optimizers.AdamW`, fused kernels
   on; `model.train_on_batch` / `model.predict_on_batch`;
@@ -65,6 +71,9 @@ REPO_ROOT = BENCH_DIR.parent
 LENGTH, QUICK_LENGTH = 128, 16
 TRAIN_BATCH = 32
 INFER_BATCHES = (1, 8, 32)
+# Inference calls at batch <= SMALL_BATCH are timed as the mean of this many
+# back-to-back calls after an untimed one (see the module docstring).
+SMALL_BATCH, SMALL_BATCH_REPEAT = 8, 5
 QUICK_TRAIN_BATCH, QUICK_INFER_BATCHES = 4, (1, 4)
 VOCAB = 30522
 
@@ -309,7 +318,9 @@ def _tf_worker(kind, cfg, length):
 
 
 def worker_main(kind, cfg, length, threads):
-    """Serves timing requests on stdin: "TASK BATCH" -> seconds on stdout."""
+    """Serves timing requests on stdin: "TASK BATCH REPEAT" -> seconds per
+    call on stdout (REPEAT > 1: the mean of REPEAT calls back to back, after
+    an untimed one)."""
     if kind == "torch":
         import _models_torch
 
@@ -321,10 +332,13 @@ def worker_main(kind, cfg, length, threads):
         parts = line.split()
         if not parts or parts[0] == "quit":
             break
-        task, batch = parts[0], int(parts[1])
+        task, batch, repeat = parts[0], int(parts[1]), int(parts[2])
+        if repeat > 1:
+            tasks[task](batch)  # Untimed: wakes this process's threads.
         t0 = time.perf_counter()
-        tasks[task](batch)
-        print(json.dumps(time.perf_counter() - t0), flush=True)
+        for _ in range(repeat):
+            tasks[task](batch)
+        print(json.dumps((time.perf_counter() - t0) / repeat), flush=True)
 
 
 class Worker:
@@ -367,8 +381,8 @@ class Worker:
             self.proc.kill()
             raise RuntimeError(f"{name}: worker failed to start ({line!r})")
 
-    def run(self, task, batch):
-        self.proc.stdin.write(f"{task} {batch}\n")
+    def run(self, task, batch, repeat=1):
+        self.proc.stdin.write(f"{task} {batch} {repeat}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -419,6 +433,11 @@ def _add_arguments(parser):
     )
 
 
+def _repeat(task, batch):
+    """Calls per timing sample (see the module docstring)."""
+    return SMALL_BATCH_REPEAT if task == "infer" and batch <= SMALL_BATCH else 1
+
+
 def _bench_model(results, model_name, cfg, args, length, peak):
     import _harness
 
@@ -449,13 +468,14 @@ def _bench_model(results, model_name, cfg, args, length, peak):
             for task, batch in cases:
                 active = [KBM] + [n for n in group if task in VARIANTS[n][2]]
                 _harness.progress(FAMILY, f"{model_name}: {task} batch {batch}")
+                repeat = _repeat(task, batch)
                 for _ in range(args.warmup):
                     for n in active:
                         workers[n].run(task, batch)
                 got = {n: [] for n in active}
                 for _ in range(args.rounds):
                     for n in active:
-                        got[n].append(workers[n].run(task, batch))
+                        got[n].append(workers[n].run(task, batch, repeat))
                 label = KBM if len(passes) == 1 else f"{KBM} (pass {p + 1})"
                 times[(task, batch)].append((label, got[KBM], None))
                 for n in active[1:]:
@@ -832,7 +852,11 @@ def main(argv=None):
             )
             + f"; {length} tokens; {args.threads} threads per variant; "
             f"float32 FMA peak {peak_before:.1f} GFLOP/s before and "
-            f"{peak_after:.1f} after the timings."
+            f"{peak_after:.1f} after the timings; inference at batch "
+            f"{SMALL_BATCH} or less: each round's time is the mean of "
+            f"{SMALL_BATCH_REPEAT} calls back to back after an untimed one "
+            "(a lone call shares the cores with the previous variant's "
+            "still-spinning threads)."
         )
         others = [f"{m}:" for m in models if m != model_name]
         table.notes = _target_notes(table.rows) + [

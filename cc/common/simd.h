@@ -37,10 +37,21 @@ typedef int32_t VecI __attribute__((vector_size(kVecBytes)));
 typedef float VecFUnaligned
     __attribute__((vector_size(kVecBytes), aligned(4), may_alias));
 
-// a - 0 is a for every float (-0 and NaN included), so the subtraction
-// folds away and a broadcast is left; VecF{} + a would keep an add
-// (-0 + 0 is +0).
-static inline VecF Splat(float a) { return a - VecF{}; }
+// Splat and Abs for any float vector type V (VecF, or a wider one a kernel
+// uses for some loops). a - 0 is a for every float (-0 and NaN included),
+// so the subtraction folds away and a broadcast is left; V{} + a would keep
+// an add (-0 + 0 is +0).
+template <typename V>
+static inline V SplatOf(float a) {
+  return a - V{};
+}
+template <typename V>
+static inline V AbsOf(V a) {
+  typedef int32_t I __attribute__((vector_size(sizeof(V))));
+  return reinterpret_cast<V>(reinterpret_cast<I>(a) & (I{} + 0x7fffffff));
+}
+
+static inline VecF Splat(float a) { return SplatOf<VecF>(a); }
 static inline VecF Load(const float* p) {
   return *reinterpret_cast<const VecFUnaligned*>(p);
 }
@@ -125,27 +136,12 @@ static inline VecF Sqrt(VecF a) {
 // values whose NaN-ness is carried by another factor of the result.
 static inline VecF Min(VecF a, VecF b) { return a < b ? a : b; }
 static inline VecF Max(VecF a, VecF b) { return a > b ? a : b; }
-static inline VecF Abs(VecF a) {
-  return reinterpret_cast<VecF>(reinterpret_cast<VecI>(a) &
-                                (VecI{} + 0x7fffffff));
-}
+static inline VecF Abs(VecF a) { return AbsOf(a); }
 // Copies the sign bit of `s` onto the magnitude of `a` (|a| expected).
 static inline VecF CopySign(VecF a, VecF s) {
   return reinterpret_cast<VecF>(reinterpret_cast<VecI>(a) |
                                 (reinterpret_cast<VecI>(s) &
                                  (VecI{} + static_cast<int32_t>(0x80000000u))));
-}
-
-// Splat and Abs for any float vector type V (VecF, or a wider one a kernel
-// uses for some loops).
-template <typename V>
-static inline V SplatOf(float a) {
-  return a - V{};
-}
-template <typename V>
-static inline V AbsOf(V a) {
-  typedef int32_t I __attribute__((vector_size(sizeof(V))));
-  return reinterpret_cast<V>(reinterpret_cast<I>(a) & (I{} + 0x7fffffff));
 }
 
 // exp(x) for float lanes, relative error about 2e-7 on [-87, 88] (1e-7 from
